@@ -1,0 +1,77 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module split (see docs/ARCHITECTURE in README "Tour"):
+//   SpoolshipCore   pure logic: wire codec, names, segment keys, record logs. No syscalls.
+//   SpoolshipIO     the Linux data path: fd owners, sendfile/splice/inotify/fsync wrappers.
+//   SpoolshipDaemon the agent and the collector, built from the two above.
+//   C targets       libsystemd and zlib (system libraries), and a _GNU_SOURCE shim for
+//                   the calls Swift's Glibc module hides (splice, pipe2, openat2, renameat2).
+let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "spoolship",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "spoolship-agent", targets: ["spoolship-agent"]),
+        .executable(name: "spoolship-collector", targets: ["spoolship-collector"]),
+        .executable(name: "spoolship", targets: ["spoolship"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CSpoolshipSystemd", pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(
+            name: "CSpoolshipZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
+        .target(
+            name: "CSpoolshipLinux",
+            cSettings: [.define("_GNU_SOURCE")]),
+        .target(
+            name: "SpoolshipCore",
+            dependencies: ["CSpoolshipZlib"]),
+        .target(
+            name: "SpoolshipIO",
+            dependencies: ["SpoolshipCore", "CSpoolshipLinux", "CSpoolshipZlib"],
+            swiftSettings: v5),
+        .target(
+            name: "SpoolshipDaemon",
+            dependencies: [
+                "SpoolshipCore", "SpoolshipIO", "CSpoolshipSystemd",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: v5),
+        .executableTarget(
+            name: "spoolship-agent",
+            dependencies: [
+                "SpoolshipDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: v5),
+        .executableTarget(
+            name: "spoolship-collector",
+            dependencies: [
+                "SpoolshipDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: v5),
+        .executableTarget(
+            name: "spoolship",
+            dependencies: [
+                "SpoolshipDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: v5),
+        .testTarget(
+            name: "SpoolshipCoreTests",
+            dependencies: ["SpoolshipCore"]),
+        .testTarget(
+            name: "SpoolshipIntegrationTests",
+            dependencies: ["SpoolshipCore", "SpoolshipIO"],
+            swiftSettings: v5),
+    ]
+)

@@ -1,0 +1,24 @@
+// Linux calls that Swift's Glibc module does not show (it is imported without _GNU_SOURCE).
+// Plain prototypes and constants only: the real calls live in shim.c, compiled with
+// _GNU_SOURCE. Each returns what the kernel returns (-1 and errno on failure).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+extern const unsigned int spsh_SPLICE_F_MOVE;
+extern const unsigned int spsh_SPLICE_F_NONBLOCK;
+extern const unsigned int spsh_SPLICE_F_MORE;
+extern const unsigned int spsh_RENAME_NOREPLACE;
+extern const uint64_t spsh_RESOLVE_BENEATH;
+extern const uint64_t spsh_RESOLVE_NO_SYMLINKS;
+extern const uint64_t spsh_RESOLVE_NO_MAGICLINKS;
+
+ssize_t spsh_splice(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t len, unsigned int flags);
+int spsh_pipe2(int fds[2], int flags);
+int spsh_set_pipe_size(int fd, int size);
+int spsh_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+/// openat2(2) with the given RESOLVE_* flags; falls back to nothing: ENOSYS is returned as is.
+int spsh_openat2(int dirfd, const char *path, int flags, unsigned int mode, uint64_t resolve);
+int spsh_accept4_cloexec(int fd);
+ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count);

@@ -1,0 +1,154 @@
+import Foundation
+
+/// The text format shared by the agent's state journal and the collector's ledger: one record
+/// per line, `CRC32HEX JSON\n`, where the CRC-32 covers the JSON bytes. The first line is a
+/// header record naming the file's kind and format version.
+///
+/// A line whose checksum does not match, or a last line without its newline, is a torn or
+/// damaged write: reading stops there and reports how many bytes were good, so that the
+/// owner can truncate the tail and go on (the records after a damaged one were never
+/// acknowledged to anyone, because each acknowledgement waits for the sync that covers it).
+public enum RecordLog {
+    public struct Header: Codable, Equatable, Sendable {
+        public var kind: String
+        public var version: Int
+        public init(kind: String, version: Int) {
+            self.kind = kind
+            self.version = version
+        }
+    }
+
+    public enum ReadError: Error, CustomStringConvertible, Equatable {
+        case wrongKind(expected: String, found: String)
+        case unsupportedVersion(kind: String, version: Int, supported: Int)
+        case missingHeader
+
+        public var description: String {
+            switch self {
+            case .wrongKind(let e, let f): return "file holds \(f) records, expected \(e)"
+            case .unsupportedVersion(let k, let v, let s): return "\(k) format version \(v) is not supported (this build reads \(s))"
+            case .missingHeader: return "file has no valid header line"
+            }
+        }
+    }
+
+    public struct Contents<R: Decodable> {
+        public var records: [R]
+        /// Bytes of the file that hold whole, valid lines (header included).
+        public var goodBytes: Int
+        /// Whether anything after `goodBytes` was dropped (a torn or damaged tail).
+        public var droppedTail: Bool
+    }
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+
+    public static func line<R: Encodable>(_ record: R) -> [UInt8] {
+        // Encoding our own plain records cannot fail.
+        let json = Array(try! encoder.encode(record))
+        var out = Array(hex32(CRC32.of(json)).utf8)
+        out.append(UInt8(ascii: " "))
+        out += json
+        out.append(UInt8(ascii: "\n"))
+        return out
+    }
+
+    public static func headerLine(kind: String, version: Int) -> [UInt8] {
+        line(Header(kind: kind, version: version))
+    }
+
+    /// Parses a whole file. An empty file is valid and empty.
+    public static func parse<R: Decodable>(_ bytes: [UInt8], kind: String, version: Int, as: R.Type) throws -> Contents<R> {
+        var records: [R] = []
+        var pos = 0
+        var sawHeader = false
+        let decoder = JSONDecoder()
+        while pos < bytes.count {
+            guard let nl = bytes[pos...].firstIndex(of: UInt8(ascii: "\n")) else { break }
+            let lineBytes = bytes[pos..<nl]
+            guard lineBytes.count > 9, lineBytes[lineBytes.startIndex + 8] == UInt8(ascii: " "),
+                let want = UInt32(String(decoding: lineBytes.prefix(8), as: UTF8.self), radix: 16)
+            else { break }
+            let json = lineBytes.dropFirst(9)
+            guard CRC32.of(json) == want else { break }
+            if !sawHeader {
+                guard let h = try? decoder.decode(Header.self, from: Data(json)) else { throw ReadError.missingHeader }
+                guard h.kind == kind else { throw ReadError.wrongKind(expected: kind, found: h.kind) }
+                guard h.version <= version else { throw ReadError.unsupportedVersion(kind: kind, version: h.version, supported: version) }
+                sawHeader = true
+            } else {
+                guard let r = try? decoder.decode(R.self, from: Data(json)) else { break }
+                records.append(r)
+            }
+            pos = nl + 1
+        }
+        if !sawHeader && !bytes.isEmpty && pos == 0 {
+            // Nothing valid at all, not even a header: refuse rather than silently start over.
+            if bytes.count > 0 && bytes.contains(UInt8(ascii: "\n")) { throw ReadError.missingHeader }
+        }
+        return Contents(records: records, goodBytes: pos, droppedTail: pos < bytes.count)
+    }
+}
+
+/// One line of the collector's ledger (`.spoolship/ledger/<agent-id>.ledger`): a segment that
+/// was committed, and the name it was committed under.
+public struct LedgerEntry: Codable, Equatable, Sendable {
+    public var spool: String
+    public var name: String
+    public var size: UInt64
+    public var crc: UInt32
+    public var stored: String
+    /// Seconds since the epoch at commit.
+    public var time: Int64
+
+    public init(key: SegmentKey, stored: String, time: Int64) {
+        self.spool = key.spool
+        self.name = key.name
+        self.size = key.size
+        self.crc = key.crc
+        self.stored = stored
+        self.time = time
+    }
+
+    public var key: SegmentKey { SegmentKey(spool: spool, name: name, size: size, crc: crc) }
+
+    public static let kind = "spoolship-ledger"
+    public static let version = 1
+}
+
+/// One line of the agent's state journal (`<state-dir>/state.journal`).
+public struct StateRecord: Codable, Equatable, Sendable {
+    public enum Op: String, Codable, Sendable {
+        /// A segment was sealed: its identity and checksum are fixed from here on.
+        case seal
+        /// The collector acknowledged the segment as committed. Synced before any deletion.
+        case ack
+        /// The local copy is gone (deleted or archived) and its directory synced.
+        case done
+    }
+
+    public var op: Op
+    public var id: UInt64
+    // seal only
+    public var spool: String?
+    public var name: String?
+    public var kind: SegmentKind?
+    public var dev: UInt64?
+    public var ino: UInt64?
+    public var size: UInt64?
+    public var crc: UInt32?
+    public var mtimeNs: Int64?
+    // ack only
+    public var stored: String?
+
+    public init(op: Op, id: UInt64) {
+        self.op = op
+        self.id = id
+    }
+
+    public static let kind = "spoolship-agent-state"
+    public static let version = 1
+}

@@ -1,0 +1,403 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipCore
+import SpoolshipIO
+
+public struct SpoolConfig: Sendable, Equatable {
+    public var name: String
+    public var directory: String
+    public init(name: String, directory: String) {
+        self.name = name
+        self.directory = directory
+    }
+}
+
+public struct AgentConfig: Sendable {
+    public var collector: Endpoint
+    public var agentID: String
+    public var stateDir: String
+    public var spools: [SpoolConfig]
+    /// Keep acknowledged files here (`<archive-dir>/<spool>/<name>`) instead of deleting them.
+    public var archiveDir: String?
+    public var once = false
+    /// With `once`: give up after this many seconds without progress.
+    public var timeout: Double = 300
+    /// A connection on which the collector says nothing for this long, while something is
+    /// outstanding, is taken for dead. Pings go out at a third of it when idle.
+    public var ioTimeout: Double = 30
+    public var connectTimeout: Double = 10
+    public var backoffMin: Double = 0.1
+    public var backoffMax: Double = 30
+
+    public init(collector: Endpoint, agentID: String, stateDir: String, spools: [SpoolConfig]) {
+        self.collector = collector
+        self.agentID = agentID
+        self.stateDir = stateDir
+        self.spools = spools
+    }
+}
+
+struct FatalRefusal: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// The agent: watches spools, seals complete files, ships them over one long-lived connection
+/// with pipelined offers and sendfile, and deletes (or archives) each only after the
+/// collector acknowledged it as committed.
+public final class Agent: @unchecked Sendable {
+    let config: AgentConfig
+    let logger: Logger
+    let journal: AgentJournal
+    let spoolDirs: [String: OwnedFD]
+    let archiveDirs: [String: OwnedFD]
+    let state = NSCondition()
+    // Under `state`:
+    var segments: [UInt64: Segment] = [:]
+    var nextID: UInt64 = 1
+    /// Segment ids waiting to be offered, in seal order.
+    var toOffer: [UInt64] = []
+    /// (spool, name) of every live segment, so a second event for a file does not seal it twice.
+    var byName: [String: UInt64] = [:]
+    var stopped = false
+    var lastProgress = monotonicNow()
+    var lastError: String?
+    /// Files that could not be shipped (bad name, too large): kept, not retried until restart.
+    var refused: Set<String> = []
+    public private(set) var shippedSegments = 0
+    public private(set) var shippedBytes: UInt64 = 0
+
+    public init(config: AgentConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        try Names.validateIdentifier(config.agentID, what: "agent id")
+        var dirs: [String: OwnedFD] = [:]
+        var archives: [String: OwnedFD] = [:]
+        for s in config.spools {
+            try Names.validateIdentifier(s.name, what: "spool name")
+            guard dirs[s.name] == nil else { throw DaemonError("spool \(s.name) is configured twice") }
+            do {
+                dirs[s.name] = try Files.openDirectory(s.directory)
+            } catch {
+                throw DaemonError("spool \(s.name): cannot open its directory \(s.directory): \(error)")
+            }
+            if let a = config.archiveDir {
+                try Files.makeDirectories("\(a)/\(s.name)")
+                let afd = try Files.openDirectory("\(a)/\(s.name)")
+                let st1 = try Files.fstat(afd), st2 = try Files.fstat(dirs[s.name]!)
+                guard st1.st_dev == st2.st_dev else {
+                    throw DaemonError("archive dir \(a)/\(s.name) is on another file system than spool \(s.name) (\(s.directory)); acknowledged files are renamed there, so it must be on the same one")
+                }
+                archives[s.name] = afd
+            }
+        }
+        spoolDirs = dirs
+        archiveDirs = archives
+        journal = try AgentJournal(dir: config.stateDir, logger: logger)
+        let loaded = try journal.load(logger: logger)
+        segments = loaded.segments
+        nextID = loaded.nextID
+        try recover()
+    }
+
+    // MARK: start-up recovery (R4)
+
+    /// Acknowledged-and-present is deleted again; acknowledged-and-missing is done; a sealed
+    /// segment whose file changed or vanished is dropped (and re-sealed by the scan if present).
+    private func recover() throws {
+        let acked = segments.values.filter { $0.acked }
+        if !acked.isEmpty {
+            try finish(acked)
+        }
+        for (id, s) in segments where !s.acked {
+            guard let dir = spoolDirs[s.spool] else {
+                logger.warning("segment of a spool no longer configured; forgetting it", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)"])
+                segments[id] = nil
+                continue
+            }
+            let st = try? Files.statAt(dir, s.name, label: s.name)
+            if let st = st, UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino, UInt64(st.st_size) == s.size, mtimeNs(st) == s.mtimeNs {
+                byName["\(s.spool)/\(s.name)"] = id
+            } else {
+                segments[id] = nil
+            }
+        }
+        toOffer = segments.keys.sorted()
+        try journal.compact(Array(segments.values))
+    }
+
+    // MARK: sealing
+
+    func mtimeNs(_ st: stat) -> Int64 { Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec) }
+
+    /// Scans every spool and seals what is complete.
+    func scanAll() {
+        for s in config.spools { scan(s) }
+    }
+
+    func scan(_ spool: SpoolConfig) {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: spool.directory).sorted()
+        } catch {
+            logger.error("cannot list spool", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)", "error": "\(error)"])
+            return
+        }
+        var sealed: [Segment] = []
+        for n in names { if let s = seal(spool: spool.name, name: n) { sealed.append(s) } }
+        admit(sealed)
+    }
+
+    /// Seals one file: checks that it is a complete regular file with a shippable name, and
+    /// computes its checksum. Returns nil for what is not (yet) to be shipped.
+    func seal(spool: String, name: String) -> Segment? {
+        if Names.isInProgress(name) { return nil }
+        let key = "\(spool)/\(name)"
+        let known: Bool = state.withLock { byName[key] != nil || refused.contains(key) }
+        if known { return nil }
+        guard let dir = spoolDirs[spool] else { return nil }
+        do {
+            try Names.validateSegmentName(name, what: "file name")
+        } catch {
+            state.withLock { _ = refused.insert(key) }
+            logger.error("file name cannot be shipped; leaving the file in place", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)", "error": "\(error)"])
+            return nil
+        }
+        let label = "\(config.spools.first { $0.name == spool }?.directory ?? spool)/\(name)"
+        do {
+            let fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
+            let st = try Files.fstat(fd)
+            guard (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+            var crc = CRC32()
+            try Files.checksum(fd, from: 0, to: Int64(st.st_size), into: &crc)
+            let after = try Files.fstat(fd)
+            guard after.st_size == st.st_size, mtimeNs(after) == mtimeNs(st) else {
+                // Still being written: its close will bring another event.
+                return nil
+            }
+            return state.withLock { () -> Segment in
+                let s = Segment(id: nextID, spool: spool, name: name, kind: .blob, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino),
+                                size: UInt64(st.st_size), crc: crc.value, mtimeNs: mtimeNs(st))
+                nextID += 1
+                return s
+            }
+        } catch let e as SyscallError where e.errno == ENOENT {
+            return nil
+        } catch let e as SyscallError where e.errno == ELOOP || e.errno == EXDEV {
+            state.withLock { _ = refused.insert(key) }
+            logger.error("refusing to follow a symlink in the spool", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)"])
+            return nil
+        } catch {
+            logger.error("cannot seal file", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Records sealed segments in the journal and queues them for shipping.
+    func admit(_ sealed: [Segment]) {
+        guard !sealed.isEmpty else { return }
+        state.lock()
+        defer { state.unlock() }
+        var fresh: [Segment] = []
+        for s in sealed where byName["\(s.spool)/\(s.name)"] == nil {
+            fresh.append(s)
+        }
+        do {
+            try journal.append(fresh.map { $0.sealRecord }, sync: false)
+        } catch {
+            logger.error("cannot write the agent state; will seal again later", metadata: ["error": "\(error)"])
+            return
+        }
+        for s in fresh {
+            segments[s.id] = s
+            byName["\(s.spool)/\(s.name)"] = s.id
+            toOffer.append(s.id)
+            logger.debug("sealed", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "bytes": "\(s.size)", "crc": "\(hex32(s.crc))"])
+        }
+        state.broadcast()
+    }
+
+    // MARK: acknowledgements (R4)
+
+    /// Called with segments the collector acknowledged as committed: record the acks durably,
+    /// then delete or archive each file, sync the directories, then record them done.
+    func acknowledged(_ ids: [(UInt64, String)]) {
+        var batch: [Segment] = []
+        state.lock()
+        for (id, stored) in ids {
+            guard var s = segments[id], !s.acked else { continue }
+            s.acked = true
+            s.stored = stored
+            segments[id] = s
+            batch.append(s)
+        }
+        lastProgress = monotonicNow()
+        state.unlock()
+        guard !batch.isEmpty else { return }
+        do {
+            try journal.append(batch.map { var r = StateRecord(op: .ack, id: $0.id); r.stored = $0.stored; return r }, sync: true)
+            try finish(batch)
+        } catch {
+            // The acks stay in memory as acked; the next start repeats the deletion.
+            logger.error("cannot record acknowledgements", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Deletes (or archives) the local copies of acknowledged segments and records them done.
+    private func finish(_ batch: [Segment]) throws {
+        var touched: [String: OwnedFD] = [:]
+        for s in batch {
+            guard let dir = spoolDirs[s.spool] else { continue }
+            let label = "\(s.spool)/\(s.name)"
+            // Only the file that was shipped: a new file under the same name stays.
+            if let st = try Files.statAt(dir, s.name, label: label), UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino {
+                if let adir = archiveDirs[s.spool] {
+                    var attempt = 0
+                    while try !Files.renameNoReplace(dir, s.name, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
+                        attempt += 1
+                    }
+                    touched["archive/\(s.spool)"] = adir
+                } else {
+                    try Files.unlink(dir, s.name, label: label)
+                }
+                touched[s.spool] = dir
+            }
+        }
+        for d in touched.values { try Files.fsync(d) }
+        state.lock()
+        defer { state.unlock() }
+        try journal.append(batch.map { StateRecord(op: .done, id: $0.id) }, sync: false)
+        for s in batch {
+            segments[s.id] = nil
+            if byName["\(s.spool)/\(s.name)"] == s.id { byName["\(s.spool)/\(s.name)"] = nil }
+            shippedSegments += 1
+            shippedBytes += s.size
+        }
+        if journal.appended > 100_000 && journal.appended > 4 * segments.count {
+            try journal.compact(Array(segments.values))
+        }
+        state.broadcast()
+    }
+
+    /// Forgets a segment whose file vanished or changed before it was shipped.
+    func drop(_ id: UInt64, reason: String) {
+        state.lock()
+        defer { state.unlock() }
+        guard let s = segments[id] else { return }
+        logger.warning("segment dropped before it was shipped", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "reason": "\(reason)"])
+        segments[id] = nil
+        if byName["\(s.spool)/\(s.name)"] == id { byName["\(s.spool)/\(s.name)"] = nil }
+        try? journal.append([StateRecord(op: .done, id: id)], sync: false)
+        state.broadcast()
+    }
+
+    func refuse(_ id: UInt64, reason: String) {
+        state.lock()
+        defer { state.unlock() }
+        guard let s = segments[id] else { return }
+        logger.error("collector refused segment; leaving the file in place", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(reason)"])
+        refused.insert("\(s.spool)/\(s.name)")
+        segments[id] = nil
+        byName["\(s.spool)/\(s.name)"] = nil
+        try? journal.append([StateRecord(op: .done, id: id)], sync: false)
+        state.broadcast()
+    }
+
+    // MARK: running
+
+    /// Runs until `stop()` (or, with `once`, until everything present at start is
+    /// acknowledged). Throws when `once` could make no progress for `timeout` seconds, or the
+    /// collector refused the agent for good.
+    public func run() throws {
+        scanAll()
+        if !config.once {
+            startThread("watcher") { [self] in watchLoop() }
+        }
+        var backoff = config.backoffMin
+        while true {
+            if let done = try checkFinished() { return done }
+            let session = AgentSession(agent: self)
+            do {
+                try session.run()
+                backoff = config.backoffMin
+            } catch let f as FatalRefusal {
+                throw f
+            } catch {
+                state.withLock { lastError = "\(error)" }
+                logger.warning("connection to collector failed", metadata: ["collector": "\(config.collector)", "error": "\(error)"])
+                if session.madeProgress { backoff = config.backoffMin }
+            }
+            if let done = try checkFinished() { return done }
+            // Jittered exponential backoff, interrupted by stop().
+            let wait = backoff * Double.random(in: 0.5...1.0)
+            backoff = min(config.backoffMax, backoff * 2)
+            state.lock()
+            let until = Date(timeIntervalSinceNow: wait)
+            while !stopped { if !state.wait(until: until) { break } }
+            state.unlock()
+        }
+    }
+
+    /// nil to go on; () when the run is over. Throws on a `once` timeout.
+    private func checkFinished() throws -> ()? {
+        state.lock()
+        defer { state.unlock() }
+        if stopped { return () }
+        if config.once {
+            if segments.isEmpty { return () }
+            if monotonicNow() - lastProgress > config.timeout {
+                throw DaemonError("no progress for \(Int(config.timeout)) s shipping to \(config.collector); \(segments.count) segment(s) still pending; last error: \(lastError ?? "none")")
+            }
+        }
+        return nil
+    }
+
+    public func stop() {
+        state.lock()
+        stopped = true
+        state.broadcast()
+        state.unlock()
+    }
+
+    var isStopped: Bool { state.withLock { stopped } }
+
+    private func watchLoop() {
+        do {
+            let ino = try Inotify()
+            var byWatch: [Int32: SpoolConfig] = [:]
+            for s in config.spools { byWatch[try ino.watch(s.directory)] = s }
+            // Files that completed between the first scan and the watch being set.
+            scanAll()
+            while !isStopped {
+                let events = try ino.read(timeout: 0.5)
+                var sealed: [Segment] = []
+                for e in events {
+                    if e.overflow {
+                        logger.warning("inotify queue overflowed; rescanning every spool")
+                        scanAll()
+                        continue
+                    }
+                    guard let spool = byWatch[e.watch] else { continue }
+                    if e.mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
+                        logger.error("spool directory was removed or moved; its new files are not seen until restart", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)"])
+                        continue
+                    }
+                    if e.name.isEmpty { continue }
+                    if let s = seal(spool: spool.name, name: e.name) { sealed.append(s) }
+                }
+                admit(sealed)
+            }
+        } catch {
+            logger.critical("spool watcher failed; stopping", metadata: ["error": "\(error)"])
+            stop()
+        }
+    }
+}
+
+extension NSCondition {
+    func withLock<R>(_ body: () throws -> R) rethrows -> R {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}

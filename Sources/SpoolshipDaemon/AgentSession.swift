@@ -1,0 +1,269 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipCore
+import SpoolshipIO
+
+/// One connection to the collector. The calling thread sends (offers, then DATA frames with
+/// sendfile as answers come back); a reader thread takes answers, checkpoints and commit
+/// acknowledgements, and processes acknowledgements in batches.
+final class AgentSession: @unchecked Sendable {
+    unowned let agent: Agent
+    var logger: Logger
+    private var socket: Socket?
+    // Under agent.state:
+    private var inflight: [UInt64: UInt64] = [:]      // tag -> segment id
+    private var sendQueue: [(tag: UInt64, offset: UInt64)] = []
+    private var nextTag: UInt64 = 1
+    private var failure: Error?
+    private var window = 64
+    private var lastHeard = monotonicNow()
+    private(set) var madeProgress = false
+
+    init(agent: Agent) {
+        self.agent = agent
+        logger = agent.logger
+    }
+
+    var config: AgentConfig { agent.config }
+    var state: NSCondition { agent.state }
+
+    func run() throws {
+        let sock = try Socket.connect(config.collector, timeout: config.connectTimeout)
+        socket = sock
+        defer { sock.shutdown(); try? sock.fd.close() }
+        sock.setTimeouts(receive: config.ioTimeout, send: config.ioTimeout)
+        var decoder = FrameDecoder(maxBody: Wire.defaultMaxFrameBody)
+        var hello = FrameWriter()
+        hello.append(.hello(Hello(agentID: config.agentID)))
+        try sock.sendAll(Wire.preamble + hello.bytes)
+        let welcome = try readWelcome(sock, &decoder)
+        window = Int(max(1, min(welcome.window, 4096)))
+        logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
+        state.withLock {
+            agent.lastProgress = monotonicNow()
+            // Everything not yet acknowledged is offered again on a new connection.
+            agent.toOffer = agent.segments.values.filter { !$0.acked }.map { $0.id }.sorted()
+        }
+        madeProgress = true
+        let readerDone = Latch()
+        startThread("reader \(config.collector)") { [self] in
+            readLoop(sock, decoder)
+            readerDone.open()
+        }
+        defer {
+            sock.shutdown()
+            readerDone.wait(timeout: 60)
+        }
+        try sendLoop(sock, maxSegment: welcome.maxSegmentSize)
+    }
+
+    private func readWelcome(_ sock: Socket, _ decoder: inout FrameDecoder) throws -> Welcome {
+        while true {
+            if let f = try decoder.next() {
+                switch f {
+                case .welcome(let w): return w
+                case .error(let code, _, let message):
+                    let c = ErrorCode(rawValue: code)
+                    if c == .authentication || c == .unsupportedVersion || c == .badName {
+                        throw FatalRefusal(description: "collector \(config.collector) refused this agent: \(message)")
+                    }
+                    throw DaemonError("collector \(config.collector) refused the connection: \(message)")
+                default: throw DaemonError("collector sent \(f.type) before WELCOME")
+                }
+            }
+            let bytes = try sock.receive(max: 4096)
+            if bytes.isEmpty { throw DaemonError("collector \(config.collector) closed the connection during the handshake") }
+            decoder.feed(bytes)
+        }
+    }
+
+    private func fail(_ e: Error) {
+        state.lock()
+        if failure == nil { failure = e }
+        state.broadcast()
+        state.unlock()
+    }
+
+    // MARK: sending
+
+    private func sendLoop(_ sock: Socket, maxSegment: UInt64) throws {
+        var lastSent = monotonicNow()
+        while true {
+            var offers: [Frame] = []
+            var sends: [(tag: UInt64, offset: UInt64, segment: Segment)] = []
+            var ping = false
+            state.lock()
+            while true {
+                if let f = failure { state.unlock(); throw f }
+                if agent.stopped { state.unlock(); return }
+                if config.once && agent.segments.isEmpty { state.unlock(); return }
+                let canOffer = inflight.count < window && !agent.toOffer.isEmpty
+                if canOffer || !sendQueue.isEmpty { break }
+                let idle = monotonicNow() - lastSent
+                if idle >= config.ioTimeout / 3 { ping = true; break }
+                if !inflight.isEmpty && monotonicNow() - lastHeard > config.ioTimeout {
+                    state.unlock()
+                    throw DaemonError("no word from collector \(config.collector) for \(Int(config.ioTimeout)) s with \(inflight.count) segment(s) outstanding")
+                }
+                _ = state.wait(until: Date(timeIntervalSinceNow: max(0.05, config.ioTimeout / 3 - idle)))
+            }
+            while inflight.count < window, !agent.toOffer.isEmpty {
+                let id = agent.toOffer.removeFirst()
+                guard let s = agent.segments[id], !s.acked else { continue }
+                if s.size > maxSegment {
+                    state.unlock()
+                    agent.refuse(id, reason: "\(s.size) bytes is more than the collector's maximum segment size of \(maxSegment)")
+                    state.lock()
+                    continue
+                }
+                let tag = nextTag
+                nextTag += 1
+                inflight[tag] = id
+                offers.append(.offer(Offer(tag: tag, kind: s.kind, key: s.key)))
+            }
+            for q in sendQueue {
+                if let id = inflight[q.tag], let s = agent.segments[id] { sends.append((q.tag, q.offset, s)) }
+            }
+            sendQueue.removeAll()
+            if ping && offers.isEmpty && sends.isEmpty && inflight.isEmpty { lastHeard = monotonicNow() }
+            state.unlock()
+
+            var w = FrameWriter()
+            for o in offers { w.append(o) }
+            if ping && offers.isEmpty && sends.isEmpty { w.append(.ping(UInt64(nextTag))) }
+            if !w.bytes.isEmpty {
+                try sock.sendAll(w.bytes)
+                lastSent = monotonicNow()
+            }
+            for s in sends {
+                try sendData(sock, tag: s.tag, offset: s.offset, segment: s.segment)
+                lastSent = monotonicNow()
+            }
+        }
+    }
+
+    private func sendData(_ sock: Socket, tag: UInt64, offset: UInt64, segment s: Segment) throws {
+        guard let dir = agent.spoolDirs[s.spool] else { return }
+        let label = "\(s.spool)/\(s.name)"
+        guard let fd = try openIfPresent(dir, s.name, label: label) else {
+            state.withLock { inflight[tag] = nil }
+            agent.drop(s.id, reason: "the file was deleted before it was shipped")
+            return
+        }
+        let st = try Files.fstat(fd)
+        guard UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino, UInt64(st.st_size) == s.size, agent.mtimeNs(st) == s.mtimeNs else {
+            // Changed after it was sealed: drop this seal; the file is sealed again as it is now.
+            state.withLock { inflight[tag] = nil }
+            agent.drop(s.id, reason: "the file changed after it was sealed; sealing it again")
+            agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
+            return
+        }
+        let count = s.size - offset
+        var w = FrameWriter()
+        w.append(.data(tag: tag, offset: offset, length: count))
+        try sock.sendAll(w.bytes)
+        if count > 0 {
+            try ZeroCopy.sendFile(fd, offset: Int64(offset), count: Int64(count), to: sock)
+        }
+    }
+
+    private func openIfPresent(_ dir: OwnedFD, _ name: String, label: String) throws -> OwnedFD? {
+        do {
+            return try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
+        } catch let e as SyscallError where e.errno == ENOENT {
+            return nil
+        }
+    }
+
+    // MARK: receiving
+
+    private func readLoop(_ sock: Socket, _ initial: FrameDecoder) {
+        var decoder = initial
+        do {
+            while true {
+                var acks: [(UInt64, String)] = []
+                var frames: [Frame] = []
+                while let f = try decoder.next() { frames.append(f) }
+                for f in frames { try handle(f, &acks) }
+                if !acks.isEmpty { acknowledge(acks) }
+                guard let bytes = try receive(sock) else { continue }
+                if bytes.isEmpty { throw DaemonError("collector \(config.collector) closed the connection") }
+                state.withLock { lastHeard = monotonicNow() }
+                decoder.feed(bytes)
+            }
+        } catch {
+            fail(error)
+        }
+    }
+
+    /// What arrived, or nil when the receive deadline passed without anything being owed.
+    private func receive(_ sock: Socket) throws -> [UInt8]? {
+        do {
+            return try sock.receive(max: 64 * 1024)
+        } catch let e as SyscallError where e.errno == ETIMEDOUT {
+            let silent = state.withLock { !inflight.isEmpty && monotonicNow() - lastHeard > config.ioTimeout }
+            if silent { throw DaemonError("no word from collector \(config.collector) for \(Int(config.ioTimeout)) s") }
+            return nil
+        }
+    }
+
+    private func handle(_ f: Frame, _ acks: inout [(UInt64, String)]) throws {
+        switch f {
+        case .answer(let tag, let status, let offset):
+            state.lock()
+            defer { state.unlock() }
+            guard let id = inflight[tag], let s = agent.segments[id] else { return }
+            agent.lastProgress = monotonicNow()
+            if status == .committed {
+                acks.append((tag, s.name))
+            } else {
+                guard offset <= s.size else { throw DaemonError("collector answered offset \(offset) for \(s.name), beyond its size \(s.size)") }
+                if offset > 0 {
+                    logger.info("resuming segment", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "offset": "\(offset)"])
+                }
+                sendQueue.append((tag, offset))
+                state.broadcast()
+            }
+        case .checkpoint:
+            state.withLock { agent.lastProgress = monotonicNow() }
+        case .committed(let tag, let stored):
+            acks.append((tag, stored))
+        case .pong:
+            break
+        case .error(let code, let tag, let message):
+            let c = ErrorCode(rawValue: code)
+            if tag != 0, let c = c, !c.closesConnection {
+                // One segment failed at the collector: offer it again (re-sealed if its
+                // checksum did not match).
+                logger.warning("collector could not commit a segment; offering it again", metadata: ["error.code": "\(c)", "error": "\(message)"])
+                let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
+                if let id = id, c == .checksumMismatch, let s = state.withLock({ agent.segments[id] }) {
+                    agent.drop(id, reason: "checksum mismatch at the collector")
+                    agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
+                } else if let id = id {
+                    state.withLock { agent.toOffer.insert(id, at: 0); state.broadcast() }
+                }
+                return
+            }
+            if (c == .badName || c == .tooLarge), tag != 0 {
+                let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
+                if let id = id { agent.refuse(id, reason: message) }
+            }
+            if c == .authentication || c == .unsupportedVersion {
+                throw FatalRefusal(description: "collector \(config.collector) refused this agent: \(message)")
+            }
+            throw DaemonError("collector \(config.collector) reported \(c.map { "\($0)" } ?? "error \(code)"): \(message)")
+        default:
+            throw DaemonError("unexpected \(f.type) frame from the collector")
+        }
+    }
+
+    private func acknowledge(_ acks: [(UInt64, String)]) {
+        let ids: [(UInt64, String)] = state.withLock {
+            acks.compactMap { (tag, stored) in inflight.removeValue(forKey: tag).map { ($0, stored) } }
+        }
+        agent.acknowledged(ids)
+        state.withLock { state.broadcast() }
+    }
+}

@@ -1,0 +1,542 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipCore
+import SpoolshipIO
+
+public struct CollectorConfig: Sendable {
+    public var listen: Endpoint
+    public var dataDir: String
+    public var collectorID: String = ProcessInfo.processInfo.hostName
+    public var maxFrameBody: Int = Wire.defaultMaxFrameBody
+    /// The largest segment accepted; larger offers are refused with `tooLarge`.
+    public var maxSegmentSize: UInt64 = 1 << 40
+    /// Offers an agent may have outstanding on one connection.
+    public var window: UInt32 = 512
+    /// A peer must complete its hello within this many seconds.
+    public var handshakeTimeout: Double = 10
+    /// A connection on which nothing arrives for this long is dropped (agents ping when idle).
+    public var idleTimeout: Double = 60
+    /// A durable checkpoint is taken every this many bytes of a segment, or
+    public var checkpointBytes: Int64 = 64 << 20
+    /// every this many seconds, whichever comes first.
+    public var checkpointInterval: Double = 1
+    public var maxConnections: Int = 4096
+    public var portFile: String?
+
+    public init(listen: Endpoint, dataDir: String) {
+        self.listen = listen
+        self.dataDir = dataDir
+    }
+}
+
+/// The collector: accepts agents, splices their segments into partial files, commits them
+/// durably and acknowledges. One thread accepts; each connection has a reader thread (frames
+/// and splice) and a durability thread (fdatasync, checksum, commit rename, ledger, acks).
+public final class Collector: @unchecked Sendable {
+    public let config: CollectorConfig
+    let logger: Logger
+    let dataDir: DataDir
+    let listener: Socket
+    public let port: UInt16
+    private let connections = Locked<[ObjectIdentifier: CollectorConnection]>([:])
+    private let stopping = Latch()
+    private let finished = Latch()
+
+    public init(config: CollectorConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        dataDir = try DataDir(path: config.dataDir)
+        (listener, port) = try Socket.listen(config.listen)
+        if let pf = config.portFile {
+            let url = URL(fileURLWithPath: pf)
+            try Files.replaceDurably(dir: url.deletingLastPathComponent().path, name: url.lastPathComponent, bytes: Array("\(port)\n".utf8))
+        }
+    }
+
+    public var isStopping: Bool { stopping.isOpen }
+
+    /// Accepts connections until `stop()`; returns once every connection has ended.
+    public func run() {
+        logger.info("listening", metadata: ["address": "\(config.listen.host):\(port)", "data_dir": "\(config.dataDir)"])
+        while !stopping.isOpen {
+            let sock: Socket?
+            do {
+                sock = try listener.accept()
+            } catch {
+                if stopping.isOpen { break }
+                // EMFILE and friends: say so, then give descriptors a moment to come back.
+                logger.error("accept failed", metadata: ["error": "\(error)"])
+                _ = stopping.wait(timeout: 0.1)
+                continue
+            }
+            guard let s = sock else { break }
+            if stopping.isOpen { s.abort(); break }
+            let count = connections.withLock { $0.count }
+            if count >= config.maxConnections {
+                logger.warning("too many connections; refusing", metadata: ["peer": "\(s.peer)", "limit": "\(config.maxConnections)"])
+                s.abort()
+                continue
+            }
+            let c = CollectorConnection(socket: s, collector: self)
+            connections.withLock { $0[ObjectIdentifier(c)] = c }
+            startThread("conn \(s.peer)") { [self] in
+                c.run()
+                connections.withLock { $0[ObjectIdentifier(c)] = nil }
+            }
+        }
+        // Graceful stop: every connection is told and closed; what is durable stays.
+        let live = connections.withLock { Array($0.values) }
+        for c in live { c.kill() }
+        let deadline = monotonicNow() + 30
+        while connections.withLock({ !$0.isEmpty }) && monotonicNow() < deadline {
+            _ = finished.wait(timeout: 0.05)
+        }
+        logger.info("stopped")
+    }
+
+    public func stop() {
+        stopping.open()
+        listener.shutdown()
+    }
+}
+
+/// One partial segment being received.
+final class Transfer: @unchecked Sendable {
+    let tag: UInt64
+    let key: SegmentKey
+    let partialName: String
+    let label: String
+    var fd: OwnedFD?
+    /// Bytes in the file (reader thread writes, durability thread reads; under `lock`).
+    private var _written: Int64
+    private let lock = NSLock()
+    // Owned by the durability thread:
+    var synced: Int64
+    var crc = CRC32()
+    var crcOffset: Int64 = 0
+    var directorySynced: Bool
+    // Reader-side bookkeeping for checkpoint requests.
+    var lastCheckpointRequest: Int64
+    var lastCheckpointTime: Double
+    var checkpointPending = false
+    private var _poisoned = false
+
+    init(tag: UInt64, key: SegmentKey, label: String, fd: OwnedFD?, held: Int64) {
+        self.tag = tag
+        self.key = key
+        self.partialName = key.partialFileName
+        self.label = label
+        self.fd = fd
+        _written = held
+        synced = held
+        directorySynced = fd != nil
+        lastCheckpointRequest = held
+        lastCheckpointTime = monotonicNow()
+    }
+
+    var written: Int64 {
+        get { lock.lock(); defer { lock.unlock() }; return _written }
+        set { lock.lock(); _written = newValue; lock.unlock() }
+    }
+    var poisoned: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return _poisoned }
+        set { lock.lock(); _poisoned = newValue; lock.unlock() }
+    }
+}
+
+/// A protocol-level refusal: sent to the peer as an ERROR frame, then the connection closes.
+struct Refusal: Error, CustomStringConvertible {
+    var code: ErrorCode
+    var tag: UInt64 = 0
+    var message: String
+    var description: String { "\(code): \(message)" }
+}
+
+final class CollectorConnection: @unchecked Sendable {
+    let socket: Socket
+    unowned let collector: Collector
+    var logger: Logger
+    var config: CollectorConfig { collector.config }
+    private let sendLock = NSLock()
+    private var store: AgentStore?
+    private var transfers: [UInt64: Transfer] = [:]
+    private var splicer: Splicer?
+    private let jobs = NSCondition()
+    private var queue: [Job] = []
+    private var workerDone = Latch()
+    private var closing = false
+
+    enum Job {
+        case checkpoint(Transfer)
+        case commit(Transfer)
+    }
+
+    init(socket: Socket, collector: Collector) {
+        self.socket = socket
+        self.collector = collector
+        var l = collector.logger
+        l[metadataKey: "peer"] = "\(socket.peer)"
+        logger = l
+    }
+
+    func kill() { socket.shutdown() }
+
+    func send(_ frames: [Frame]) throws {
+        var w = FrameWriter()
+        for f in frames { w.append(f) }
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        try socket.sendAll(w.bytes)
+    }
+
+    func run() {
+        socket.setTimeouts(receive: config.handshakeTimeout, send: config.idleTimeout)
+        socket.setNoDelay()
+        var claimed = false
+        let me = ObjectIdentifier(self)
+        do {
+            let store = try handshake()
+            self.store = store
+            guard store.claim(me, kill: { [weak self] in self?.kill() }, timeout: 10) else {
+                throw Refusal(code: .shuttingDown, message: "another connection of agent \(store.id) is still closing; retry")
+            }
+            claimed = true
+            splicer = try Splicer()
+            let welcome = Welcome(collectorID: config.collectorID, maxFrameBody: UInt32(config.maxFrameBody),
+                                  maxSegmentSize: config.maxSegmentSize, window: config.window)
+            var w = FrameWriter()
+            w.append(.welcome(welcome))
+            try sendRaw(Wire.preamble + w.bytes)
+            logger.info("agent connected", metadata: ["agent.id": "\(store.id)"])
+            startThread("durability \(socket.peer)") { [self] in durabilityLoop() }
+            socket.setTimeouts(receive: config.idleTimeout, send: config.idleTimeout)
+            try readLoop()
+            logger.info("agent disconnected")
+        } catch let r as Refusal {
+            logger.warning("refusing peer", metadata: ["error.code": "\(r.code)", "error": "\(r.message)"])
+            try? send([.error(code: r.code.rawValue, tag: r.tag, message: r.message)])
+        } catch let e as SyscallError where e.errno == ECONNRESET || e.errno == EPIPE || e.errno == ETIMEDOUT {
+            logger.notice("connection ended", metadata: ["error": "\(e)"])
+        } catch let e as SyscallError where e.isNoSpace {
+            logger.error("no space left on the collector's disk", metadata: ["error": "\(e)"])
+            try? send([.error(code: ErrorCode.noSpace.rawValue, tag: 0, message: "\(e)")])
+        } catch {
+            logger.error("connection failed", metadata: ["error": "\(error)"])
+            try? send([.error(code: ErrorCode.internalError.rawValue, tag: 0, message: "\(error)")])
+        }
+        // Let the durability thread finish what was fully received, then let go of the agent.
+        jobs.lock(); closing = true; jobs.broadcast(); jobs.unlock()
+        if store != nil && claimed { workerDone.wait(timeout: 3600) }
+        for t in transfers.values {
+            try? t.fd?.close()
+            if t.poisoned, let s = store { try? Files.unlink(s.partialDir, t.partialName, label: t.label) }
+        }
+        transfers.removeAll()
+        if claimed, let s = store { s.release(me) }
+        try? socket.fd.close()
+    }
+
+    private func sendRaw(_ bytes: [UInt8]) throws {
+        sendLock.lock(); defer { sendLock.unlock() }
+        try socket.sendAll(bytes)
+    }
+
+    // MARK: handshake
+
+    private func handshake() throws -> AgentStore {
+        guard let pre = try socket.receiveExactly(Wire.preamble.count) else {
+            throw SyscallError(call: "recv", path: "\(socket.peer) (closed before hello)", errno: ECONNRESET)
+        }
+        guard pre == Wire.preamble else {
+            throw Refusal(code: .protocolViolation, message: FrameError.badPreamble(pre).description)
+        }
+        let frame = try readFrame()
+        guard case .hello(let hello) = frame else {
+            throw Refusal(code: .protocolViolation, message: "expected HELLO, got \(frame.type)")
+        }
+        guard hello.version == Wire.version else {
+            throw Refusal(code: .unsupportedVersion, message: "protocol version \(hello.version) is not supported; this collector speaks version \(Wire.version)")
+        }
+        do {
+            try Names.validateIdentifier(hello.agentID, what: "agent id")
+        } catch {
+            throw Refusal(code: .badName, message: "\(error)")
+        }
+        logger[metadataKey: "agent.id"] = "\(hello.agentID)"
+        return try collector.dataDir.agent(hello.agentID, logger: logger)
+    }
+
+    private func readFrame() throws -> Frame {
+        guard let header = try socket.receiveExactly(Wire.headerSize) else {
+            throw SyscallError(call: "recv", path: "\(socket.peer) (closed)", errno: ECONNRESET)
+        }
+        do {
+            let (type, length) = try FrameCodec.parseHeader(header, maxBody: config.maxFrameBody)
+            let body = length == 0 ? [] : (try socket.receiveExactly(length) ?? [])
+            guard body.count == length else { throw SyscallError(call: "recv", path: "\(socket.peer) (closed mid-frame)", errno: ECONNRESET) }
+            return try FrameCodec.parseBody(type, body[...])
+        } catch let e as FrameError {
+            throw Refusal(code: e.isTooLarge ? .tooLarge : .protocolViolation, message: e.description)
+        }
+    }
+
+    // MARK: reader
+
+    private func readLoop() throws {
+        while true {
+            let frame: Frame
+            do {
+                frame = try readFrame()
+            } catch let e as SyscallError where e.errno == ECONNRESET && e.path?.hasSuffix("(closed)") == true {
+                return  // clean close between frames
+            }
+            switch frame {
+            case .offer(let o): try handleOffer(o)
+            case .data(let tag, let offset, let length): try handleData(tag: tag, offset: offset, length: length)
+            case .ping(let n): try send([.pong(n)])
+            case .error(let code, _, let message):
+                logger.warning("agent reported an error", metadata: ["error.code": "\(code)", "error": "\(message)"])
+                return
+            default:
+                throw Refusal(code: .protocolViolation, message: "unexpected \(frame.type) frame from an agent")
+            }
+        }
+    }
+
+    private func handleOffer(_ o: Offer) throws {
+        guard let store = store else { return }
+        do {
+            try Names.validateIdentifier(o.key.spool, what: "spool name")
+            try Names.validateSegmentName(o.key.name)
+        } catch {
+            throw Refusal(code: .badName, tag: o.tag, message: "\(error)")
+        }
+        guard o.key.size <= config.maxSegmentSize else {
+            throw Refusal(code: .tooLarge, tag: o.tag, message: "segment \(o.key.spool)/\(o.key.name) claims \(o.key.size) bytes, more than the maximum of \(config.maxSegmentSize)")
+        }
+        guard transfers[o.tag] == nil else {
+            throw Refusal(code: .protocolViolation, tag: o.tag, message: "tag \(o.tag) offered twice")
+        }
+        if transfers.values.contains(where: { $0.key == o.key }) {
+            throw Refusal(code: .protocolViolation, tag: o.tag, message: "segment \(o.key.spool)/\(o.key.name) offered twice on one connection")
+        }
+        if store.committedName(o.key) != nil {
+            try send([.answer(tag: o.tag, status: .committed, offset: o.key.size)])
+            return
+        }
+        if let name = try store.findOnDisk(o.key) {
+            try store.record([LedgerEntry(key: o.key, stored: name, time: Int64(Date().timeIntervalSince1970))])
+            logger.notice("segment found committed on disk; recorded it in the ledger", metadata: ["spool.name": "\(o.key.spool)", "segment.name": "\(name)"])
+            try send([.answer(tag: o.tag, status: .committed, offset: o.key.size)])
+            return
+        }
+        let pname = o.key.partialFileName
+        let label = "\(store.partialPath)/\(pname)"
+        var held: Int64 = 0
+        var fd: OwnedFD?
+        if let st = try Files.statAt(store.partialDir, pname, label: label), (st.st_mode & S_IFMT) == S_IFREG {
+            // Resume: make what the partial holds durable first, so a cut costs only what was
+            // in flight. A failed sync poisons the file (R2): discard it and start over.
+            let f = try Files.openBeneath(store.partialDir, pname, O_RDWR, label: label)
+            do {
+                let size = Int64(try Files.fstat(f).st_size)
+                if UInt64(size) > o.key.size { try Files.truncate(f, 0) }
+                try Files.fdatasync(f)
+                try Files.fsync(store.partialDir)
+                held = min(size, Int64(o.key.size))
+                fd = f
+            } catch {
+                logger.error("partial could not be made durable; discarding it", metadata: ["path": "\(label)", "error": "\(error)"])
+                try? f.close()
+                try Files.unlink(store.partialDir, pname, label: label)
+                held = 0
+                fd = nil
+            }
+            if held > 0 {
+                logger.info("resuming segment", metadata: ["spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "offset": "\(held)"])
+            }
+        }
+        transfers[o.tag] = Transfer(tag: o.tag, key: o.key, label: label, fd: fd, held: held)
+        try send([.answer(tag: o.tag, status: .sendFrom, offset: UInt64(held))])
+    }
+
+    private func handleData(tag: UInt64, offset: UInt64, length: UInt64) throws {
+        guard let store = store, let t = transfers[tag] else {
+            throw Refusal(code: .protocolViolation, tag: tag, message: "DATA for tag \(tag), which is not an open offer")
+        }
+        let expected = t.written
+        guard offset == UInt64(expected) else {
+            throw Refusal(code: .protocolViolation, tag: tag, message: "DATA for \(t.key.name) starts at offset \(offset), expected \(expected)")
+        }
+        guard offset + length <= t.key.size, offset + length >= offset else {
+            throw Refusal(code: .protocolViolation, tag: tag, message: "DATA for \(t.key.name) runs past its size \(t.key.size)")
+        }
+        if t.fd == nil {
+            t.fd = try Files.openBeneath(store.partialDir, t.partialName, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600, label: t.label)
+            t.directorySynced = false
+        }
+        if length > 0 {
+            guard let splicer = splicer, let fd = t.fd else { return }
+            do {
+                try splicer.receive(from: socket, into: fd, at: Int64(offset), count: Int64(length)) { reached in
+                    t.written = reached
+                    maybeCheckpoint(t, reached: reached)
+                }
+            } catch let e as SyscallError where e.isNoSpace {
+                // Keep what landed: the next offer makes it durable and resumes from there.
+                throw e
+            }
+            if t.poisoned {
+                throw Refusal(code: .ioError, tag: tag, message: "could not make \(t.key.name) durable; offer it again")
+            }
+        }
+        if UInt64(t.written) == t.key.size {
+            transfers[tag] = nil
+            enqueue(.commit(t))
+        }
+    }
+
+    private func maybeCheckpoint(_ t: Transfer, reached: Int64) {
+        let now = monotonicNow()
+        guard !t.checkpointPending,
+              reached - t.lastCheckpointRequest >= config.checkpointBytes
+                || (now - t.lastCheckpointTime >= config.checkpointInterval && reached > t.lastCheckpointRequest)
+        else { return }
+        t.lastCheckpointRequest = reached
+        t.lastCheckpointTime = now
+        t.checkpointPending = true
+        enqueue(.checkpoint(t))
+    }
+
+    private func enqueue(_ job: Job) {
+        jobs.lock()
+        queue.append(job)
+        jobs.signal()
+        jobs.unlock()
+    }
+
+    // MARK: durability thread
+
+    private func durabilityLoop() {
+        defer { workerDone.open() }
+        while true {
+            jobs.lock()
+            while queue.isEmpty && !closing { jobs.wait() }
+            let batch = queue
+            queue.removeAll()
+            let last = closing && batch.isEmpty
+            jobs.unlock()
+            if last { return }
+            var commits: [Transfer] = []
+            for job in batch {
+                switch job {
+                case .checkpoint(let t): checkpoint(t)
+                case .commit(let t): commits.append(t)
+                }
+            }
+            if !commits.isEmpty { commit(commits) }
+        }
+    }
+
+    /// Syncs what the partial holds and tells the agent. R1: the offset acknowledged is what
+    /// the file held before the fdatasync began, never more.
+    private func checkpoint(_ t: Transfer) {
+        defer { t.checkpointPending = false }
+        guard let store = store, let fd = t.fd, !t.poisoned else { return }
+        let reached = t.written
+        guard reached > t.synced else { return }
+        do {
+            try Files.fdatasync(fd)
+            if !t.directorySynced {
+                try Files.fsync(store.partialDir)
+                t.directorySynced = true
+            }
+            t.synced = reached
+            // The checksum trails the transfer here, off the reader's thread, so the commit
+            // only has the tail left to read.
+            try Files.checksum(fd, from: t.crcOffset, to: reached, into: &t.crc)
+            t.crcOffset = reached
+            try send([.checkpoint(tag: t.tag, offset: UInt64(reached))])
+        } catch {
+            logger.error("checkpoint sync failed; the partial is poisoned", metadata: ["path": "\(t.label)", "error": "\(error)"])
+            t.poisoned = true
+        }
+    }
+
+    /// Group commit: fdatasync and verify each segment, rename each into place, then sync
+    /// each touched directory once and the ledger once, then acknowledge them all.
+    private func commit(_ batch: [Transfer]) {
+        guard let store = store else { return }
+        var done: [(Transfer, String)] = []
+        var replies: [Frame] = []
+        var dirs: [String: OwnedFD] = [:]
+        for t in batch {
+            do {
+                guard !t.poisoned else { throw SyscallError(call: "fdatasync", path: t.label, errno: EIO) }
+                guard let fd = t.fd else { throw DaemonError("no partial file for \(t.key.name)") }
+                try Files.fdatasync(fd)
+                try Files.checksum(fd, from: t.crcOffset, to: Int64(t.key.size), into: &t.crc)
+                t.crcOffset = Int64(t.key.size)
+                try fd.close()
+                t.fd = nil
+                guard t.crc.value == t.key.crc else {
+                    logger.error("checksum mismatch; discarding the partial", metadata: [
+                        "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)",
+                        "crc.expected": "\(hex32(t.key.crc))", "crc.received": "\(hex32(t.crc.value))"])
+                    try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+                    replies.append(.error(code: ErrorCode.checksumMismatch.rawValue, tag: t.tag,
+                                          message: "checksum mismatch for \(t.key.spool)/\(t.key.name): expected \(hex32(t.key.crc)), received \(hex32(t.crc.value)); send it again"))
+                    continue
+                }
+                let dir = try store.spoolDir(t.key.spool)
+                var stored: String?
+                for attempt in 0..<1000 {
+                    let name = Names.alternateName(t.key.name, attempt: attempt)
+                    if try Files.renameNoReplace(store.partialDir, t.partialName, dir, name, label: "\(store.agentPath)/\(t.key.spool)/\(name)") {
+                        stored = name
+                        break
+                    }
+                }
+                guard let name = stored else { throw DaemonError("no free name for \(t.key.name) after 1000 attempts") }
+                if name != t.key.name {
+                    logger.warning("name already taken by a different file; committed under another name", metadata: [
+                        "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)", "stored.name": "\(name)"])
+                }
+                dirs[t.key.spool] = dir
+                done.append((t, name))
+            } catch {
+                // R2: an fsync or close error poisons the file; discard it, the agent resends.
+                logger.error("commit failed; discarding the partial", metadata: ["path": "\(t.label)", "error": "\(error)"])
+                try? t.fd?.close()
+                t.fd = nil
+                try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+                replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not commit \(t.key.spool)/\(t.key.name): \(error); send it again"))
+            }
+        }
+        do {
+            for (spool, dir) in dirs {
+                _ = spool
+                try Files.fsync(dir)
+            }
+            let now = Int64(Date().timeIntervalSince1970)
+            try store.record(done.map { LedgerEntry(key: $0.0.key, stored: $0.1, time: now) })
+            for (t, name) in done {
+                replies.append(.committed(tag: t.tag, storedName: name))
+                logger.debug("committed", metadata: ["spool.name": "\(t.key.spool)", "segment.name": "\(name)", "bytes": "\(t.key.size)"])
+            }
+        } catch {
+            // The files are in place but not known durable: no acknowledgement. A new offer
+            // finds them on disk, syncs their directory and records them.
+            logger.error("commit sync failed; not acknowledging", metadata: ["error": "\(error)"])
+            for (t, _) in done {
+                replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); offer it again"))
+            }
+        }
+        if !replies.isEmpty { try? send(replies) }
+    }
+}
+
+extension FrameError {
+    var isTooLarge: Bool { if case .tooLarge = self { return true }; return false }
+}

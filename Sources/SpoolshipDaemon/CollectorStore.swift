@@ -1,0 +1,175 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipCore
+import SpoolshipIO
+
+/// The collector's data dir:
+///
+///     <data-dir>/<agent-id>/<spool>/<name>        committed segments (complete, verified, durable)
+///     <data-dir>/.spoolship/lock                  held by the running collector (flock)
+///     <data-dir>/.spoolship/partial/<agent-id>/   partial data, one file per segment key
+///     <data-dir>/.spoolship/ledger/<agent-id>.ledger  every committed segment, append-only
+///
+/// Agent ids and spool names cannot start with '.', so the private area never collides with
+/// an agent's directory. Every directory below the data dir is opened with openat2 beneath its
+/// parent, symlinks refused.
+final class DataDir: @unchecked Sendable {
+    let path: String
+    let root: OwnedFD
+    let area: OwnedFD
+    let partialRoot: OwnedFD
+    let ledgerRoot: OwnedFD
+    let lock: OwnedFD
+    private let agents = Locked<[String: AgentStore]>([:])
+
+    init(path: String) throws {
+        self.path = path
+        try Files.makeDirectories(path)
+        root = try Files.openDirectory(path)
+        area = try Files.ensureDirectory(root, ".spoolship", label: "\(path)/.spoolship", mode: 0o700)
+        guard let l = try Files.lockExclusive("\(path)/.spoolship/lock") else {
+            throw DaemonError("another collector is running on the data dir \(path) (it holds \(path)/.spoolship/lock)")
+        }
+        lock = l
+        partialRoot = try Files.ensureDirectory(area, "partial", label: "\(path)/.spoolship/partial", mode: 0o700)
+        ledgerRoot = try Files.ensureDirectory(area, "ledger", label: "\(path)/.spoolship/ledger", mode: 0o700)
+    }
+
+    /// The store of one agent, opened (and its ledger loaded) on first use.
+    func agent(_ id: String, logger: Logger) throws -> AgentStore {
+        try agents.withLock { map in
+            if let s = map[id] { return s }
+            let s = try AgentStore(id: id, dataDir: self, logger: logger)
+            map[id] = s
+            return s
+        }
+    }
+}
+
+/// One agent's corner of the data dir: its directories, its ledger, and which connection owns it.
+final class AgentStore: @unchecked Sendable {
+    let id: String
+    let dataDir: DataDir
+    let agentDir: OwnedFD
+    let partialDir: OwnedFD
+    private let ledgerFD: OwnedFD
+    private let state = NSCondition()
+    private var ledger: [SegmentKey: String] = [:]
+    private var spoolDirs: [String: OwnedFD] = [:]
+    private var owner: ObjectIdentifier?
+    private var ownerKill: (() -> Void)?
+
+    var agentPath: String { "\(dataDir.path)/\(id)" }
+    var partialPath: String { "\(dataDir.path)/.spoolship/partial/\(id)" }
+    var ledgerPath: String { "\(dataDir.path)/.spoolship/ledger/\(id).ledger" }
+
+    init(id: String, dataDir: DataDir, logger: Logger) throws {
+        self.id = id
+        self.dataDir = dataDir
+        agentDir = try Files.ensureDirectory(dataDir.root, id, label: "\(dataDir.path)/\(id)")
+        partialDir = try Files.ensureDirectory(dataDir.partialRoot, id, label: "\(dataDir.path)/.spoolship/partial/\(id)", mode: 0o700)
+        let lpath = "\(dataDir.path)/.spoolship/ledger/\(id).ledger"
+        let existed = try Files.statAt(dataDir.ledgerRoot, "\(id).ledger", label: lpath) != nil
+        ledgerFD = try Files.openBeneath(dataDir.ledgerRoot, "\(id).ledger", O_RDWR | O_CREAT | O_APPEND, mode: 0o600, label: lpath)
+        let bytes = try Files.readAll(ledgerFD)
+        let contents = try RecordLog.parse(bytes, kind: LedgerEntry.kind, version: LedgerEntry.version, as: LedgerEntry.self)
+        for e in contents.records { ledger[e.key] = e.stored }
+        if bytes.isEmpty {
+            try Files.writeAll(ledgerFD, RecordLog.headerLine(kind: LedgerEntry.kind, version: LedgerEntry.version))
+            try Files.fdatasync(ledgerFD)
+            if !existed { try Files.fsync(dataDir.ledgerRoot) }
+        } else if contents.droppedTail {
+            logger.warning("ledger has a damaged tail; dropping it", metadata: [
+                "path": "\(lpath)", "bytes.good": "\(contents.goodBytes)", "bytes.dropped": "\(bytes.count - contents.goodBytes)"])
+            try Files.truncate(ledgerFD, Int64(contents.goodBytes))
+            try Files.fdatasync(ledgerFD)
+        }
+    }
+
+    // MARK: ownership: one connection per agent at a time, the newest wins
+
+    /// Makes `connection` the owner, asking a previous owner to stop and waiting up to
+    /// `timeout` for it to let go. Returns false on timeout.
+    func claim(_ connection: ObjectIdentifier, kill: @escaping () -> Void, timeout: Double) -> Bool {
+        state.lock()
+        defer { state.unlock() }
+        if owner != nil { ownerKill?() }
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while owner != nil {
+            if !state.wait(until: deadline) { return false }
+        }
+        owner = connection
+        ownerKill = kill
+        return true
+    }
+
+    func release(_ connection: ObjectIdentifier) {
+        state.lock()
+        if owner == connection {
+            owner = nil
+            ownerKill = nil
+            state.broadcast()
+        }
+        state.unlock()
+    }
+
+    // MARK: ledger
+
+    func committedName(_ key: SegmentKey) -> String? {
+        state.lock(); defer { state.unlock() }
+        return ledger[key]
+    }
+
+    /// Appends entries and syncs the ledger once for the batch.
+    func record(_ entries: [LedgerEntry]) throws {
+        guard !entries.isEmpty else { return }
+        var bytes: [UInt8] = []
+        for e in entries { bytes += RecordLog.line(e) }
+        try Files.writeAll(ledgerFD, bytes)
+        try Files.fdatasync(ledgerFD)
+        state.lock()
+        for e in entries { ledger[e.key] = e.stored }
+        state.unlock()
+    }
+
+    var committedCount: Int { state.lock(); defer { state.unlock() }; return ledger.count }
+
+    // MARK: directories
+
+    /// The directory of a spool under the agent's directory, created (and its parent synced)
+    /// on first use.
+    func spoolDir(_ spool: String) throws -> OwnedFD {
+        state.lock(); defer { state.unlock() }
+        if let d = spoolDirs[spool] { return d }
+        let d = try Files.ensureDirectory(agentDir, spool, label: "\(agentPath)/\(spool)")
+        spoolDirs[spool] = d
+        return d
+    }
+
+    /// Looks for `key` already committed on disk under its name or an alternate one (a crash
+    /// between the commit rename and the ledger write leaves it there). Returns the stored
+    /// name after making sure the directory entry is durable.
+    func findOnDisk(_ key: SegmentKey) throws -> String? {
+        let dir = try spoolDir(key.spool)
+        for attempt in 0..<1000 {
+            let name = Names.alternateName(key.name, attempt: attempt)
+            let label = "\(agentPath)/\(key.spool)/\(name)"
+            guard let st = try Files.statAt(dir, name, label: label) else { return nil }
+            guard (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_size) == key.size else { continue }
+            let fd = try Files.openBeneath(dir, name, O_RDONLY, label: label)
+            var crc = CRC32()
+            try Files.checksum(fd, from: 0, to: Int64(key.size), into: &crc)
+            if crc.value == key.crc {
+                try Files.fsync(dir)
+                return name
+            }
+        }
+        return nil
+    }
+}
+
+public struct DaemonError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}

@@ -1,0 +1,25 @@
+import Foundation
+import Glibc
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in every thread and hands them to one thread that waits
+/// for them with sigwait(3). Call before starting any other thread. SIGPIPE is ignored: a
+/// peer that goes away shows as EPIPE on the call that wrote to it.
+public enum Signals {
+    public static func handle(_ body: @escaping @Sendable (Int32) -> Void) {
+        signal(SIGPIPE, SIG_IGN)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGHUP)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let waitSet = set
+        startThread("signals") {
+            var s = waitSet
+            while true {
+                var sig: Int32 = 0
+                if sigwait(&s, &sig) == 0 { body(sig) }
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import CSpoolshipLinux
+import Glibc
+import SpoolshipCore
+
+/// File-system operations, each wrapped once, with errors naming the call and the path.
+public enum Files {
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> OwnedFD {
+        let fd = try syscall("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        return OwnedFD(fd, label: path)
+    }
+
+    public static func openDirectory(_ path: String) throws -> OwnedFD {
+        try open(path, O_RDONLY | O_DIRECTORY)
+    }
+
+    /// Opens `name` relative to `dir` with openat2(2) and RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS:
+    /// the result is always inside `dir`, and no symlink is followed on the way.
+    public static func openBeneath(_ dir: OwnedFD, _ name: String, _ flags: Int32, mode: mode_t = 0o644, label: String) throws -> OwnedFD {
+        let resolve = spsh_RESOLVE_BENEATH | spsh_RESOLVE_NO_SYMLINKS | spsh_RESOLVE_NO_MAGICLINKS
+        let fd = try syscall("openat2", label) { spsh_openat2(dir.raw, name, flags | O_CLOEXEC, UInt32(mode), resolve) }
+        return OwnedFD(fd, label: label)
+    }
+
+    /// Makes `name` a directory under `dir` (if missing) and opens it beneath `dir`, syncing
+    /// `dir` when the entry is new so that the new directory survives a crash.
+    public static func ensureDirectory(_ dir: OwnedFD, _ name: String, label: String, mode: mode_t = 0o755) throws -> OwnedFD {
+        if mkdirat(dir.raw, name, mode) == 0 {
+            try fsync(dir)
+        } else if Glibc.errno != EEXIST {
+            throw SyscallError(call: "mkdirat", path: label, errno: Glibc.errno)
+        }
+        return try openBeneath(dir, name, O_RDONLY | O_DIRECTORY, label: label)
+    }
+
+    /// mkdir -p of an absolute or relative path, syncing each parent that gained an entry.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws {
+        var current = path.hasPrefix("/") ? "/" : ""
+        for part in path.split(separator: "/") {
+            let parent = current.isEmpty ? "." : current
+            current += (current.isEmpty || current.hasSuffix("/") ? "" : "/") + part
+            if mkdir(current, mode) == 0 {
+                if let p = try? openDirectory(parent) { try? fsync(p) }
+            } else if Glibc.errno != EEXIST {
+                throw SyscallError(call: "mkdir", path: current, errno: Glibc.errno)
+            }
+        }
+    }
+
+    public static func fdatasync(_ fd: OwnedFD) throws {
+        _ = try syscall("fdatasync", fd.label) { Glibc.fdatasync(fd.raw) }
+    }
+
+    public static func fsync(_ fd: OwnedFD) throws {
+        _ = try syscall("fsync", fd.label) { Glibc.fsync(fd.raw) }
+    }
+
+    public static func fstat(_ fd: OwnedFD) throws -> stat {
+        var st = stat()
+        _ = try syscall("fstat", fd.label) { Glibc.fstat(fd.raw, &st) }
+        return st
+    }
+
+    /// lstat of `name` in `dir`; nil when it does not exist.
+    public static func statAt(_ dir: OwnedFD, _ name: String, label: String) throws -> stat? {
+        var st = stat()
+        if fstatat(dir.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 { return st }
+        if Glibc.errno == ENOENT { return nil }
+        throw SyscallError(call: "fstatat", path: label, errno: Glibc.errno)
+    }
+
+    /// Renames without ever replacing: returns false when `to` exists (EEXIST).
+    public static func renameNoReplace(_ fromDir: OwnedFD, _ from: String, _ toDir: OwnedFD, _ to: String, label: String) throws -> Bool {
+        while true {
+            if spsh_renameat2(fromDir.raw, from, toDir.raw, to, spsh_RENAME_NOREPLACE) == 0 { return true }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EEXIST { return false }
+            throw SyscallError(call: "renameat2", path: label, errno: e)
+        }
+    }
+
+    /// unlink; false when it was already gone.
+    @discardableResult
+    public static func unlink(_ dir: OwnedFD, _ name: String, label: String) throws -> Bool {
+        if unlinkat(dir.raw, name, 0) == 0 { return true }
+        if Glibc.errno == ENOENT { return false }
+        throw SyscallError(call: "unlinkat", path: label, errno: Glibc.errno)
+    }
+
+    public static func truncate(_ fd: OwnedFD, _ size: Int64) throws {
+        _ = try syscall("ftruncate", fd.label) { ftruncate(fd.raw, Int(size)) }
+    }
+
+    public static func writeAll(_ fd: OwnedFD, _ bytes: [UInt8]) throws {
+        var done = 0
+        while done < bytes.count {
+            done += try syscall("write", fd.label) { bytes.withUnsafeBytes { Glibc.write(fd.raw, $0.baseAddress! + done, $0.count - done) } }
+        }
+    }
+
+    public static func pwriteAll(_ fd: OwnedFD, _ bytes: ArraySlice<UInt8>, at offset: Int64) throws {
+        var done = 0
+        let arr = Array(bytes)
+        while done < arr.count {
+            done += try syscall("pwrite", fd.label) { arr.withUnsafeBytes { Glibc.pwrite(fd.raw, $0.baseAddress! + done, $0.count - done, Int(offset) + done) } }
+        }
+    }
+
+    public static func readAll(_ fd: OwnedFD) throws -> [UInt8] {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = try syscall("read", fd.label) { buf.withUnsafeMutableBytes { Glibc.read(fd.raw, $0.baseAddress!, $0.count) } }
+            if n == 0 { return out }
+            out += buf[0..<n]
+        }
+    }
+
+    /// Updates `crc` with the bytes of `fd` in `[from, to)`, read with pread (page cache).
+    public static func checksum(_ fd: OwnedFD, from: Int64, to: Int64, into crc: inout CRC32) throws {
+        let chunk = 1 << 20
+        var buf = [UInt8](repeating: 0, count: chunk)
+        var pos = from
+        while pos < to {
+            let want = Int(min(Int64(chunk), to - pos))
+            let n = try syscall("pread", fd.label) { buf.withUnsafeMutableBytes { Glibc.pread(fd.raw, $0.baseAddress!, want, Int(pos)) } }
+            if n == 0 { throw SyscallError(call: "pread", path: fd.label + " (file shorter than expected)", errno: EIO) }
+            buf.withUnsafeBytes { crc.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            pos += Int64(n)
+        }
+    }
+
+    /// Replaces `path` atomically and durably with `bytes`: write a temp file beside it, fsync,
+    /// rename over, fsync the directory.
+    public static func replaceDurably(dir: String, name: String, bytes: [UInt8]) throws {
+        let tmp = "\(dir)/.\(name).tmp"
+        let fd = try open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        try writeAll(fd, bytes)
+        try fsync(fd)
+        try fd.close()
+        _ = try syscall("rename", "\(dir)/\(name)") { Glibc.rename(tmp, "\(dir)/\(name)") }
+        try fsync(openDirectory(dir))
+    }
+
+    /// Takes an exclusive advisory lock on `path` (created if missing) for the life of the
+    /// returned descriptor; nil when another process holds it.
+    public static func lockExclusive(_ path: String) throws -> OwnedFD? {
+        let fd = try open(path, O_RDWR | O_CREAT, mode: 0o600)
+        while flock(fd.raw, LOCK_EX | LOCK_NB) < 0 {
+            if Glibc.errno == EINTR { continue }
+            if Glibc.errno == EWOULDBLOCK { return nil }
+            throw SyscallError(call: "flock", path: path, errno: Glibc.errno)
+        }
+        return fd
+    }
+}

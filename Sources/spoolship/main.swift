@@ -1,0 +1,12 @@
+import ArgumentParser
+import Foundation
+import SpoolshipDaemon
+
+struct Spoolship: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spoolship",
+        abstract: "The spoolship operator's tool.",
+        subcommands: [Demo.self, Verify.self])
+}
+
+Spoolship.main()
