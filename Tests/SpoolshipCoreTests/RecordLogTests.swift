@@ -1,0 +1,67 @@
+import Testing
+@testable import SpoolshipCore
+
+@Suite struct RecordLogTests {
+    func ledgerBytes(_ entries: [LedgerEntry]) -> [UInt8] {
+        RecordLog.headerLine(kind: LedgerEntry.kind, version: LedgerEntry.version) + entries.flatMap { RecordLog.line($0) }
+    }
+
+    let entries = [
+        LedgerEntry(key: SegmentKey(spool: "inbox", name: "a b.txt", size: 10, crc: 0xdead_beef), stored: "a b.txt", time: 1),
+        LedgerEntry(key: SegmentKey(spool: "inbox", name: "ü\"quoted\"", size: 0, crc: 0), stored: "ü\"quoted\"~1", time: 2),
+    ]
+
+    @Test func roundTrip() throws {
+        let bytes = ledgerBytes(entries)
+        let c = try RecordLog.parse(bytes, kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+        #expect(c.records == entries)
+        #expect(c.goodBytes == bytes.count)
+        #expect(!c.droppedTail)
+    }
+
+    @Test func tornLastLine_isDroppedAndReported() throws {
+        let bytes = ledgerBytes(entries)
+        for cut in 1..<RecordLog.line(entries[1]).count {
+            let torn = Array(bytes.dropLast(cut))
+            let c = try RecordLog.parse(torn, kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+            #expect(c.records == [entries[0]])
+            #expect(c.droppedTail)
+            #expect(c.goodBytes == bytes.count - RecordLog.line(entries[1]).count)
+        }
+    }
+
+    @Test func flippedByte_stopsReadingAtThatLine() throws {
+        var bytes = ledgerBytes(entries)
+        bytes[bytes.count - 5] ^= 0x20
+        let c = try RecordLog.parse(bytes, kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+        #expect(c.records == [entries[0]])
+        #expect(c.droppedTail)
+    }
+
+    @Test func wrongKindOrNewerVersion_isRefused() {
+        let state = RecordLog.headerLine(kind: StateRecord.kind, version: 1)
+        #expect(throws: RecordLog.ReadError.wrongKind(expected: LedgerEntry.kind, found: StateRecord.kind)) {
+            try RecordLog.parse(state, kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+        }
+        let future = RecordLog.headerLine(kind: LedgerEntry.kind, version: 9)
+        #expect(throws: RecordLog.ReadError.unsupportedVersion(kind: LedgerEntry.kind, version: 9, supported: 1)) {
+            try RecordLog.parse(future, kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+        }
+    }
+
+    @Test func emptyFile_isEmpty() throws {
+        let c = try RecordLog.parse([], kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+        #expect(c.records.isEmpty && c.goodBytes == 0 && !c.droppedTail)
+    }
+
+    @Test func stateRecords_roundTrip() throws {
+        var seal = StateRecord(op: .seal, id: 7)
+        seal.spool = "inbox"; seal.name = "x"; seal.kind = .blob; seal.dev = 1; seal.ino = 2; seal.size = 3; seal.crc = 4; seal.mtimeNs = 5
+        var ack = StateRecord(op: .ack, id: 7)
+        ack.stored = "x"
+        let records = [seal, ack, StateRecord(op: .done, id: 7)]
+        let bytes = RecordLog.headerLine(kind: StateRecord.kind, version: 1) + records.flatMap { RecordLog.line($0) }
+        let c = try RecordLog.parse(bytes, kind: StateRecord.kind, version: 1, as: StateRecord.self)
+        #expect(c.records == records)
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The blob path end to end, with the real binaries on 127.0.0.1.
+@Suite(.serialized) struct BlobShippingTests {
+    @Test func once_shipsEveryEdgeSize_andAHundredsOfSmallFiles_identicalAndOnce() throws {
+        let c = try Cluster("blob-sizes")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        let seed = UInt64(Date().timeIntervalSince1970)
+        print("blob sizes: seed \(seed)")
+        for size in [0, 1, 4095, 4096, 4097, 1 << 20, 128 << 20] {
+            try p.add("edge-\(size).bin", size: size, seed: seed &+ UInt64(size), into: spool)
+        }
+        var rng = SplitMix(seed: seed)
+        for i in 0..<300 {
+            try p.add("small-\(i).dat", size: Int(rng.next() % 20_000), seed: seed &+ UInt64(1000 + i), into: spool)
+        }
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]))
+        #expect(status == 0, "agent output:\n\(out)")
+        let dest = c.committed()
+        #expect(try p.identical(in: dest).count == p.names.count)
+        #expect(Harness.files(in: dest).count == p.names.count, "no extra or duplicate files")
+        #expect(Harness.files(in: spool).isEmpty, "the agent removed every acknowledged file")
+        #expect(c.partials().isEmpty, "no partial left behind")
+    }
+
+    @Test func daemon_shipsFilesAsTheyComplete_andRemovesThemOnlyAfterCommit() throws {
+        let c = try Cluster("blob-daemon")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        defer { agent.stop() }
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        // In-progress files are ignored until renamed.
+        try Harness.writeRandomFile(spool.appendingPathComponent(".hidden"), size: 100, seed: 1)
+        try Harness.writeRandomFile(spool.appendingPathComponent("upload.tmp"), size: 100, seed: 2)
+        // A file written in place, closed after writing.
+        try Harness.writeRandomFile(spool.appendingPathComponent("direct.bin"), size: 300_000, seed: 3)
+        try Harness.writeRandomFile(c.root.appendingPathComponent("originals-direct"), size: 300_000, seed: 3)
+        for i in 0..<50 {
+            try p.add("f\(i)", size: 10_000 + i, seed: UInt64(i), into: spool)
+        }
+        let dest = c.committed()
+        var violation: String?
+        let ok = try Harness.waitUntil(timeout: 60) {
+            // Invariant, checked at every poll: a file gone from the spool is committed.
+            let left = Set(Harness.files(in: spool))
+            let there = Set(Harness.files(in: dest))
+            for n in p.names where !left.contains(n) && !there.contains(n) { violation = "\(n) left the spool before it was committed" }
+            return try p.identical(in: dest).count == p.names.count && there.contains("direct.bin") && !left.contains("direct.bin")
+        }
+        #expect(violation == nil)
+        #expect(ok, "agent output:\n\(agent.output)")
+        #expect(try Harness.sameContents(dest.appendingPathComponent("direct.bin"), c.root.appendingPathComponent("originals-direct")))
+        #expect(Set(Harness.files(in: spool)) == [".hidden", "upload.tmp"], "in-progress files stay untouched")
+        // Renaming an in-progress file into place ships it.
+        #expect(rename(spool.appendingPathComponent("upload.tmp").path, spool.appendingPathComponent("upload.bin").path) == 0)
+        #expect(Harness.waitUntil(timeout: 30) { Harness.files(in: dest).contains("upload.bin") })
+        agent.kill(SIGTERM)
+        #expect(agent.wait(timeout: 30) == 0, "SIGTERM is a clean stop:\n\(agent.output)")
+    }
+
+    @Test func archiveDir_keepsAcknowledgedFiles() throws {
+        let c = try Cluster("blob-archive")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        for i in 0..<5 { try p.add("a\(i)", size: 5000, seed: UInt64(i), into: spool) }
+        let archive = c.root.appendingPathComponent("archive")
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], extra: ["--archive-dir", archive.path]))
+        #expect(status == 0, "\(out)")
+        #expect(Harness.files(in: spool).isEmpty)
+        #expect(try p.identical(in: archive.appendingPathComponent("spool")).count == 5)
+        #expect(try p.identical(in: c.committed()).count == 5)
+    }
+
+    @Test func reusedName_neverOverwrites_andTheSameBytesAreNotStoredTwice() throws {
+        let c = try Cluster("blob-reuse")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let dest = c.committed()
+        var first = try Payload(originals: c.root.appendingPathComponent("o1"))
+        try first.add("report.csv", size: 1000, seed: 1, into: spool)
+        #expect(try c.runOnce(c.agentArgs(spools: [("spool", spool)])).0 == 0)
+        // Another file under the same name: committed beside the first, never over it.
+        var second = try Payload(originals: c.root.appendingPathComponent("o2"))
+        try second.add("report.csv", size: 1000, seed: 2, into: spool)
+        #expect(try c.runOnce(c.agentArgs(spools: [("spool", spool)])).0 == 0)
+        #expect(try first.identical(in: dest) == ["report.csv"])
+        #expect(try Harness.sameContents(dest.appendingPathComponent("report.csv~1"), second.originals.appendingPathComponent("report.csv")))
+        // The first file's bytes again, with the agent's state lost: already committed.
+        try FileManager.default.removeItem(at: c.root.appendingPathComponent("state"))
+        var again = try Payload(originals: c.root.appendingPathComponent("o3"))
+        try again.add("report.csv", size: 1000, seed: 1, into: spool)
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]))
+        #expect(status == 0, "\(out)")
+        #expect(Harness.files(in: dest) == ["report.csv", "report.csv~1"])
+        #expect(Harness.files(in: spool).isEmpty)
+    }
+
+    @Test func once_givesUpWithAClearMessage_whenTheCollectorIsUnreachable() throws {
+        let c = try Cluster("blob-unreachable")
+        defer { c.remove() }
+        let spool = try c.spool()
+        try Harness.writeRandomFile(spool.appendingPathComponent("x"), size: 10, seed: 1)
+        // A port nobody listens on: bind one, close it.
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: unusedPort(), extra: ["--timeout", "2"]), timeout: 60)
+        #expect(status == 1)
+        #expect(out.contains("no progress for 2 s"), "\(out)")
+        #expect(out.contains("Connection refused"), "\(out)")
+        #expect(Harness.files(in: spool) == ["x"], "nothing is lost")
+    }
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+func unusedPort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return UInt16(bigEndian: a.sin_port)
+}

@@ -1,0 +1,155 @@
+import Foundation
+import Glibc
+import SpoolshipCore
+import Testing
+
+/// Rows 2-7 of RELIABILITY.md: cuts, blackholes, boundaries, slicing and kills.
+@Suite(.serialized) struct FaultTests {
+    @Test func resetsMidTransfer_resumeInsteadOfRestarting() throws {
+        let c = try Cluster("fault-reset")
+        defer { c.remove() }
+        try c.startCollector()
+        let proxy = try FaultProxy(targetPort: c.port)
+        defer { proxy.stop() }
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        for i in 0..<4 { try p.add("big-\(i)", size: 48 << 20, seed: UInt64(i), into: spool) }
+        // Every connection is reset after 40 MiB: several cuts over the 192 MiB payload.
+        proxy.setFault(.resetAfter(bytes: 40 << 20))
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port))
+        #expect(status == 0, "\(out)")
+        #expect(try p.identical(in: c.committed()).count == p.names.count)
+        let ratio = Double(proxy.bytesFromClient) / Double(p.totalBytes)
+        print("resets: \(proxy.connections - 1) cuts, bytes on wire / payload = \(ratio)")
+        #expect(proxy.connections >= 4, "the transfer was cut several times")
+        #expect(ratio <= 1.05, "a cut costs only what was in flight")
+    }
+
+    @Test func blackhole_isDetectedByTheDeadline_andTheAgentReconnects() throws {
+        let c = try Cluster("fault-blackhole")
+        defer { c.remove() }
+        try c.startCollector()
+        let proxy = try FaultProxy(targetPort: c.port)
+        defer { proxy.stop() }
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        try p.add("f", size: 8 << 20, seed: 5, into: spool)
+        proxy.setFault(.blackholeAfter(bytes: 1 << 20), connections: 1)
+        let ioTimeout = 2.0
+        let started = Date()
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port, extra: ["--io-timeout", "\(ioTimeout)"]), timeout: 60)
+        let took = Date().timeIntervalSince(started)
+        print("blackhole: detected and finished in \(took) s with an io timeout of \(ioTimeout) s")
+        #expect(status == 0, "\(out)")
+        #expect(proxy.connections == 2)
+        #expect(took <= 2 * ioTimeout + 3, "detection within twice the deadline (plus the transfer)")
+        #expect(try p.identical(in: c.committed()).count == 1)
+    }
+
+    @Test func connectionClosedAtEveryFrameBoundary_plusMinusOne_resumesCorrectly() throws {
+        let c = try Cluster("fault-boundaries")
+        defer { c.remove() }
+        try c.startCollector()
+        let proxy = try FaultProxy(targetPort: c.port)
+        defer { proxy.stop() }
+        // The agent's byte stream for two files a and b: preamble, HELLO, two OFFERs, then a
+        // DATA header and payload for each.
+        let sizes = [3000, 5000]
+        func boundaries(id: String, names: [String], crcs: [UInt32]) -> [Int] {
+            var b: [Int] = [Wire.preamble.count]
+            var pos = Wire.preamble.count + FrameWriter.encode(.hello(Hello(agentID: id))).count
+            b.append(pos)
+            for (i, n) in names.enumerated() {
+                pos += FrameWriter.encode(.offer(Offer(tag: UInt64(i + 1), kind: .blob, key: SegmentKey(spool: "spool", name: n, size: UInt64(sizes[i]), crc: crcs[i])))).count
+                b.append(pos)
+            }
+            for (i, s) in sizes.enumerated() {
+                pos += FrameWriter.encode(.data(tag: UInt64(i + 1), offset: 0, length: UInt64(s))).count
+                b.append(pos)
+                pos += s
+                b.append(pos)
+            }
+            return b
+        }
+        let spool = try c.spool()
+        var round = 0
+        var checked = 0
+        var cuts: [Int] = []
+        // Compute the boundaries once, from a first pair of names of the same length.
+        let probeNames = ["a-000", "b-000"]
+        let probe = boundaries(id: "agent-1", names: probeNames, crcs: [0, 0])
+        for b in probe { cuts += [b - 1, b, b + 1] }
+        for cut in Set(cuts).sorted() where cut > 0 && cut < probe.last! {
+            round += 1
+            var p = try Payload(originals: c.root.appendingPathComponent("o\(round)"))
+            let names = [String(format: "a-%03d", round), String(format: "b-%03d", round)]
+            for (i, n) in names.enumerated() { try p.add(n, size: sizes[i], seed: UInt64(round * 2 + i), into: spool) }
+            proxy.setFault(.closeAfter(bytes: cut), connections: 1)
+            let before = proxy.connections
+            let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port), timeout: 60)
+            #expect(status == 0, "cut at byte \(cut): \(out)")
+            #expect(proxy.connections - before == 2, "cut at byte \(cut) forced exactly one reconnect")
+            #expect(try p.identical(in: c.committed()).count == 2, "cut at byte \(cut)")
+            checked += 1
+        }
+        print("boundaries: \(checked) cut points checked")
+        #expect(checked >= 15)
+        #expect(Harness.files(in: spool).isEmpty)
+    }
+
+    @Test func reslicedStream_fromOneTo1500ByteSlices_hasNoFramingError() throws {
+        let c = try Cluster("fault-slices")
+        defer { c.remove() }
+        try c.startCollector()
+        let proxy = try FaultProxy(targetPort: c.port)
+        defer { proxy.stop() }
+        proxy.setSlicing(maxSlice: 1500, seed: 42)
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        for i in 0..<40 { try p.add("s\(i)", size: 100 + i * 997, seed: UInt64(i), into: spool) }
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port))
+        #expect(status == 0, "\(out)")
+        #expect(proxy.connections == 1, "no framing error forced a reconnect")
+        #expect(try p.identical(in: c.committed()).count == p.names.count)
+    }
+
+    enum Victim: String, CaseIterable { case collector, agent, both }
+
+    @Test(arguments: Victim.allCases)
+    func killNine_midTransfer_thenRestart_everythingArrivesOnce(victim: Victim) throws {
+        let c = try Cluster("fault-kill-\(victim)")
+        defer { c.remove() }
+        let port = try c.startCollector()
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        for i in 0..<3 { try p.add("k\(i)", size: 96 << 20, seed: UInt64(i), into: spool) }
+        for i in 0..<50 { try p.add("s\(i)", size: 4096 + i, seed: UInt64(100 + i), into: spool) }
+        let args = c.agentArgs(spools: [("spool", spool)])
+        var agent = try c.startAgent(args)
+        var kills = 0
+        for round in 0..<3 {
+            // Wait until a segment is partly received, then kill.
+            let mid = Harness.waitUntil(timeout: 60) {
+                c.partials().contains { name in
+                    let size = (try? FileManager.default.attributesOfItem(atPath: c.dataDir.appendingPathComponent(".spoolship/partial/agent-1/\(name)").path)[.size] as? Int) ?? 0
+                    return size > (8 << 20) * (round + 1)
+                }
+            }
+            if !mid { break }
+            if victim != .agent { c.collector?.kill(SIGKILL); _ = c.collector?.wait(timeout: 10) }
+            if victim != .collector { agent.kill(SIGKILL); _ = agent.wait(timeout: 10) }
+            kills += 1
+            if victim != .agent { try c.startCollector(port: port) }
+            if victim != .collector { agent = try c.startAgent(args) }
+        }
+        #expect(kills >= 1, "a transfer was caught in the middle")
+        let done = Harness.waitUntil(timeout: 180) { Harness.files(in: spool).isEmpty }
+        agent.kill(SIGTERM)
+        _ = agent.wait(timeout: 30)
+        #expect(done, "agent output:\n\(agent.output)")
+        #expect(try p.identical(in: c.committed()).count == p.names.count)
+        #expect(Harness.files(in: c.committed()).count == p.names.count, "each file once")
+        #expect(c.partials().isEmpty, "no stray partials after recovery")
+        print("kill -9 \(victim): \(kills) kills")
+    }
+}

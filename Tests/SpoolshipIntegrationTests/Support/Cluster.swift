@@ -1,0 +1,128 @@
+import Foundation
+import Glibc
+
+/// A collector and agents started from the built binaries, in one temporary directory.
+final class Cluster: @unchecked Sendable {
+    let root: URL
+    var dataDir: URL { root.appendingPathComponent("data") }
+    private(set) var collector: Daemon?
+    private(set) var port: UInt16 = 0
+    var collectorArgs: [String] = []
+    private var logs = 0
+
+    init(_ name: String) throws {
+        root = try Harness.tempDir(name)
+    }
+
+    func spool(_ name: String = "spool") throws -> URL {
+        let u = root.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
+        return u
+    }
+
+    func nextLog(_ what: String) -> URL {
+        logs += 1
+        return root.appendingPathComponent("\(what)-\(logs).log")
+    }
+
+    /// Starts the collector (on `port` if given: a restart keeps its address) and waits for it
+    /// to report its port.
+    @discardableResult
+    func startCollector(port fixed: UInt16? = nil, extra: [String] = []) throws -> UInt16 {
+        let portFile = root.appendingPathComponent("collector.port")
+        try? FileManager.default.removeItem(at: portFile)
+        let args = ["--listen", "127.0.0.1:\(fixed ?? 0)", "--data-dir", dataDir.path, "--port-file", portFile.path] + collectorArgs + extra
+        let d = try Daemon("spoolship-collector", args, log: nextLog("collector"))
+        collector = d
+        guard let p = Harness.readPortFile(portFile, timeout: 30) else {
+            throw TestFailure("collector did not start: \(d.output)")
+        }
+        port = p
+        return p
+    }
+
+    func agentArgs(id: String = "agent-1", state: String = "state", spools: [(String, URL)], target: UInt16? = nil, extra: [String] = []) -> [String] {
+        var a = ["--collector", "127.0.0.1:\(target ?? port)", "--agent-id", id,
+                 "--state-dir", root.appendingPathComponent(state).path]
+        for (n, u) in spools { a += ["--spool", "\(n)=\(u.path)"] }
+        return a + extra
+    }
+
+    func startAgent(_ args: [String]) throws -> Daemon {
+        try Daemon("spoolship-agent", args, log: nextLog("agent"))
+    }
+
+    /// Runs an agent with --once to the end; returns its exit status and output.
+    func runOnce(_ args: [String], timeout: Double = 300) throws -> (Int32?, String) {
+        let d = try startAgent(args + ["--once"])
+        let status = d.wait(timeout: timeout)
+        if status == nil { d.stop() }
+        return (status, d.output)
+    }
+
+    func committed(agent: String = "agent-1", spool: String = "spool") -> URL {
+        dataDir.appendingPathComponent(agent).appendingPathComponent(spool)
+    }
+
+    func partials(agent: String = "agent-1") -> [String] {
+        Harness.files(in: dataDir.appendingPathComponent(".spoolship/partial/\(agent)"))
+    }
+
+    func remove() {
+        collector?.stop()
+        try? FileManager.default.removeItem(at: root)
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Files written into a source dir and kept as originals for comparison.
+struct Payload {
+    var names: [String] = []
+    var sizes: [String: Int] = [:]
+    let originals: URL
+
+    init(originals: URL) throws {
+        self.originals = originals
+        try FileManager.default.createDirectory(at: originals, withIntermediateDirectories: true)
+    }
+
+    /// Writes a file into `spool` the way producers should: a dotfile renamed into place.
+    mutating func add(_ name: String, size: Int, seed: UInt64, into spool: URL) throws {
+        let orig = originals.appendingPathComponent(name)
+        try Harness.writeRandomFile(orig, size: size, seed: seed)
+        let tmp = spool.appendingPathComponent(".\(name).part")
+        try? FileManager.default.removeItem(at: tmp)
+        try FileManager.default.copyItem(at: orig, to: tmp)
+        guard rename(tmp.path, spool.appendingPathComponent(name).path) == 0 else { throw TestFailure("rename failed") }
+        names.append(name)
+        sizes[name] = size
+    }
+
+    var totalBytes: Int { sizes.values.reduce(0, +) }
+
+    /// The names in `dir` that are byte-identical to their originals.
+    func identical(in dir: URL) throws -> [String] {
+        try names.filter { n in
+            let u = dir.appendingPathComponent(n)
+            return try FileManager.default.fileExists(atPath: u.path) && Harness.sameContents(originals.appendingPathComponent(n), u)
+        }
+    }
+}
+
+/// Resident set size of a process in bytes (from /proc/PID/status).
+func residentBytes(_ pid: Int32) -> Int? {
+    guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        let kb = line.split(separator: " ").compactMap { Int($0) }.first
+        return kb.map { $0 * 1024 }
+    }
+    return nil
+}
+
+func openDescriptors(_ pid: Int32) -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+}

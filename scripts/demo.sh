@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds spoolship and runs the demo: a collector and an agent on 127.0.0.1 ship a spool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+swift build -c release --product spoolship-collector
+swift build -c release --product spoolship-agent
+swift build -c release --product spoolship
+exec "$(swift build -c release --show-bin-path)/spoolship" demo "$@"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what spoolship needs to build and test on Debian (run as root), then checks Swift.
+set -euo pipefail
+packages=(libsystemd-dev zlib1g-dev pkg-config strace util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v swift >/dev/null 2>&1; then
+  for d in /opt/swift/usr/bin /usr/share/swift/usr/bin; do
+    [ -x "$d/swift" ] && export PATH="$d:$PATH" && break
+  done
+fi
+command -v swift >/dev/null 2>&1 || {
+  echo "setup: no Swift toolchain found: install Swift 6 (https://www.swift.org/install/linux/) and put it on PATH" >&2
+  exit 1
+}
