@@ -18,6 +18,7 @@ final class AgentSession: @unchecked Sendable {
     private var failure: Error?
     private var window = 64
     private var lastHeard = monotonicNow()
+    /// Whether the collector answered, checkpointed or acknowledged anything on this connection.
     private(set) var madeProgress = false
 
     init(agent: Agent) {
@@ -41,11 +42,11 @@ final class AgentSession: @unchecked Sendable {
         window = Int(max(1, min(welcome.window, 4096)))
         logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
         state.withLock {
-            agent.lastProgress = monotonicNow()
-            // Everything not yet acknowledged is offered again on a new connection.
+            // Everything not yet acknowledged is offered again on a new connection. (A welcome
+            // alone is not progress: a collector that accepts and then fails every offer must
+            // not keep `--once` alive forever.)
             agent.toOffer = agent.segments.values.filter { !$0.acked }.map { $0.id }.sorted()
         }
-        madeProgress = true
         let readerDone = Latch()
         startThread("reader \(config.collector)") { [self] in
             readLoop(sock, decoder)
@@ -215,6 +216,7 @@ final class AgentSession: @unchecked Sendable {
             defer { state.unlock() }
             guard let id = inflight[tag], let s = agent.segments[id] else { return }
             agent.lastProgress = monotonicNow()
+            madeProgress = true
             if status == .committed {
                 acks.append((tag, s.name))
             } else {
@@ -226,7 +228,7 @@ final class AgentSession: @unchecked Sendable {
                 state.broadcast()
             }
         case .checkpoint:
-            state.withLock { agent.lastProgress = monotonicNow() }
+            state.withLock { agent.lastProgress = monotonicNow(); madeProgress = true }
         case .committed(let tag, let stored):
             acks.append((tag, stored))
         case .pong:

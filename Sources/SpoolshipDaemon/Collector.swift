@@ -166,6 +166,8 @@ final class CollectorConnection: @unchecked Sendable {
     private var queue: [Job] = []
     private var workerDone = Latch()
     private var closing = false
+    /// The collector's own preamble goes before its first frame, WELCOME or ERROR.
+    private var sentPreamble = false
 
     enum Job {
         case checkpoint(Transfer)
@@ -187,7 +189,12 @@ final class CollectorConnection: @unchecked Sendable {
         for f in frames { w.append(f) }
         sendLock.lock()
         defer { sendLock.unlock() }
-        try socket.sendAll(w.bytes)
+        if !sentPreamble {
+            sentPreamble = true
+            try socket.sendAll(Wire.preamble + w.bytes)
+        } else {
+            try socket.sendAll(w.bytes)
+        }
     }
 
     func run() {
@@ -205,9 +212,7 @@ final class CollectorConnection: @unchecked Sendable {
             splicer = try Splicer()
             let welcome = Welcome(collectorID: config.collectorID, maxFrameBody: UInt32(config.maxFrameBody),
                                   maxSegmentSize: config.maxSegmentSize, window: config.window)
-            var w = FrameWriter()
-            w.append(.welcome(welcome))
-            try sendRaw(Wire.preamble + w.bytes)
+            try send([.welcome(welcome)])
             logger.info("agent connected", metadata: ["agent.id": "\(store.id)"])
             startThread("durability \(socket.peer)") { [self] in durabilityLoop() }
             socket.setTimeouts(receive: config.idleTimeout, send: config.idleTimeout)
@@ -234,12 +239,7 @@ final class CollectorConnection: @unchecked Sendable {
         }
         transfers.removeAll()
         if claimed, let s = store { s.release(me) }
-        try? socket.fd.close()
-    }
-
-    private func sendRaw(_ bytes: [UInt8]) throws {
-        sendLock.lock(); defer { sendLock.unlock() }
-        try socket.sendAll(bytes)
+        socket.lingeringClose()
     }
 
     // MARK: handshake

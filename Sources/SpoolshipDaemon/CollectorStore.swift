@@ -51,7 +51,8 @@ final class DataDir: @unchecked Sendable {
 final class AgentStore: @unchecked Sendable {
     let id: String
     let dataDir: DataDir
-    let agentDir: OwnedFD
+    /// The agent's directory under the data dir, made at its first commit.
+    private var agentDir: OwnedFD?
     let partialDir: OwnedFD
     private let ledgerFD: OwnedFD
     private let state = NSCondition()
@@ -67,7 +68,6 @@ final class AgentStore: @unchecked Sendable {
     init(id: String, dataDir: DataDir, logger: Logger) throws {
         self.id = id
         self.dataDir = dataDir
-        agentDir = try Files.ensureDirectory(dataDir.root, id, label: "\(dataDir.path)/\(id)")
         partialDir = try Files.ensureDirectory(dataDir.partialRoot, id, label: "\(dataDir.path)/.spoolship/partial/\(id)", mode: 0o700)
         let lpath = "\(dataDir.path)/.spoolship/ledger/\(id).ledger"
         let existed = try Files.statAt(dataDir.ledgerRoot, "\(id).ledger", label: lpath) != nil
@@ -138,20 +138,38 @@ final class AgentStore: @unchecked Sendable {
     // MARK: directories
 
     /// The directory of a spool under the agent's directory, created (and its parent synced)
-    /// on first use.
+    /// on first use: at a commit, so that nothing appears under the data dir before then.
     func spoolDir(_ spool: String) throws -> OwnedFD {
         state.lock(); defer { state.unlock() }
         if let d = spoolDirs[spool] { return d }
-        let d = try Files.ensureDirectory(agentDir, spool, label: "\(agentPath)/\(spool)")
+        let a: OwnedFD
+        if let existing = agentDir {
+            a = existing
+        } else {
+            a = try Files.ensureDirectory(dataDir.root, id, label: agentPath)
+            agentDir = a
+        }
+        let d = try Files.ensureDirectory(a, spool, label: "\(agentPath)/\(spool)")
         spoolDirs[spool] = d
         return d
+    }
+
+    /// The spool's directory if it exists; nil otherwise (nothing is created).
+    func existingSpoolDir(_ spool: String) throws -> OwnedFD? {
+        state.lock()
+        let cached = spoolDirs[spool]
+        state.unlock()
+        if let d = cached { return d }
+        guard try Files.statAt(dataDir.root, id, label: agentPath) != nil else { return nil }
+        guard try Files.statAt(dataDir.root, "\(id)/\(spool)", label: "\(agentPath)/\(spool)") != nil else { return nil }
+        return try spoolDir(spool)
     }
 
     /// Looks for `key` already committed on disk under its name or an alternate one (a crash
     /// between the commit rename and the ledger write leaves it there). Returns the stored
     /// name after making sure the directory entry is durable.
     func findOnDisk(_ key: SegmentKey) throws -> String? {
-        let dir = try spoolDir(key.spool)
+        guard let dir = try existingSpoolDir(key.spool) else { return nil }
         for attempt in 0..<1000 {
             let name = Names.alternateName(key.name, attempt: attempt)
             let label = "\(agentPath)/\(key.spool)/\(name)"

@@ -243,10 +243,35 @@ public final class Socket: @unchecked Sendable {
         if fd.isOpen { _ = Glibc.shutdown(fd.raw, Int32(SHUT_RDWR)) }
     }
 
+    /// Closes after a last message: stop sending (FIN), then read and discard what the peer
+    /// still sends, for at most `maxBytes` or `timeout` seconds, so that the close does not
+    /// turn into a reset that destroys the message before the peer reads it.
+    public func lingeringClose(timeout: Double = 1, maxBytes: Int = 1 << 16) {
+        guard fd.isOpen else { return }
+        _ = Glibc.shutdown(fd.raw, Int32(SHUT_WR))
+        setTimeouts(receive: timeout, send: timeout)
+        var drained = 0
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let deadline = monotonicSeconds() + timeout
+        while drained < maxBytes && monotonicSeconds() < deadline {
+            let n = buf.withUnsafeMutableBytes { Glibc.recv(fd.raw, $0.baseAddress!, $0.count, 0) }
+            if n > 0 { drained += n; continue }
+            if n < 0 && Glibc.errno == EINTR { continue }
+            break
+        }
+        try? fd.close()
+    }
+
     /// Closes with a reset (SO_LINGER 0) instead of a FIN.
     public func abort() {
         var l = linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd.raw, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
         try? fd.close()
     }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -5,8 +5,9 @@ import SpoolshipIO
 import Testing
 
 /// A crafted client: speaks raw bytes to the collector and reads what comes back.
-struct RawClient {
+final class RawClient {
     let socket: Socket
+    private var decoder = FrameDecoder(expectPreamble: true)
 
     init(port: UInt16) throws {
         socket = try Socket.connect(Endpoint(host: "127.0.0.1", port: port), timeout: 5)
@@ -29,14 +30,12 @@ struct RawClient {
 
     /// Reads frames until the collector closes the connection (or `stopAfter` frames came).
     func readUntilClosed(stopAfter: Int = .max) throws -> [Frame] {
-        var d = FrameDecoder(expectPreamble: true)
         var out: [Frame] = []
         while out.count < stopAfter {
-            while out.count < stopAfter, let f = try d.next() { out.append(f) }
+            while out.count < stopAfter, let f = try decoder.next() { out.append(f) }
             if out.count >= stopAfter { break }
-            let b = try socket.receive(max: 65536)
-            if b.isEmpty { break }
-            d.feed(b)
+            guard let b = try? socket.receive(max: 65536), !b.isEmpty else { break }
+            decoder.feed(b)
         }
         return out
     }
@@ -163,10 +162,8 @@ struct RawClient {
         try client.send([.data(tag: 1, offset: 0, length: UInt64(payload.count))])
         try client.send(payload)
         var frames: [Frame] = []
-        var d = FrameDecoder()
         let got = try Harness.waitUntil(timeout: 10) {
-            d.feed(try client.socket.receive(max: 4096))
-            while let f = try d.next() { frames.append(f) }
+            frames += try client.readUntilClosed(stopAfter: 1)
             return frames.contains { if case .error = $0 { return true }; return false }
         }
         #expect(got, "\(frames)")
