@@ -33,7 +33,9 @@ final class AgentSession: @unchecked Sendable {
         let sock = try Socket.connect(config.collector, timeout: config.connectTimeout)
         socket = sock
         defer { sock.shutdown(); try? sock.fd.close() }
-        sock.setTimeouts(receive: config.ioTimeout, send: config.ioTimeout)
+        // The reader wakes at half the deadline to check for silence, so a vanished peer is
+        // noticed within 1.5 deadlines; a sendfile blocked on it is then woken by shutdown.
+        sock.setTimeouts(receive: config.ioTimeout / 2, send: config.ioTimeout)
         var decoder = FrameDecoder(maxBody: Wire.defaultMaxFrameBody)
         var hello = FrameWriter()
         hello.append(.hello(Hello(agentID: config.agentID)))
@@ -195,6 +197,8 @@ final class AgentSession: @unchecked Sendable {
             }
         } catch {
             fail(error)
+            // Wake the sender if it is blocked in sendfile towards a peer that vanished.
+            sock.shutdown()
         }
     }
 

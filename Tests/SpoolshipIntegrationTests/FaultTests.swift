@@ -40,6 +40,7 @@ import Testing
         let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port, extra: ["--io-timeout", "\(ioTimeout)"]), timeout: 60)
         let took = Date().timeIntervalSince(started)
         print("blackhole: detected and finished in \(took) s with an io timeout of \(ioTimeout) s")
+        if took > 2 * ioTimeout + 3 { print(out); print(c.collector?.output ?? "") }
         #expect(status == 0, "\(out)")
         #expect(proxy.connections == 2)
         #expect(took <= 2 * ioTimeout + 3, "detection within twice the deadline (plus the transfer)")
