@@ -188,10 +188,14 @@ public struct FrameWriter {
     mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.bigEndian) { bytes += $0 } }
     mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.bigEndian) { bytes += $0 } }
     mutating func string(_ s: String) {
-        // Strings longer than 65535 bytes cannot be framed; they are cut at a UTF-8 boundary
-        // only for error messages (names are validated far below that before encoding).
+        // Strings longer than 65535 bytes cannot be framed; only an error message can be that
+        // long (names are validated far below it), and it is cut at a character boundary.
         var b = Array(s.utf8)
-        if b.count > Int(UInt16.max) { b = Array(b.prefix(Int(UInt16.max))) }
+        if b.count > Int(UInt16.max) {
+            var cut = Int(UInt16.max)
+            while cut > 0 && b[cut] & 0xC0 == 0x80 { cut -= 1 }
+            b = Array(b.prefix(cut))
+        }
         u16(UInt16(b.count))
         bytes += b
     }

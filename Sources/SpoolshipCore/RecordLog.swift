@@ -34,10 +34,13 @@ public enum RecordLog {
 
     public struct Contents<R: Decodable> {
         public var records: [R]
-        /// Bytes of the file that hold whole, valid lines (header included).
+        /// Bytes of the file up to the end of its last valid line (header included).
         public var goodBytes: Int
         /// Whether anything after `goodBytes` was dropped (a torn or damaged tail).
         public var droppedTail: Bool
+        /// Damaged lines followed by valid ones: skipped, and reported, but not the end of
+        /// the file (a flipped bit must not hide the acknowledged records after it).
+        public var damagedLines: Int = 0
     }
 
     static let encoder: JSONEncoder = {
@@ -64,32 +67,41 @@ public enum RecordLog {
     public static func parse<R: Decodable>(_ bytes: [UInt8], kind: String, version: Int, as: R.Type) throws -> Contents<R> {
         var records: [R] = []
         var pos = 0
+        var goodEnd = 0
+        var middle = 0
+        var sinceGood = 0
         var sawHeader = false
         let decoder = JSONDecoder()
         while pos < bytes.count {
+            // A last line without its newline is a torn write.
             guard let nl = bytes[pos...].firstIndex(of: UInt8(ascii: "\n")) else { break }
-            let lineBytes = bytes[pos..<nl]
-            guard lineBytes.count > 9, lineBytes[lineBytes.startIndex + 8] == UInt8(ascii: " "),
-                let want = UInt32(String(decoding: lineBytes.prefix(8), as: UTF8.self), radix: 16)
-            else { break }
-            let json = lineBytes.dropFirst(9)
-            guard CRC32.of(json) == want else { break }
+            let line = bytes[pos..<nl]
+            pos = nl + 1
+            guard line.count > 9, line[line.startIndex + 8] == UInt8(ascii: " "),
+                let want = UInt32(String(decoding: line.prefix(8), as: UTF8.self), radix: 16),
+                CRC32.of(line.dropFirst(9)) == want
+            else {
+                sinceGood += 1
+                continue
+            }
+            let json = Data(line.dropFirst(9))
             if !sawHeader {
-                guard let h = try? decoder.decode(Header.self, from: Data(json)) else { throw ReadError.missingHeader }
+                guard sinceGood == 0, let h = try? decoder.decode(Header.self, from: json) else { throw ReadError.missingHeader }
                 guard h.kind == kind else { throw ReadError.wrongKind(expected: kind, found: h.kind) }
                 guard h.version <= version else { throw ReadError.unsupportedVersion(kind: kind, version: h.version, supported: version) }
                 sawHeader = true
-            } else {
-                guard let r = try? decoder.decode(R.self, from: Data(json)) else { break }
+            } else if let r = try? decoder.decode(R.self, from: json) {
                 records.append(r)
+            } else {
+                sinceGood += 1
+                continue
             }
-            pos = nl + 1
+            // Damaged lines before a valid one were in the middle of the file, not its tail.
+            middle += sinceGood
+            sinceGood = 0
+            goodEnd = pos
         }
-        if !sawHeader && !bytes.isEmpty && pos == 0 {
-            // Nothing valid at all, not even a header: refuse rather than silently start over.
-            if bytes.count > 0 && bytes.contains(UInt8(ascii: "\n")) { throw ReadError.missingHeader }
-        }
-        return Contents(records: records, goodBytes: pos, droppedTail: pos < bytes.count)
+        return Contents(records: records, goodBytes: goodEnd, droppedTail: goodEnd < bytes.count, damagedLines: middle)
     }
 }
 

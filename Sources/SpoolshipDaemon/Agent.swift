@@ -250,7 +250,8 @@ public final class Agent: @unchecked Sendable {
             guard let dir = spoolDirs[s.spool] else { continue }
             let label = "\(s.spool)/\(s.name)"
             // Only the file that was shipped: a new file under the same name stays.
-            if let st = try Files.statAt(dir, s.name, label: label), UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino {
+            if let st = try Files.statAt(dir, s.name, label: label), UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino,
+               UInt64(st.st_size) == s.size, mtimeNs(st) == s.mtimeNs {
                 if let adir = archiveDirs[s.spool] {
                     var attempt = 0
                     while try !Files.renameNoReplace(dir, s.name, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {

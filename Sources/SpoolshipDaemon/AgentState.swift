@@ -108,6 +108,6 @@ final class AgentJournal {
         let newFD = try Files.open("\(dir)/\(Self.fileName)", O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         try? fd.close()
         fd = newFD
-        appended = live.count
+        appended = live.count + live.filter(\.acked).count
     }
 }

@@ -318,8 +318,17 @@ final class CollectorConnection: @unchecked Sendable {
         guard transfers[o.tag] == nil else {
             throw Refusal(code: .protocolViolation, tag: o.tag, message: "tag \(o.tag) offered twice")
         }
-        if transfers.values.contains(where: { $0.key == o.key }) {
-            throw Refusal(code: .protocolViolation, tag: o.tag, message: "segment \(o.key.spool)/\(o.key.name) offered twice on one connection")
+        guard transfers.count < Int(config.window) else {
+            throw Refusal(code: .protocolViolation, tag: o.tag, message: "more than \(config.window) offers outstanding; the window is \(config.window)")
+        }
+        // The same segment offered again under a new tag (the agent sealed it again): the
+        // newer offer replaces the older one, and its partial is kept.
+        for (oldTag, t) in transfers where t.key == o.key {
+            try? t.fd?.close()
+            transfers[oldTag] = nil
+        }
+        if let broken = store.broken {
+            throw Refusal(code: .internalError, tag: o.tag, message: broken)
         }
         if store.committedName(o.key) != nil {
             try send([.answer(tag: o.tag, status: .committed, offset: o.key.size)])
@@ -340,11 +349,15 @@ final class CollectorConnection: @unchecked Sendable {
             // in flight. A failed sync poisons the file (R2): discard it and start over.
             let f = try Files.openBeneath(store.partialDir, pname, O_RDWR, label: label)
             do {
-                let size = Int64(try Files.fstat(f).st_size)
-                if UInt64(size) > o.key.size { try Files.truncate(f, 0) }
+                var size = Int64(try Files.fstat(f).st_size)
+                if UInt64(size) > o.key.size {
+                    // Longer than the segment: not ours to trust. Start over.
+                    try Files.truncate(f, 0)
+                    size = 0
+                }
                 try Files.fdatasync(f)
                 try Files.fsync(store.partialDir)
-                held = min(size, Int64(o.key.size))
+                held = size
                 fd = f
             } catch {
                 logger.error("partial could not be made durable; discarding it", metadata: ["path": "\(label)", "error": "\(error)"])
@@ -369,7 +382,8 @@ final class CollectorConnection: @unchecked Sendable {
         guard offset == UInt64(expected) else {
             throw Refusal(code: .protocolViolation, tag: tag, message: "DATA for \(t.key.name) starts at offset \(offset), expected \(expected)")
         }
-        guard offset + length <= t.key.size, offset + length >= offset else {
+        // Written so that a hostile length cannot overflow the sum.
+        guard length <= t.key.size, offset <= t.key.size - length else {
             throw Refusal(code: .protocolViolation, tag: tag, message: "DATA for \(t.key.name) runs past its size \(t.key.size)")
         }
         if t.fd == nil {
@@ -457,11 +471,13 @@ final class CollectorConnection: @unchecked Sendable {
             // only has the tail left to read.
             try Files.checksum(fd, from: t.crcOffset, to: reached, into: &t.crc)
             t.crcOffset = reached
-            try send([.checkpoint(tag: t.tag, offset: UInt64(reached))])
         } catch {
             logger.error("checkpoint sync failed; the partial is poisoned", metadata: ["path": "\(t.label)", "error": "\(error)"])
             t.poisoned = true
+            return
         }
+        // A failed send means the connection is going away; the partial stays good.
+        try? send([.checkpoint(tag: t.tag, offset: UInt64(reached))])
     }
 
     /// Group commit: fdatasync and verify each segment, rename each into place, then sync
@@ -515,10 +531,19 @@ final class CollectorConnection: @unchecked Sendable {
             }
         }
         do {
-            for (spool, dir) in dirs {
-                _ = spool
-                try Files.fsync(dir)
+            for dir in dirs.values { try Files.fsync(dir) }
+        } catch {
+            // R2: the new directory entries are not known durable, and a second fsync would
+            // not prove they are. Take the files back out and have the agent send them again.
+            logger.error("directory sync failed at commit; discarding the batch", metadata: ["error": "\(error)"])
+            for (t, name) in done {
+                if let dir = dirs[t.key.spool] { try? Files.unlink(dir, name, label: "\(store.agentPath)/\(t.key.spool)/\(name)") }
+                replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); send it again"))
             }
+            try? send(replies)
+            return
+        }
+        do {
             let now = Int64(Date().timeIntervalSince1970)
             try store.record(done.map { LedgerEntry(key: $0.0.key, stored: $0.1, time: now) })
             for (t, name) in done {
@@ -526,9 +551,10 @@ final class CollectorConnection: @unchecked Sendable {
                 logger.debug("committed", metadata: ["spool.name": "\(t.key.spool)", "segment.name": "\(name)", "bytes": "\(t.key.size)"])
             }
         } catch {
-            // The files are in place but not known durable: no acknowledgement. A new offer
-            // finds them on disk, syncs their directory and records them.
-            logger.error("commit sync failed; not acknowledging", metadata: ["error": "\(error)"])
+            // The ledger could not be synced: no acknowledgement, and the store refuses this
+            // agent until the collector restarts and reads its ledger afresh (R2: a sync is
+            // never retried and then trusted). The committed files themselves are durable.
+            logger.critical("ledger sync failed; refusing this agent until restart", metadata: ["path": "\(store.ledgerPath)", "error": "\(error)"])
             for (t, _) in done {
                 replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); offer it again"))
             }

@@ -59,6 +59,8 @@ final class AgentStore: @unchecked Sendable {
     private var ledger: [SegmentKey: String] = [:]
     private var spoolDirs: [String: OwnedFD] = [:]
     private var owner: ObjectIdentifier?
+    /// Set when the ledger failed to sync: nothing is acknowledged for this agent any more.
+    private(set) var broken: String?
     private var ownerKill: (() -> Void)?
 
     var agentPath: String { "\(dataDir.path)/\(id)" }
@@ -75,7 +77,16 @@ final class AgentStore: @unchecked Sendable {
         let bytes = try Files.readAll(ledgerFD)
         let contents = try RecordLog.parse(bytes, kind: LedgerEntry.kind, version: LedgerEntry.version, as: LedgerEntry.self)
         for e in contents.records { ledger[e.key] = e.stored }
-        if bytes.isEmpty {
+        if contents.damagedLines > 0 {
+            logger.error("ledger has damaged lines; they were skipped (their files are found again on disk if re-offered)", metadata: [
+                "path": "\(lpath)", "lines": "\(contents.damagedLines)"])
+        }
+        if contents.droppedTail && contents.goodBytes == 0 {
+            // Even the header line is torn: nothing was ever recorded. Start the file again.
+            logger.warning("ledger header is torn; rewriting it", metadata: ["path": "\(lpath)"])
+            try Files.truncate(ledgerFD, 0)
+        }
+        if bytes.isEmpty || contents.goodBytes == 0 {
             try Files.writeAll(ledgerFD, RecordLog.headerLine(kind: LedgerEntry.kind, version: LedgerEntry.version))
             try Files.fdatasync(ledgerFD)
             if !existed { try Files.fsync(dataDir.ledgerRoot) }
@@ -124,10 +135,18 @@ final class AgentStore: @unchecked Sendable {
     /// Appends entries and syncs the ledger once for the batch.
     func record(_ entries: [LedgerEntry]) throws {
         guard !entries.isEmpty else { return }
+        if let b = broken { throw DaemonError(b) }
         var bytes: [UInt8] = []
         for e in entries { bytes += RecordLog.line(e) }
-        try Files.writeAll(ledgerFD, bytes)
-        try Files.fdatasync(ledgerFD)
+        do {
+            try Files.writeAll(ledgerFD, bytes)
+            try Files.fdatasync(ledgerFD)
+        } catch {
+            state.lock()
+            broken = "the ledger \(ledgerPath) failed (\(error)); restart the collector once the disk is healthy"
+            state.unlock()
+            throw error
+        }
         state.lock()
         for e in entries { ledger[e.key] = e.stored }
         state.unlock()

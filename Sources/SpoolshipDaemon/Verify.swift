@@ -28,6 +28,7 @@ public enum Verifier {
             let fd = try Files.open("\(ledgerDir)/\(file)", O_RDONLY)
             let contents = try RecordLog.parse(try Files.readAll(fd), kind: LedgerEntry.kind, version: LedgerEntry.version, as: LedgerEntry.self)
             if contents.droppedTail { report.problems.append("\(ledgerDir)/\(file): damaged tail after byte \(contents.goodBytes)") }
+            if contents.damagedLines > 0 { report.problems.append("\(ledgerDir)/\(file): \(contents.damagedLines) damaged line(s)") }
             for e in contents.records {
                 let rel = "\(agent)/\(e.spool)/\(e.stored)"
                 known.insert(rel)

@@ -30,12 +30,29 @@ import Testing
         }
     }
 
-    @Test func flippedByte_stopsReadingAtThatLine() throws {
+    @Test func flippedByteInTheLastLine_dropsItAsTheTail() throws {
         var bytes = ledgerBytes(entries)
         bytes[bytes.count - 5] ^= 0x20
         let c = try RecordLog.parse(bytes, kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
         #expect(c.records == [entries[0]])
         #expect(c.droppedTail)
+        #expect(c.damagedLines == 0)
+    }
+
+    @Test func flippedByteInTheMiddle_skipsThatLineOnly() throws {
+        var bytes = ledgerBytes(entries)
+        let headerCount = RecordLog.headerLine(kind: LedgerEntry.kind, version: 1).count
+        bytes[headerCount + 12] ^= 0x20
+        let c = try RecordLog.parse(bytes, kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+        #expect(c.records == [entries[1]], "the records after a damaged line are kept")
+        #expect(c.damagedLines == 1)
+        #expect(!c.droppedTail)
+    }
+
+    @Test func tornHeader_isAnEmptyFileWithADroppedTail() throws {
+        let header = RecordLog.headerLine(kind: LedgerEntry.kind, version: 1)
+        let c = try RecordLog.parse(Array(header.dropLast(3)), kind: LedgerEntry.kind, version: 1, as: LedgerEntry.self)
+        #expect(c.records.isEmpty && c.goodBytes == 0 && c.droppedTail)
     }
 
     @Test func wrongKindOrNewerVersion_isRefused() {

@@ -52,7 +52,8 @@ import Testing
             let left = Set(Harness.files(in: spool))
             let there = Set(Harness.files(in: dest))
             for n in p.names where !left.contains(n) && !there.contains(n) { violation = "\(n) left the spool before it was committed" }
-            return try p.identical(in: dest).count == p.names.count && there.contains("direct.bin") && !left.contains("direct.bin")
+            return try p.identical(in: dest).count == p.names.count && there.contains("direct.bin")
+                && left == [".hidden", "upload.tmp"]
         }
         #expect(violation == nil)
         #expect(ok, "agent output:\n\(agent.output)")
