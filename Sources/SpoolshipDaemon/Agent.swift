@@ -62,6 +62,9 @@ public final class Agent: @unchecked Sendable {
     var stopped = false
     var lastProgress = monotonicNow()
     var lastError: String?
+    /// Acknowledged segments waiting for the reaper.
+    var reapQueue: [Segment] = []
+    var reaperIdle = false
     /// Files that could not be shipped (bad name, too large): kept, not retried until restart.
     var refused: Set<String> = []
     public private(set) var shippedSegments = 0
@@ -219,27 +222,44 @@ public final class Agent: @unchecked Sendable {
 
     // MARK: acknowledgements (R4)
 
-    /// Called with segments the collector acknowledged as committed: record the acks durably,
-    /// then delete or archive each file, sync the directories, then record them done.
+    /// Called by a connection's reader with segments the collector acknowledged as committed.
+    /// They are marked acknowledged in memory at once (never offered again) and handed to the
+    /// reaper, so that the reader goes straight back to reading.
     func acknowledged(_ ids: [(UInt64, String)]) {
-        var batch: [Segment] = []
         state.lock()
+        defer { state.unlock() }
         for (id, stored) in ids {
             guard var s = segments[id], !s.acked else { continue }
             s.acked = true
             s.stored = stored
             segments[id] = s
-            batch.append(s)
+            reapQueue.append(s)
         }
         lastProgress = monotonicNow()
-        state.unlock()
-        guard !batch.isEmpty else { return }
-        do {
-            try journal.append(batch.map { var r = StateRecord(op: .ack, id: $0.id); r.stored = $0.stored; return r }, sync: true)
-            try finish(batch)
-        } catch {
-            // The acks stay in memory as acked; the next start repeats the deletion.
-            logger.error("cannot record acknowledgements", metadata: ["error": "\(error)"])
+        state.broadcast()
+    }
+
+    /// The reaper: for each batch of acknowledged segments, record the acks durably, then
+    /// delete or archive the files and sync their directories, then record them done (R4).
+    private func reapLoop() {
+        while true {
+            state.lock()
+            while reapQueue.isEmpty && !stopped { state.wait() }
+            if reapQueue.isEmpty { reaperIdle = true; state.broadcast(); state.unlock(); return }
+            let batch = reapQueue
+            reapQueue.removeAll()
+            state.unlock()
+            do {
+                try journal.append(batch.map { var r = StateRecord(op: .ack, id: $0.id); r.stored = $0.stored; return r }, sync: true)
+                try finish(batch)
+            } catch {
+                // Still acknowledged in memory; try again shortly (and at the next start).
+                logger.error("cannot record acknowledgements or remove acknowledged files; retrying", metadata: ["error": "\(error)"])
+                state.lock()
+                reapQueue = batch + reapQueue
+                _ = state.wait(until: Date(timeIntervalSinceNow: 1))
+                state.unlock()
+            }
         }
     }
 
@@ -313,6 +333,15 @@ public final class Agent: @unchecked Sendable {
         scanAll()
         if !config.once {
             startThread("watcher") { [self] in watchLoop() }
+        }
+        startThread("reaper") { [self] in reapLoop() }
+        defer {
+            // A graceful stop finishes the deletions of what was already acknowledged.
+            stop()
+            state.lock()
+            let until = Date(timeIntervalSinceNow: 30)
+            while !reaperIdle { if !state.wait(until: until) { break } }
+            state.unlock()
         }
         var backoff = config.backoffMin
         while true {

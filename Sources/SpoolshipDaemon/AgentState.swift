@@ -36,7 +36,10 @@ final class AgentJournal {
     let dir: String
     static let fileName = "state.journal"
     private var fd: OwnedFD
+    /// Lines in the journal since it was last compacted.
     private(set) var appended = 0
+    /// Appends come from the watcher (seals) and the reaper (acks, dones).
+    private let lock = NSLock()
     let lockFD: OwnedFD
 
     /// Opens (creating) the journal and returns it with the segments it holds.
@@ -83,6 +86,8 @@ final class AgentJournal {
 
     func append(_ records: [StateRecord], sync: Bool) throws {
         guard !records.isEmpty else { return }
+        lock.lock()
+        defer { lock.unlock() }
         var bytes: [UInt8] = []
         if appended == 0, try Files.fstat(fd).st_size == 0 {
             bytes += RecordLog.headerLine(kind: StateRecord.kind, version: StateRecord.version)
@@ -95,6 +100,8 @@ final class AgentJournal {
 
     /// Rewrites the journal with only the live segments: temp file, fsync, rename, fsync dir.
     func compact(_ live: [Segment]) throws {
+        lock.lock()
+        defer { lock.unlock() }
         var bytes = RecordLog.headerLine(kind: StateRecord.kind, version: StateRecord.version)
         for s in live.sorted(by: { $0.id < $1.id }) {
             bytes += RecordLog.line(s.sealRecord)

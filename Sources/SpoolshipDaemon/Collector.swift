@@ -487,11 +487,16 @@ final class CollectorConnection: @unchecked Sendable {
         var done: [(Transfer, String)] = []
         var replies: [Frame] = []
         var dirs: [String: OwnedFD] = [:]
+        // Every file gets its own fdatasync, all of them at once (see SyncPool).
+        let fds = batch.compactMap { $0.poisoned ? nil : $0.fd }
+        let syncErrors = SyncPool.shared.fdatasyncAll(fds)
+        var syncError: [ObjectIdentifier: SyscallError] = [:]
+        for (fd, e) in zip(fds, syncErrors) { if let e = e { syncError[ObjectIdentifier(fd)] = e } }
         for t in batch {
             do {
                 guard !t.poisoned else { throw SyscallError(call: "fdatasync", path: t.label, errno: EIO) }
                 guard let fd = t.fd else { throw DaemonError("no partial file for \(t.key.name)") }
-                try Files.fdatasync(fd)
+                if let e = syncError[ObjectIdentifier(fd)] { throw e }
                 try Files.checksum(fd, from: t.crcOffset, to: Int64(t.key.size), into: &t.crc)
                 t.crcOffset = Int64(t.key.size)
                 try fd.close()
