@@ -44,3 +44,12 @@ int spsh_accept4_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count) {
     return sendfile(out_fd, in_fd, (off_t *)offset, count);
 }
+
+int spsh_has_writers(int fd) {
+    if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+        fcntl(fd, F_SETLEASE, F_UNLCK);
+        return 0;
+    }
+    if (errno == EAGAIN) return 1;
+    return -1;
+}

@@ -171,6 +171,9 @@ public final class Agent: @unchecked Sendable {
             let fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
             let st = try Files.fstat(fd)
             guard (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+            // Complete means closed after writing: a file that a producer still holds open for
+            // writing (seen by a scan, or closed by one of two writers) waits for its last close.
+            if Files.hasWriters(fd) == true { return nil }
             var crc = CRC32()
             try Files.checksum(fd, from: 0, to: Int64(st.st_size), into: &crc)
             let after = try Files.fstat(fd)
@@ -368,11 +371,17 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
-    /// nil to go on; () when the run is over. Throws on a `once` timeout.
+    /// nil to go on; () when the run is over. Throws on a `once` timeout, and when a `once`
+    /// run is stopped (SIGTERM) before it shipped everything: its exit status must not say done.
     private func checkFinished() throws -> ()? {
         state.lock()
         defer { state.unlock() }
-        if stopped { return () }
+        if stopped {
+            if config.once && !segments.isEmpty {
+                throw DaemonError("stopped with \(segments.count) segment(s) not yet shipped; they ship on the next run")
+            }
+            return ()
+        }
         if config.once {
             if segments.isEmpty { return () }
             if monotonicNow() - lastProgress > config.timeout {

@@ -142,6 +142,16 @@ public enum Files {
         try fsync(openDirectory(dir))
     }
 
+    /// Whether some process has the file open for writing; nil when the kernel cannot tell us
+    /// (a lease needs the file's owner or CAP_LEASE).
+    public static func hasWriters(_ fd: OwnedFD) -> Bool? {
+        switch spsh_has_writers(fd.raw) {
+        case 0: return false
+        case 1: return true
+        default: return nil
+        }
+    }
+
     /// Takes an exclusive advisory lock on `path` (created if missing) for the life of the
     /// returned descriptor; nil when another process holds it.
     public static func lockExclusive(_ path: String) throws -> OwnedFD? {

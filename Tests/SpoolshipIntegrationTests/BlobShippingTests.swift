@@ -66,6 +66,45 @@ import Testing
         #expect(agent.wait(timeout: 30) == 0, "SIGTERM is a clean stop:\n\(agent.output)")
     }
 
+    @Test func fileHeldOpenForWriting_shipsOnlyAfterItsLastClose() throws {
+        let c = try Cluster("blob-held-open")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let held = spool.appendingPathComponent("held.bin")
+        FileManager.default.createFile(atPath: held.path, contents: nil)
+        let writer = try FileHandle(forWritingTo: held)
+        writer.write(Data(repeating: 1, count: 1000))
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        defer { agent.stop() }
+        // A marker shipped after the agent's first scan proves the agent has looked.
+        try Harness.writeRandomFile(spool.appendingPathComponent("marker"), size: 10, seed: 1)
+        #expect(Harness.waitUntil(timeout: 30) { Harness.files(in: c.committed()).contains("marker") }, "\(agent.output)")
+        #expect(!Harness.files(in: c.committed()).contains("held.bin"), "not shipped while a writer holds it open")
+        writer.write(Data(repeating: 2, count: 1000))
+        try writer.close()
+        #expect(Harness.waitUntil(timeout: 30) { Harness.files(in: c.committed()).contains("held.bin") }, "\(agent.output)")
+        let got = try Data(contentsOf: c.committed().appendingPathComponent("held.bin"))
+        #expect(got == Data(repeating: 1, count: 1000) + Data(repeating: 2, count: 1000), "every byte written before the close")
+        c.collector!.kill(SIGTERM)
+        #expect(c.collector!.wait(timeout: 30) == 0, "SIGTERM stops the collector cleanly")
+    }
+
+    @Test func once_stoppedBySIGTERM_exitsNonZero_andLosesNothing() throws {
+        let c = try Cluster("blob-once-term")
+        defer { c.remove() }
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        try p.add("x", size: 1000, seed: 1, into: spool)
+        // No collector: the agent keeps retrying until it is stopped.
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], target: unusedPort()) + ["--once"])
+        #expect(Harness.waitUntil(timeout: 30) { agent.output.contains("connection to collector failed") })
+        agent.kill(SIGTERM)
+        #expect(agent.wait(timeout: 30) == 1)
+        #expect(agent.output.contains("not yet shipped"), "\(agent.output)")
+        #expect(try p.identical(in: spool) == ["x"])
+    }
+
     @Test func archiveDir_keepsAcknowledgedFiles() throws {
         let c = try Cluster("blob-archive")
         defer { c.remove() }

@@ -5,6 +5,64 @@ import Testing
 
 /// Rows 2-7 of RELIABILITY.md: cuts, blackholes, boundaries, slicing and kills.
 @Suite(.serialized) struct FaultTests {
+    @Test func baseline_512MiBInManySegments_crossesTheWireOnce() throws {
+        let c = try Cluster("fault-baseline")
+        defer { c.remove() }
+        try c.startCollector()
+        let proxy = try FaultProxy(targetPort: c.port)
+        defer { proxy.stop() }
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        for i in 0..<64 { try p.add("seg-\(i)", size: 8 << 20, seed: UInt64(i), into: spool) }
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port))
+        #expect(status == 0, "\(out)")
+        #expect(try p.identical(in: c.committed()).count == 64)
+        #expect(Harness.files(in: spool).isEmpty, "agent spool empty")
+        let ratio = Double(proxy.bytesFromClient) / Double(p.totalBytes)
+        print(String(format: "baseline: bytes on wire / payload = %.5f", ratio))
+        #expect(ratio >= 1.0 && ratio < 1.001, "only framing overhead besides the payload")
+    }
+
+    @Test func agentKilledRepeatedly_atProgressPoints_neverLosesOrDuplicates() throws {
+        let c = try Cluster("fault-agent-kills")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var rng = SplitMix(seed: UInt64(Date().timeIntervalSince1970))
+        for i in 0..<400 { try p.add(String(format: "m%04d", i), size: Int(rng.next() % 200_000), seed: UInt64(i), into: spool) }
+        for i in 0..<4 { try p.add("large-\(i)", size: 32 << 20, seed: UInt64(1000 + i), into: spool) }
+        let args = c.agentArgs(spools: [("spool", spool)])
+        let dest = c.committed()
+        var lost: [String] = []
+        func checkInvariant() {
+            // Acknowledged-then-deleted files must be committed: nothing vanishes.
+            let left = Set(Harness.files(in: spool)), there = Set(Harness.files(in: dest))
+            for n in p.names where !left.contains(n) && !there.contains(n) { lost.append(n) }
+        }
+        var kills = 0
+        var agent = try c.startAgent(args)
+        for k in 1...8 {
+            // Kill at a point of progress: after a further share of the files has left the spool.
+            let target = p.names.count - k * p.names.count / 10
+            let reached = Harness.waitUntil(timeout: 60) { checkInvariant(); return Harness.files(in: spool).count <= target }
+            if !reached || !agent.isRunning { break }
+            agent.kill(SIGKILL)
+            _ = agent.wait(timeout: 10)
+            kills += 1
+            agent = try c.startAgent(args)
+        }
+        let done = Harness.waitUntil(timeout: 120) { checkInvariant(); return Harness.files(in: spool).isEmpty }
+        agent.kill(SIGTERM)
+        #expect(agent.wait(timeout: 30) == 0, "every restart came up and stopped cleanly:\n\(agent.output)")
+        #expect(done)
+        #expect(lost.isEmpty, "lost: \(lost.prefix(5))")
+        #expect(kills >= 4)
+        #expect(try p.identical(in: dest).count == p.names.count)
+        #expect(Harness.files(in: dest).count == p.names.count, "each file once")
+        print("agent kill -9: \(kills) kills during \(p.names.count) files")
+    }
+
     @Test func resetsMidTransfer_resumeInsteadOfRestarting() throws {
         let c = try Cluster("fault-reset")
         defer { c.remove() }
@@ -144,7 +202,13 @@ import Testing
             if victim != .collector { agent = try c.startAgent(args) }
         }
         #expect(kills >= 1, "a transfer was caught in the middle")
-        let done = Harness.waitUntil(timeout: 180) { Harness.files(in: spool).isEmpty }
+        var lost: [String] = []
+        let done = Harness.waitUntil(timeout: 180) {
+            let left = Set(Harness.files(in: spool)), there = Set(Harness.files(in: c.committed()))
+            for n in p.names where !left.contains(n) && !there.contains(n) { lost.append(n) }
+            return left.isEmpty
+        }
+        #expect(lost.isEmpty, "acknowledged and deleted, yet not committed: \(lost.prefix(5))")
         agent.kill(SIGTERM)
         _ = agent.wait(timeout: 30)
         #expect(done, "agent output:\n\(agent.output)")

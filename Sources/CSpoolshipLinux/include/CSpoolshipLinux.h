@@ -21,4 +21,9 @@ int spsh_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *
 /// openat2(2) with the given RESOLVE_* flags; falls back to nothing: ENOSYS is returned as is.
 int spsh_openat2(int dirfd, const char *path, int flags, unsigned int mode, uint64_t resolve);
 int spsh_accept4_cloexec(int fd);
+/// Whether another process holds `fd`'s file open for writing: 1 yes, 0 no, -1 unknown (errno
+/// set; EACCES when we neither own the file nor have CAP_LEASE). Uses a read lease (fcntl
+/// F_SETLEASE F_RDLCK), which the kernel grants only when no one has the file open for writing,
+/// and releases it at once.
+int spsh_has_writers(int fd);
 ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count);
