@@ -41,11 +41,17 @@ public final class Collector: @unchecked Sendable {
     public let port: UInt16
     private let connections = Locked<[ObjectIdentifier: CollectorConnection]>([:])
     private let stopping = Latch()
-    private let finished = Latch()
 
     public init(config: CollectorConfig, logger: Logger) throws {
         self.config = config
         self.logger = logger
+        // Each connection holds a socket, a pipe and its open partials: allow what the hard
+        // limit allows.
+        var lim = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+        }
         dataDir = try DataDir(path: config.dataDir)
         (listener, port) = try Socket.listen(config.listen)
         if let pf = config.portFile {
@@ -90,7 +96,7 @@ public final class Collector: @unchecked Sendable {
         for c in live { c.kill() }
         let deadline = monotonicNow() + 30
         while connections.withLock({ !$0.isEmpty }) && monotonicNow() < deadline {
-            _ = finished.wait(timeout: 0.05)
+            usleep(20_000)  // connections end on their own threads; poll for the last one
         }
         logger.info("stopped")
     }
@@ -165,6 +171,7 @@ final class CollectorConnection: @unchecked Sendable {
     private let jobs = NSCondition()
     private var queue: [Job] = []
     private var workerDone = Latch()
+    private var workerStarted = false
     private var closing = false
     /// The collector's own preamble goes before its first frame, WELCOME or ERROR.
     private var sentPreamble = false
@@ -214,6 +221,7 @@ final class CollectorConnection: @unchecked Sendable {
                                   maxSegmentSize: config.maxSegmentSize, window: config.window)
             try send([.welcome(welcome)])
             logger.info("agent connected", metadata: ["agent.id": "\(store.id)"])
+            workerStarted = true
             startThread("durability \(socket.peer)") { [self] in durabilityLoop() }
             socket.setTimeouts(receive: config.idleTimeout, send: config.idleTimeout)
             try readLoop()
@@ -232,7 +240,7 @@ final class CollectorConnection: @unchecked Sendable {
         }
         // Let the durability thread finish what was fully received, then let go of the agent.
         jobs.lock(); closing = true; jobs.broadcast(); jobs.unlock()
-        if store != nil && claimed { workerDone.wait(timeout: 3600) }
+        if workerStarted { workerDone.wait(timeout: 3600) }
         for t in transfers.values {
             try? t.fd?.close()
             if t.poisoned, let s = store { try? Files.unlink(s.partialDir, t.partialName, label: t.label) }

@@ -74,14 +74,14 @@ struct AgentCommand: ParsableCommand {
         config.once = once
         config.timeout = timeout
         config.ioTimeout = ioTimeout
-        let holder = Locked<Agent?>(nil)
+        let stop = StopRequest()
         Signals.handle { sig in
-            if sig == SIGHUP { return }
-            holder.withLock { $0 }?.stop()
+            if sig == SIGHUP { return }  // reloading comes with the configuration file
+            stop.request()
         }
         do {
             let agent = try Agent(config: config, logger: logger)
-            holder.withLock { $0 = agent }
+            stop.onRequest { agent.stop() }
             try agent.run()
             if once {
                 logger.info("all segments shipped", metadata: ["segments": "\(agent.shippedSegments)", "bytes": "\(agent.shippedBytes)"])

@@ -55,10 +55,10 @@ struct CollectorCommand: ParsableCommand {
         config.handshakeTimeout = handshakeTimeout
         config.idleTimeout = idleTimeout
         config.checkpointBytes = checkpointBytes
-        let holder = Locked<Collector?>(nil)
+        let stop = StopRequest()
         Signals.handle { sig in
             if sig == SIGHUP { return }  // nothing to reload yet: the configuration is all flags
-            holder.withLock { $0 }?.stop()
+            stop.request()
         }
         let collector: Collector
         do {
@@ -67,7 +67,7 @@ struct CollectorCommand: ParsableCommand {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
-        holder.withLock { $0 = collector }
+        stop.onRequest { collector.stop() }
         collector.run()
     }
 }
