@@ -303,26 +303,30 @@ public final class Agent: @unchecked Sendable {
         state.broadcast()
     }
 
-    /// Forgets a segment whose file vanished or changed before it was shipped.
+    /// Forgets a segment whose file vanished or changed before it was shipped (it is sealed
+    /// again if it is still there).
     func drop(_ id: UInt64, reason: String) {
-        state.lock()
-        defer { state.unlock() }
-        guard let s = segments[id] else { return }
-        logger.warning("segment dropped before it was shipped", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "reason": "\(reason)"])
-        segments[id] = nil
-        if byName["\(s.spool)/\(s.name)"] == id { byName["\(s.spool)/\(s.name)"] = nil }
-        try? journal.append([StateRecord(op: .done, id: id)], sync: false)
-        state.broadcast()
+        forget(id) { s in
+            logger.warning("segment dropped before it was shipped", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "reason": "\(reason)"])
+        }
     }
 
+    /// Forgets a segment that the collector will never take (bad name, too large): the file
+    /// stays in the spool and is not offered again until the agent restarts.
     func refuse(_ id: UInt64, reason: String) {
+        forget(id) { s in
+            logger.error("collector refused segment; leaving the file in place", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(reason)"])
+            refused.insert("\(s.spool)/\(s.name)")
+        }
+    }
+
+    private func forget(_ id: UInt64, _ why: (Segment) -> Void) {
         state.lock()
         defer { state.unlock() }
         guard let s = segments[id] else { return }
-        logger.error("collector refused segment; leaving the file in place", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(reason)"])
-        refused.insert("\(s.spool)/\(s.name)")
+        why(s)
         segments[id] = nil
-        byName["\(s.spool)/\(s.name)"] = nil
+        if byName["\(s.spool)/\(s.name)"] == id { byName["\(s.spool)/\(s.name)"] = nil }
         try? journal.append([StateRecord(op: .done, id: id)], sync: false)
         state.broadcast()
     }

@@ -15,7 +15,7 @@ import Testing
         for size in [0, 1, 4095, 4096, 4097, 1 << 20, 128 << 20] {
             try p.add("edge-\(size).bin", size: size, seed: seed &+ UInt64(size), into: spool)
         }
-        var rng = SplitMix(seed: seed)
+        var rng = Harness.SplitMix64(seed: seed)
         for i in 0..<300 {
             try p.add("small-\(i).dat", size: Int(rng.next() % 20_000), seed: seed &+ UInt64(1000 + i), into: spool)
         }
@@ -156,18 +156,6 @@ import Testing
         #expect(out.contains("no progress for 2 s"), "\(out)")
         #expect(out.contains("Connection refused"), "\(out)")
         #expect(Harness.files(in: spool) == ["x"], "nothing is lost")
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -29,7 +29,7 @@ import Testing
         try c.startCollector()
         let spool = try c.spool()
         var p = try Payload(originals: c.root.appendingPathComponent("originals"))
-        var rng = SplitMix(seed: UInt64(Date().timeIntervalSince1970))
+        var rng = Harness.SplitMix64(seed: UInt64(Date().timeIntervalSince1970))
         for i in 0..<400 { try p.add(String(format: "m%04d", i), size: Int(rng.next() % 200_000), seed: UInt64(i), into: spool) }
         for i in 0..<4 { try p.add("large-\(i)", size: 32 << 20, seed: UInt64(1000 + i), into: spool) }
         let args = c.agentArgs(spools: [("spool", spool)])

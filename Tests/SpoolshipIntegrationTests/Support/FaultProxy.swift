@@ -33,7 +33,7 @@ final class FaultProxy: @unchecked Sendable {
     private var fault: Fault = .none
     private var faultBudget: Int?
     private var sliceMax: Int?
-    private var rng = Rng(seed: 0)
+    private var rng = Harness.SplitMix64(seed: 0)
     private var stopped = false
     private var live: [Int: Connection] = [:]
     private var liveThreads = 0
@@ -111,7 +111,7 @@ final class FaultProxy: @unchecked Sendable {
         cond.lock(); defer { cond.unlock() }
         if let m = maxSlice { precondition(m >= 1, "maxSlice must be >= 1") }
         sliceMax = maxSlice
-        rng = Rng(seed: seed)
+        rng = Harness.SplitMix64(seed: seed)
     }
 
     /// RST every live connection now (both sides). Returns once they are closed (bounded: 2 s).
@@ -461,19 +461,6 @@ final class FaultProxy: @unchecked Sendable {
             var outq: Int32 = 0
             guard ioctl(fd, UInt(TIOCOUTQ), &outq) == 0, outq > 0 else { return }
             usleep(1_000)
-        }
-    }
-
-    /// SplitMix64.
-    private struct Rng {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
         }
     }
 }
