@@ -60,6 +60,10 @@ public final class Agent: @unchecked Sendable {
     /// (spool, name) of every live segment, so a second event for a file does not seal it twice.
     var byName: [String: UInt64] = [:]
     var stopped = false
+    /// Why the run cannot finish as asked: files that could not be sealed or recorded (a
+    /// `--once` run must not report success), or a failed spool watcher.
+    var incomplete: String?
+    var fatal: String?
     var lastProgress = monotonicNow()
     var lastError: String?
     /// Acknowledged segments waiting for the reaper.
@@ -195,6 +199,7 @@ public final class Agent: @unchecked Sendable {
             return nil
         } catch {
             logger.error("cannot seal file", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)", "error": "\(error)"])
+            state.withLock { incomplete = "could not seal \(spool)/\(name): \(error)" }
             return nil
         }
     }
@@ -212,6 +217,7 @@ public final class Agent: @unchecked Sendable {
             try journal.append(fresh.map { $0.sealRecord }, sync: false)
         } catch {
             logger.error("cannot write the agent state; will seal again later", metadata: ["error": "\(error)"])
+            incomplete = "could not record \(fresh.count) sealed file(s) in the agent state: \(error)"
             return
         }
         for s in fresh {
@@ -380,6 +386,7 @@ public final class Agent: @unchecked Sendable {
     private func checkFinished() throws -> ()? {
         state.lock()
         defer { state.unlock() }
+        if let f = fatal { throw DaemonError(f) }
         if stopped {
             if config.once && !segments.isEmpty {
                 throw DaemonError("stopped with \(segments.count) segment(s) not yet shipped; they ship on the next run")
@@ -387,7 +394,10 @@ public final class Agent: @unchecked Sendable {
             return ()
         }
         if config.once {
-            if segments.isEmpty { return () }
+            if segments.isEmpty {
+                if let why = incomplete { throw DaemonError("not everything could be shipped: \(why)") }
+                return ()
+            }
             if monotonicNow() - lastProgress > config.timeout {
                 throw DaemonError("no progress for \(Int(config.timeout)) s shipping to \(config.collector); \(segments.count) segment(s) still pending; last error: \(lastError ?? "none")")
             }
@@ -432,6 +442,7 @@ public final class Agent: @unchecked Sendable {
             }
         } catch {
             logger.critical("spool watcher failed; stopping", metadata: ["error": "\(error)"])
+            state.withLock { fatal = "the spool watcher failed: \(error)" }
             stop()
         }
     }

@@ -101,6 +101,11 @@ final class AgentSession: @unchecked Sendable {
                 if let f = failure { state.unlock(); throw f }
                 if agent.stopped { state.unlock(); return }
                 if config.once && agent.segments.isEmpty { state.unlock(); return }
+                if config.once && monotonicNow() - agent.lastProgress > config.timeout {
+                    // checkFinished reports it, with the segments still pending.
+                    state.unlock()
+                    return
+                }
                 let canOffer = inflight.count < window && !agent.toOffer.isEmpty
                 if canOffer || !sendQueue.isEmpty { break }
                 let idle = monotonicNow() - lastSent
@@ -219,9 +224,11 @@ final class AgentSession: @unchecked Sendable {
             state.lock()
             defer { state.unlock() }
             guard let id = inflight[tag], let s = agent.segments[id] else { return }
-            agent.lastProgress = monotonicNow()
-            madeProgress = true
             if status == .committed {
+                // An answer to send is not progress yet (a full collector disk answers, then
+                // fails): only durable bytes and commits are.
+                agent.lastProgress = monotonicNow()
+                madeProgress = true
                 acks.append((tag, s.name))
             } else {
                 guard offset <= s.size else { throw DaemonError("collector answered offset \(offset) for \(s.name), beyond its size \(s.size)") }
@@ -234,6 +241,7 @@ final class AgentSession: @unchecked Sendable {
         case .checkpoint:
             state.withLock { agent.lastProgress = monotonicNow(); madeProgress = true }
         case .committed(let tag, let stored):
+            state.withLock { agent.lastProgress = monotonicNow(); madeProgress = true }
             acks.append((tag, stored))
         case .pong:
             break

@@ -65,6 +65,7 @@ public final class Collector: @unchecked Sendable {
     /// Accepts connections until `stop()`; returns once every connection has ended.
     public func run() {
         logger.info("listening", metadata: ["address": "\(config.listen.host):\(port)", "data_dir": "\(config.dataDir)"])
+        logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (credentials come with --agents)")
         while !stopping.isOpen {
             let sock: Socket?
             do {

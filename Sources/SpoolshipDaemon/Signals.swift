@@ -7,6 +7,10 @@ import Glibc
 public enum Signals {
     public static func handle(_ body: @escaping @Sendable (Int32) -> Void) {
         signal(SIGPIPE, SIG_IGN)
+        // The agent takes a read lease for an instant to learn whether a file has writers; a
+        // writer opening the file in that instant makes the kernel send SIGIO (lease break),
+        // whose default action would end the process.
+        signal(SIGIO, SIG_IGN)
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
