@@ -23,6 +23,8 @@ public struct CollectorConfig: Sendable {
     public var checkpointInterval: Double = 1
     public var maxConnections: Int = 4096
     public var portFile: String?
+    /// Partials untouched for this long are removed at start (their agent never came back).
+    public var partialMaxAge: Double = 7 * 86400
 
     public init(listen: Endpoint, dataDir: String) {
         self.listen = listen
@@ -53,6 +55,7 @@ public final class Collector: @unchecked Sendable {
             _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
         }
         dataDir = try DataDir(path: config.dataDir)
+        _ = dataDir.removeStalePartials(maxAge: config.partialMaxAge, logger: logger)
         (listener, port) = try Socket.listen(config.listen)
         if let pf = config.portFile {
             let url = URL(fileURLWithPath: pf)

@@ -36,6 +36,27 @@ final class DataDir: @unchecked Sendable {
         ledgerRoot = try Files.ensureDirectory(area, "ledger", label: "\(path)/.spoolship/ledger", mode: 0o700)
     }
 
+    /// Removes partials untouched for `maxAge` seconds: segments their agent never offered
+    /// again (deleted on the agent, or the agent retired). Runs at start, before any
+    /// connection, so no partial in use can be removed. Returns how many were removed.
+    func removeStalePartials(maxAge: Double, logger: Logger) -> Int {
+        let fm = FileManager.default
+        let root = "\(path)/.spoolship/partial"
+        let cutoff = Date(timeIntervalSinceNow: -maxAge)
+        var removed = 0
+        for agent in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
+            for name in (try? fm.contentsOfDirectory(atPath: "\(root)/\(agent)")) ?? [] where name.hasSuffix(".part") {
+                let p = "\(root)/\(agent)/\(name)"
+                guard let m = (try? fm.attributesOfItem(atPath: p))?[.modificationDate] as? Date, m < cutoff else { continue }
+                if unlink(p) == 0 {
+                    removed += 1
+                    logger.notice("removed a stale partial", metadata: ["path": "\(p)", "agent.id": "\(agent)"])
+                }
+            }
+        }
+        return removed
+    }
+
     /// The store of one agent, opened (and its ledger loaded) on first use.
     func agent(_ id: String, logger: Logger) throws -> AgentStore {
         try agents.withLock { map in

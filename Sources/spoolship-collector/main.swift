@@ -36,6 +36,9 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: "Bytes between durable checkpoints of a long transfer.")
     var checkpointBytes: Int64 = 64 << 20
 
+    @Option(help: "Seconds after which an untouched partial is removed at start.")
+    var partialMaxAge: Double = 7 * 86400
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -44,6 +47,7 @@ struct CollectorCommand: ParsableCommand {
         guard Logger.Level.parse(logLevel) != nil else { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel)'") }
         guard handshakeTimeout > 0, idleTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         guard checkpointBytes > 0 else { throw ValidationError("--checkpoint-bytes must be positive") }
+        guard partialMaxAge > 0 else { throw ValidationError("--partial-max-age must be positive") }
     }
 
     func run() throws {
@@ -55,6 +59,7 @@ struct CollectorCommand: ParsableCommand {
         config.handshakeTimeout = handshakeTimeout
         config.idleTimeout = idleTimeout
         config.checkpointBytes = checkpointBytes
+        config.partialMaxAge = partialMaxAge
         let stop = StopRequest()
         Signals.handle { sig in
             if sig == SIGHUP { return }  // nothing to reload yet: the configuration is all flags

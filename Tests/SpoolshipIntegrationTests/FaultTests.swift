@@ -172,6 +172,21 @@ import Testing
         #expect(try p.identical(in: c.committed()).count == p.names.count)
     }
 
+    @Test func stalePartials_areRemovedAtStart_freshOnesKept() throws {
+        let c = try Cluster("fault-stale-partials")
+        defer { c.remove() }
+        let dir = c.dataDir.appendingPathComponent(".spoolship/partial/gone-agent")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let stale = dir.appendingPathComponent("00000000000000000000000000000001.part")
+        let fresh = dir.appendingPathComponent("00000000000000000000000000000002.part")
+        try Harness.writeRandomFile(stale, size: 100, seed: 1)
+        try Harness.writeRandomFile(fresh, size: 100, seed: 2)
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3 * 86400)], ofItemAtPath: stale.path)
+        try c.startCollector(extra: ["--partial-max-age", "\(2 * 86400)"])
+        #expect(Harness.files(in: dir) == [fresh.lastPathComponent])
+        #expect(c.collector!.output.contains("removed a stale partial"))
+    }
+
     enum Victim: String, CaseIterable { case collector, agent, both }
 
     @Test(arguments: Victim.allCases)
