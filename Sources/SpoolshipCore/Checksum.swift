@@ -31,6 +31,11 @@ public struct CRC32: Sendable, Equatable {
         Array(bytes).withUnsafeBytes { update($0) }
     }
 
+    /// The CRC-32 of A followed by B, from the CRC-32s of A and B and B's length.
+    public static func combine(_ a: UInt32, _ b: UInt32, lengthOfB: Int64) -> UInt32 {
+        UInt32(truncatingIfNeeded: crc32_combine(UInt(a), UInt(b), Int(lengthOfB)))
+    }
+
     public static func of<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
         var c = CRC32()
         c.update(bytes)

@@ -178,8 +178,7 @@ public final class Agent: @unchecked Sendable {
             // Complete means closed after writing: a file that a producer still holds open for
             // writing (seen by a scan, or closed by one of two writers) waits for its last close.
             if Files.hasWriters(fd) == true { return nil }
-            var crc = CRC32()
-            try Files.checksum(fd, from: 0, to: Int64(st.st_size), into: &crc)
+            let crc = try Files.checksum(fd, size: Int64(st.st_size))
             let after = try Files.fstat(fd)
             guard after.st_size == st.st_size, mtimeNs(after) == mtimeNs(st) else {
                 // Still being written: its close will bring another event.
@@ -187,7 +186,7 @@ public final class Agent: @unchecked Sendable {
             }
             return state.withLock { () -> Segment in
                 let s = Segment(id: nextID, spool: spool, name: name, kind: .blob, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino),
-                                size: UInt64(st.st_size), crc: crc.value, mtimeNs: mtimeNs(st))
+                                size: UInt64(st.st_size), crc: crc, mtimeNs: mtimeNs(st))
                 nextID += 1
                 return s
             }

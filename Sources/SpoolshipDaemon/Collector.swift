@@ -399,7 +399,7 @@ final class CollectorConnection: @unchecked Sendable {
             throw Refusal(code: .protocolViolation, tag: tag, message: "DATA for \(t.key.name) runs past its size \(t.key.size)")
         }
         if t.fd == nil {
-            t.fd = try Files.openBeneath(store.partialDir, t.partialName, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600, label: t.label)
+            t.fd = try Files.openBeneath(store.partialDir, t.partialName, O_RDWR | O_CREAT | O_TRUNC, mode: 0o644, label: t.label)
             t.directorySynced = false
         }
         if length > 0 {

@@ -216,9 +216,7 @@ final class AgentStore: @unchecked Sendable {
             guard let st = try Files.statAt(dir, name, label: label) else { return nil }
             guard (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_size) == key.size else { continue }
             let fd = try Files.openBeneath(dir, name, O_RDONLY, label: label)
-            var crc = CRC32()
-            try Files.checksum(fd, from: 0, to: Int64(key.size), into: &crc)
-            if crc.value == key.crc {
+            if try Files.checksum(fd, size: Int64(key.size)) == key.crc {
                 try Files.fsync(dir)
                 return name
             }

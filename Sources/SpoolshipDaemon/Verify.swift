@@ -42,10 +42,9 @@ public enum Verifier {
                     report.problems.append("\(rel): size \(size), ledger says \(e.size)")
                     continue
                 }
-                var crc = CRC32()
-                try Files.checksum(f, from: 0, to: Int64(size), into: &crc)
-                if crc.value != e.crc {
-                    report.problems.append("\(rel): checksum \(hex32(crc.value)), ledger says \(hex32(e.crc))")
+                let crc = try Files.checksum(f, size: Int64(size))
+                if crc != e.crc {
+                    report.problems.append("\(rel): checksum \(hex32(crc)), ledger says \(hex32(e.crc))")
                     continue
                 }
                 report.checked += 1

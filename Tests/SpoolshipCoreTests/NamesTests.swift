@@ -70,3 +70,14 @@ import Testing
         #expect(c.value == 0xCBF4_3926)
     }
 }
+
+@Suite struct ChecksumTests {
+    @Test func combine_equalsTheChecksumOfTheWhole() {
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<100_000).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        for cut in [0, 1, 4096, 99_999, 100_000] {
+            let a = CRC32.of(bytes[..<cut]), b = CRC32.of(bytes[cut...])
+            #expect(CRC32.combine(a, b, lengthOfB: Int64(bytes.count - cut)) == CRC32.of(bytes))
+        }
+    }
+}
