@@ -3,7 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-swift build -c release --product spoolship-collector
-swift build -c release --product spoolship-agent
-swift build -c release --product spoolship
+swift build -c release
 exec "$(swift build -c release --show-bin-path)/spoolship" demo "$@"

@@ -36,7 +36,7 @@ struct Demo: ParsableCommand {
 
         let collector = Process()
         collector.executableURL = exe.appendingPathComponent("spoolship-collector")
-        collector.arguments = ["--listen", "127.0.0.1:0", "--data-dir", "\(root)/data", "--port-file", "\(root)/port", "--log-level", "warning"]
+        collector.arguments = ["--listen", "127.0.0.1:0", "--data-dir", "\(root)/data", "--port-file", "\(root)/port", "--log-level", "error"]
         try collector.run()
         defer { if collector.isRunning { collector.terminate(); collector.waitUntilExit() } }
         var port: String?
