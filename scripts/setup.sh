@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what spoolship needs to build and test on Debian (run as root), then checks Swift.
 set -euo pipefail
-packages=(libsystemd-dev zlib1g-dev pkg-config strace util-linux)
+packages=(libsystemd-dev zlib1g-dev pkg-config strace e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -68,6 +68,12 @@ public final class Agent: @unchecked Sendable {
     var lastError: String?
     /// Acknowledged segments waiting for the reaper.
     var reapQueue: [Segment] = []
+    /// Acknowledged segments whose ack record is already synced (a retry must not append it
+    /// again).
+    var ackJournaled: Set<UInt64> = []
+    /// Names whose inotify event came while a live segment still held the name (a producer
+    /// replaced the file): sealed again as soon as that segment is finished with.
+    var skippedEvents: Set<String> = []
     var reaperIdle = false
     /// Files that could not be shipped (bad name, too large): kept, not retried until restart.
     var refused: Set<String> = []
@@ -112,9 +118,13 @@ public final class Agent: @unchecked Sendable {
     /// Acknowledged-and-present is deleted again; acknowledged-and-missing is done; a sealed
     /// segment whose file changed or vanished is dropped (and re-sealed by the scan if present).
     private func recover() throws {
-        let acked = segments.values.filter { $0.acked }
+        // Acknowledged before the last stop: their acks are journaled; finish removing them.
+        // A file that cannot be removed now is retried by the reaper, never a failed start.
+        let acked = segments.values.filter { $0.acked }.sorted { $0.id < $1.id }
         if !acked.isEmpty {
-            try finish(acked)
+            let failed = finish(acked)
+            ackJournaled.formUnion(failed.map(\.id))
+            reapQueue += failed
         }
         for (id, s) in segments where !s.acked {
             guard let dir = spoolDirs[s.spool] else {
@@ -160,7 +170,13 @@ public final class Agent: @unchecked Sendable {
     func seal(spool: String, name: String) -> Segment? {
         if Names.isInProgress(name) { return nil }
         let key = "\(spool)/\(name)"
-        let known: Bool = state.withLock { byName[key] != nil || refused.contains(key) }
+        let known: Bool = state.withLock {
+            if byName[key] != nil {
+                skippedEvents.insert(key)
+                return true
+            }
+            return refused.contains(key)
+        }
         if known { return nil }
         guard let dir = spoolDirs[spool] else { return nil }
         do {
@@ -249,6 +265,8 @@ public final class Agent: @unchecked Sendable {
 
     /// The reaper: for each batch of acknowledged segments, record the acks durably, then
     /// delete or archive the files and sync their directories, then record them done (R4).
+    /// A file that cannot be removed is logged and retried a little later, alone: it never
+    /// holds up the others.
     private func reapLoop() {
         while true {
             state.lock()
@@ -256,56 +274,133 @@ public final class Agent: @unchecked Sendable {
             if reapQueue.isEmpty { reaperIdle = true; state.broadcast(); state.unlock(); return }
             let batch = reapQueue
             reapQueue.removeAll()
+            let unjournaled = batch.filter { !ackJournaled.contains($0.id) }
             state.unlock()
             do {
-                try journal.append(batch.map { var r = StateRecord(op: .ack, id: $0.id); r.stored = $0.stored; return r }, sync: true)
-                try finish(batch)
+                try journal.append(unjournaled.map { var r = StateRecord(op: .ack, id: $0.id); r.stored = $0.stored; return r }, sync: true)
             } catch {
-                // Still acknowledged in memory; try again shortly (and at the next start).
-                logger.error("cannot record acknowledgements or remove acknowledged files; retrying", metadata: ["error": "\(error)"])
+                // Still acknowledged in memory, so never offered again; retry shortly.
+                logger.error("cannot record acknowledgements; retrying", metadata: ["error": "\(error)"])
                 state.lock()
                 reapQueue = batch + reapQueue
                 _ = state.wait(until: Date(timeIntervalSinceNow: 1))
+                state.unlock()
+                continue
+            }
+            state.withLock { ackJournaled.formUnion(unjournaled.map(\.id)) }
+            let failed = finish(batch)
+            if !failed.isEmpty {
+                state.lock()
+                reapQueue += failed
+                if !stopped { _ = state.wait(until: Date(timeIntervalSinceNow: 5)) }
                 state.unlock()
             }
         }
     }
 
-    /// Deletes (or archives) the local copies of acknowledged segments and records them done.
-    private func finish(_ batch: [Segment]) throws {
+    /// Deletes (or archives) the local copies of acknowledged segments, syncs their
+    /// directories, and records them done. Returns the segments that failed, to retry.
+    private func finish(_ batch: [Segment]) -> [Segment] {
         var touched: [String: OwnedFD] = [:]
+        var removed: [Segment] = []
+        var failed: [Segment] = []
+        var rescan: [(String, String)] = []
         for s in batch {
-            guard let dir = spoolDirs[s.spool] else { continue }
-            let label = "\(s.spool)/\(s.name)"
-            // Only the file that was shipped: a new file under the same name stays.
-            if let st = try Files.statAt(dir, s.name, label: label), UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino,
-               UInt64(st.st_size) == s.size, mtimeNs(st) == s.mtimeNs {
-                if let adir = archiveDirs[s.spool] {
-                    var attempt = 0
-                    while try !Files.renameNoReplace(dir, s.name, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
-                        attempt += 1
-                    }
-                    touched["archive/\(s.spool)"] = adir
-                } else {
-                    try Files.unlink(dir, s.name, label: label)
-                }
-                touched[s.spool] = dir
+            do {
+                if try removeLocalCopy(s, touched: &touched, rescan: &rescan) { removed.append(s) } else { failed.append(s) }
+            } catch {
+                logger.error("cannot remove an acknowledged file; will retry", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)"])
+                failed.append(s)
             }
         }
-        for d in touched.values { try Files.fsync(d) }
+        var synced = removed
+        for (key, d) in touched {
+            do {
+                try Files.fsync(d)
+            } catch {
+                // R4: not done until its directory is synced. Retry those of this directory.
+                logger.error("cannot sync a spool directory after removing files; will retry", metadata: ["directory": "\(key)", "error": "\(error)"])
+                let spool = key.hasPrefix("archive/") ? String(key.dropFirst("archive/".count)) : key
+                failed += synced.filter { $0.spool == spool }
+                synced.removeAll { $0.spool == spool }
+            }
+        }
         state.lock()
-        defer { state.unlock() }
-        try journal.append(batch.map { StateRecord(op: .done, id: $0.id) }, sync: false)
-        for s in batch {
+        do {
+            try journal.append(synced.map { StateRecord(op: .done, id: $0.id) }, sync: false)
+        } catch {
+            logger.error("cannot record removed files as done; the next start checks them again", metadata: ["error": "\(error)"])
+        }
+        for s in synced {
             segments[s.id] = nil
-            if byName["\(s.spool)/\(s.name)"] == s.id { byName["\(s.spool)/\(s.name)"] = nil }
+            ackJournaled.remove(s.id)
+            let key = "\(s.spool)/\(s.name)"
+            if byName[key] == s.id {
+                byName[key] = nil
+                if skippedEvents.remove(key) != nil { rescan.append((s.spool, s.name)) }
+            }
             shippedSegments += 1
             shippedBytes += s.size
         }
         if journal.appended > 100_000 && journal.appended > 4 * segments.count {
-            try journal.compact(Array(segments.values))
+            do { try journal.compact(Array(segments.values)) } catch {
+                logger.error("cannot compact the agent state", metadata: ["error": "\(error)"])
+            }
         }
         state.broadcast()
+        state.unlock()
+        // Files that took the name meanwhile are new segments.
+        admit(rescan.compactMap { seal(spool: $0.0, name: $0.1) })
+        return failed
+    }
+
+    /// Removes one acknowledged file, never another file that took its name.
+    ///
+    /// A producer may rename a new file over the name at any moment, so "check, then unlink
+    /// the name" could delete the new file. Instead:
+    /// 1. if the name holds the sealed file (device, inode, size, mtime), rename it aside to a
+    ///    private dotfile name (`.spoolship-reap-<id>`, ignored by scans), without replacing;
+    /// 2. check what was moved: if it is the sealed file, unlink it (or rename it into the
+    ///    archive dir); if a producer replaced the name between 1's check and its rename, what
+    ///    moved is the new file: rename it back (as `name~N` if the name is taken again) and
+    ///    seal it. The sealed file was replaced, so it is gone already.
+    /// A crash between the steps leaves the aside name, which the next start finishes.
+    /// Returns false when it should be tried again.
+    private func removeLocalCopy(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> Bool {
+        guard let dir = spoolDirs[s.spool] else { return true }
+        let label = "\(s.spool)/\(s.name)"
+        let aside = ".spoolship-reap-\(s.id)"
+        let asideLabel = "\(s.spool)/\(aside)"
+        func isSealed(_ st: stat?) -> Bool {
+            guard let st = st else { return false }
+            return UInt64(st.st_dev) == s.dev && UInt64(st.st_ino) == s.ino && UInt64(st.st_size) == s.size && mtimeNs(st) == s.mtimeNs
+        }
+        if try Files.statAt(dir, aside, label: asideLabel) == nil {
+            // Missing, or another file under the name: nothing of ours is left.
+            guard isSealed(try Files.statAt(dir, s.name, label: label)) else { return true }
+            guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return false }
+        }
+        touched[s.spool] = dir
+        guard isSealed(try Files.statAt(dir, aside, label: asideLabel)) else {
+            var attempt = 0
+            while try !Files.renameNoReplace(dir, aside, dir, Names.alternateName(s.name, attempt: attempt), label: label) {
+                attempt += 1
+            }
+            logger.notice("a new file took the name of a shipped one; it stays and is shipped too", metadata: [
+                "spool.name": "\(s.spool)", "segment.name": "\(Names.alternateName(s.name, attempt: attempt))"])
+            rescan.append((s.spool, Names.alternateName(s.name, attempt: attempt)))
+            return true
+        }
+        if let adir = archiveDirs[s.spool] {
+            var attempt = 0
+            while try !Files.renameNoReplace(dir, aside, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
+                attempt += 1
+            }
+            touched["archive/\(s.spool)"] = adir
+        } else {
+            try Files.unlink(dir, aside, label: asideLabel)
+        }
+        return true
     }
 
     /// Forgets a segment whose file vanished or changed before it was shipped (it is sealed
@@ -327,13 +422,19 @@ public final class Agent: @unchecked Sendable {
 
     private func forget(_ id: UInt64, _ why: (Segment) -> Void) {
         state.lock()
-        defer { state.unlock() }
-        guard let s = segments[id] else { return }
+        guard let s = segments[id] else { state.unlock(); return }
         why(s)
         segments[id] = nil
-        if byName["\(s.spool)/\(s.name)"] == id { byName["\(s.spool)/\(s.name)"] = nil }
+        let key = "\(s.spool)/\(s.name)"
+        var again = false
+        if byName[key] == id {
+            byName[key] = nil
+            again = skippedEvents.remove(key) != nil && !refused.contains(key)
+        }
         try? journal.append([StateRecord(op: .done, id: id)], sync: false)
         state.broadcast()
+        state.unlock()
+        if again { admit([seal(spool: s.spool, name: s.name)].compactMap { $0 }) }
     }
 
     // MARK: running
@@ -343,6 +444,8 @@ public final class Agent: @unchecked Sendable {
     /// collector refused the agent for good.
     public func run() throws {
         scanAll()
+        // The --once clock starts when there is something to ship, not before the scan.
+        state.withLock { lastProgress = monotonicNow() }
         if !config.once {
             startThread("watcher") { [self] in watchLoop() }
         }

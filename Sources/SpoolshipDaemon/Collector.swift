@@ -486,6 +486,10 @@ final class CollectorConnection: @unchecked Sendable {
         } catch {
             logger.error("checkpoint sync failed; the partial is poisoned", metadata: ["path": "\(t.label)", "error": "\(error)"])
             t.poisoned = true
+            // R2: its name goes now, not at the end of the connection, so that no later offer
+            // (after a crash, say) can find it, sync it again and trust it. The reader finishes
+            // the frame into the nameless file.
+            try? Files.unlink(store.partialDir, t.partialName, label: t.label)
             return
         }
         // A failed send means the connection is going away; the partial stays good.

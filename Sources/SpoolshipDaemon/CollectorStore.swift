@@ -81,7 +81,14 @@ final class AgentStore: @unchecked Sendable {
     private var spoolDirs: [String: OwnedFD] = [:]
     private var owner: ObjectIdentifier?
     /// Set when the ledger failed to sync: nothing is acknowledged for this agent any more.
-    private(set) var broken: String?
+    /// Under `ledgerLock`.
+    private var _broken: String?
+    /// Held across a whole ledger append (write, fdatasync, map update): the reader (on-disk
+    /// lookups) and the durability thread (commits) both append, and a sync error must be
+    /// seen by the one whose lines it concerns, never consumed by the other.
+    private let ledgerLock = NSLock()
+
+    var broken: String? { ledgerLock.lock(); defer { ledgerLock.unlock() }; return _broken }
     private var ownerKill: (() -> Void)?
 
     var agentPath: String { "\(dataDir.path)/\(id)" }
@@ -156,16 +163,16 @@ final class AgentStore: @unchecked Sendable {
     /// Appends entries and syncs the ledger once for the batch.
     func record(_ entries: [LedgerEntry]) throws {
         guard !entries.isEmpty else { return }
-        if let b = broken { throw DaemonError(b) }
+        ledgerLock.lock()
+        defer { ledgerLock.unlock() }
+        if let b = _broken { throw DaemonError(b) }
         var bytes: [UInt8] = []
         for e in entries { bytes += RecordLog.line(e) }
         do {
             try Files.writeAll(ledgerFD, bytes)
             try Files.fdatasync(ledgerFD)
         } catch {
-            state.lock()
-            broken = "the ledger \(ledgerPath) failed (\(error)); restart the collector once the disk is healthy"
-            state.unlock()
+            _broken = "the ledger \(ledgerPath) failed (\(error)); restart the collector once the disk is healthy"
             throw error
         }
         state.lock()
@@ -181,7 +188,12 @@ final class AgentStore: @unchecked Sendable {
     /// on first use: at a commit, so that nothing appears under the data dir before then.
     func spoolDir(_ spool: String) throws -> OwnedFD {
         state.lock(); defer { state.unlock() }
-        if let d = spoolDirs[spool] { return d }
+        if let d = spoolDirs[spool] {
+            // A consumer may have removed the directory: then make it again.
+            if (try? Files.fstat(d))?.st_nlink != 0 { return d }
+            spoolDirs[spool] = nil
+            if let a = agentDir, (try? Files.fstat(a))?.st_nlink == 0 { agentDir = nil; spoolDirs.removeAll() }
+        }
         let a: OwnedFD
         if let existing = agentDir {
             a = existing

@@ -105,6 +105,37 @@ import Testing
         #expect(try p.identical(in: spool) == ["x"])
     }
 
+    @Test func aFileThatCannotBeRemoved_holdsUpNothing_andNeverStopsAStart() throws {
+        let c = try Cluster("blob-immutable")
+        defer {
+            _ = try? run("/usr/bin/chattr", ["-i", c.root.appendingPathComponent("spool/stuck").path])
+            c.remove()
+        }
+        try c.startCollector()
+        let spool = try c.spool()
+        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        for i in 0..<5 { try p.add("ok\(i)", size: 3000, seed: UInt64(i), into: spool) }
+        try p.add("stuck", size: 3000, seed: 99, into: spool)
+        // An immutable file can be read and shipped, but not deleted, even by root.
+        #expect(try run("/usr/bin/chattr", ["+i", spool.appendingPathComponent("stuck").path]) == 0)
+        var agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        #expect(Harness.waitUntil(timeout: 30) { Harness.files(in: spool) == ["stuck"] }, "\(agent.output)")
+        #expect(try p.identical(in: c.committed()).count == 6)
+        #expect(Harness.waitUntil(timeout: 30) { agent.output.contains("cannot remove an acknowledged file") })
+        // A restart with the file still stuck comes up and keeps serving.
+        agent.kill(SIGKILL)
+        _ = agent.wait(timeout: 10)
+        agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        defer { agent.stop() }
+        try p.add("later", size: 3000, seed: 7, into: spool)
+        #expect(Harness.waitUntil(timeout: 30) { Harness.files(in: c.committed()).contains("later") && !Harness.files(in: spool).contains("later") }, "\(agent.output)")
+        #expect(agent.isRunning)
+        // Once it can be removed, it is, without being sent again.
+        #expect(try run("/usr/bin/chattr", ["-i", spool.appendingPathComponent("stuck").path]) == 0)
+        #expect(Harness.waitUntil(timeout: 30) { Harness.files(in: spool).isEmpty }, "\(agent.output)")
+        #expect(Harness.files(in: c.committed()).count == 7, "nothing committed twice")
+    }
+
     @Test func archiveDir_keepsAcknowledgedFiles() throws {
         let c = try Cluster("blob-archive")
         defer { c.remove() }
@@ -178,4 +209,14 @@ func unusedPort() -> UInt16 {
     _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
     _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
     return UInt16(bigEndian: a.sin_port)
+}
+
+/// Runs a command to its end; returns its exit status.
+func run(_ path: String, _ args: [String]) throws -> Int32 {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    try p.run()
+    p.waitUntilExit()
+    return p.terminationStatus
 }
