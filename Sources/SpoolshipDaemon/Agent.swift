@@ -291,8 +291,15 @@ public final class Agent: @unchecked Sendable {
             let failed = finish(batch)
             if !failed.isEmpty {
                 state.lock()
+                if stopped {
+                    // Stopping: what cannot be removed now is removed at the next start.
+                    reaperIdle = true
+                    state.broadcast()
+                    state.unlock()
+                    return
+                }
                 reapQueue += failed
-                if !stopped { _ = state.wait(until: Date(timeIntervalSinceNow: 5)) }
+                _ = state.wait(until: Date(timeIntervalSinceNow: 5))
                 state.unlock()
             }
         }
@@ -368,6 +375,10 @@ public final class Agent: @unchecked Sendable {
     /// Returns false when it should be tried again.
     private func removeLocalCopy(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> Bool {
         guard let dir = spoolDirs[s.spool] else { return true }
+        // The directory is synced whatever happens below: a retry after a failed directory
+        // sync finds the file already gone, and must still sync before recording it done.
+        touched[s.spool] = dir
+        if let adir = archiveDirs[s.spool] { touched["archive/\(s.spool)"] = adir }
         let label = "\(s.spool)/\(s.name)"
         let aside = ".spoolship-reap-\(s.id)"
         let asideLabel = "\(s.spool)/\(aside)"
@@ -380,7 +391,6 @@ public final class Agent: @unchecked Sendable {
             guard isSealed(try Files.statAt(dir, s.name, label: label)) else { return true }
             guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return false }
         }
-        touched[s.spool] = dir
         guard isSealed(try Files.statAt(dir, aside, label: asideLabel)) else {
             var attempt = 0
             while try !Files.renameNoReplace(dir, aside, dir, Names.alternateName(s.name, attempt: attempt), label: label) {
@@ -396,7 +406,6 @@ public final class Agent: @unchecked Sendable {
             while try !Files.renameNoReplace(dir, aside, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
                 attempt += 1
             }
-            touched["archive/\(s.spool)"] = adir
         } else {
             try Files.unlink(dir, aside, label: asideLabel)
         }
