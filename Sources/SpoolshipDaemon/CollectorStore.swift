@@ -212,8 +212,10 @@ final class AgentStore: @unchecked Sendable {
         let cached = spoolDirs[spool]
         state.unlock()
         if let d = cached { return d }
+        // One component at a time, each relative to its parent's handle.
         guard try Files.statAt(dataDir.root, id, label: agentPath) != nil else { return nil }
-        guard try Files.statAt(dataDir.root, "\(id)/\(spool)", label: "\(agentPath)/\(spool)") != nil else { return nil }
+        let agent = try Files.openBeneath(dataDir.root, id, O_RDONLY | O_DIRECTORY, label: agentPath)
+        guard try Files.statAt(agent, spool, label: "\(agentPath)/\(spool)") != nil else { return nil }
         return try spoolDir(spool)
     }
 
