@@ -66,7 +66,7 @@ final class RawClient {
 
     func realAgentShips(_ c: Cluster, tag: String) throws {
         let spool = try c.spool("real-\(tag)")
-        var p = try Payload(originals: c.root.appendingPathComponent("orig-\(tag)"))
+        var p = try c.payload("orig-\(tag)")
         try p.add("good-\(tag)", size: 100_000, seed: 9, into: spool)
         let (status, out) = try c.runOnce(c.agentArgs(id: "real", state: "state-\(tag)", spools: [("spool", spool)]), timeout: 60)
         #expect(status == 0, "real agent after \(tag): \(out)")
@@ -183,7 +183,7 @@ final class RawClient {
         try FileManager.default.createDirectory(at: agentDir, withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(at: agentDir.appendingPathComponent("spool"), withDestinationURL: outside)
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         try p.add("x", size: 1000, seed: 1, into: spool)
         let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], extra: ["--timeout", "3"]), timeout: 60)
         #expect(status == 1, "the agent cannot deliver while the symlink is there")

@@ -9,7 +9,7 @@ import Testing
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         let seed = UInt64(Date().timeIntervalSince1970)
         print("blob sizes: seed \(seed)")
         for size in [0, 1, 4095, 4096, 4097, 1 << 20, 128 << 20] {
@@ -35,7 +35,7 @@ import Testing
         let spool = try c.spool()
         let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
         defer { agent.stop() }
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         // In-progress files are ignored until renamed.
         try Harness.writeRandomFile(spool.appendingPathComponent(".hidden"), size: 100, seed: 1)
         try Harness.writeRandomFile(spool.appendingPathComponent("upload.tmp"), size: 100, seed: 2)
@@ -94,7 +94,7 @@ import Testing
         let c = try Cluster("blob-once-term")
         defer { c.remove() }
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         try p.add("x", size: 1000, seed: 1, into: spool)
         // No collector: the agent keeps retrying until it is stopped.
         let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], target: unusedPort()) + ["--once"])
@@ -113,7 +113,7 @@ import Testing
         }
         try c.startCollector()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         for i in 0..<5 { try p.add("ok\(i)", size: 3000, seed: UInt64(i), into: spool) }
         try p.add("stuck", size: 3000, seed: 99, into: spool)
         // An immutable file can be read and shipped, but not deleted, even by root.
@@ -141,7 +141,7 @@ import Testing
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         for i in 0..<5 { try p.add("a\(i)", size: 5000, seed: UInt64(i), into: spool) }
         let archive = c.root.appendingPathComponent("archive")
         let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], extra: ["--archive-dir", archive.path]))
@@ -157,18 +157,18 @@ import Testing
         try c.startCollector()
         let spool = try c.spool()
         let dest = c.committed()
-        var first = try Payload(originals: c.root.appendingPathComponent("o1"))
+        var first = try c.payload("o1")
         try first.add("report.csv", size: 1000, seed: 1, into: spool)
         #expect(try c.runOnce(c.agentArgs(spools: [("spool", spool)])).0 == 0)
         // Another file under the same name: committed beside the first, never over it.
-        var second = try Payload(originals: c.root.appendingPathComponent("o2"))
+        var second = try c.payload("o2")
         try second.add("report.csv", size: 1000, seed: 2, into: spool)
         #expect(try c.runOnce(c.agentArgs(spools: [("spool", spool)])).0 == 0)
         #expect(try first.identical(in: dest) == ["report.csv"])
         #expect(try Harness.sameContents(dest.appendingPathComponent("report.csv~1"), second.originals.appendingPathComponent("report.csv")))
         // The first file's bytes again, with the agent's state lost: already committed.
         try FileManager.default.removeItem(at: c.root.appendingPathComponent("state"))
-        var again = try Payload(originals: c.root.appendingPathComponent("o3"))
+        var again = try c.payload("o3")
         try again.add("report.csv", size: 1000, seed: 1, into: spool)
         let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]))
         #expect(status == 0, "\(out)")

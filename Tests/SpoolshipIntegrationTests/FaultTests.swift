@@ -9,10 +9,9 @@ import Testing
         let c = try Cluster("fault-baseline")
         defer { c.remove() }
         try c.startCollector()
-        let proxy = try FaultProxy(targetPort: c.port)
-        defer { proxy.stop() }
+        let proxy = try c.startProxy()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         for i in 0..<64 { try p.add("seg-\(i)", size: 8 << 20, seed: UInt64(i), into: spool) }
         let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port))
         #expect(status == 0, "\(out)")
@@ -28,7 +27,7 @@ import Testing
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         var rng = Harness.SplitMix64(seed: UInt64(Date().timeIntervalSince1970))
         for i in 0..<400 { try p.add(String(format: "m%04d", i), size: Int(rng.next() % 200_000), seed: UInt64(i), into: spool) }
         for i in 0..<4 { try p.add("large-\(i)", size: 32 << 20, seed: UInt64(1000 + i), into: spool) }
@@ -67,10 +66,9 @@ import Testing
         let c = try Cluster("fault-reset")
         defer { c.remove() }
         try c.startCollector()
-        let proxy = try FaultProxy(targetPort: c.port)
-        defer { proxy.stop() }
+        let proxy = try c.startProxy()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         for i in 0..<4 { try p.add("big-\(i)", size: 48 << 20, seed: UInt64(i), into: spool) }
         for i in 0..<100 { try p.add("small-\(i)", size: 1000 + i * 100, seed: UInt64(100 + i), into: spool) }
         let seed = UInt64(Date().timeIntervalSince1970)
@@ -101,10 +99,9 @@ import Testing
         let c = try Cluster("fault-blackhole")
         defer { c.remove() }
         try c.startCollector()
-        let proxy = try FaultProxy(targetPort: c.port)
-        defer { proxy.stop() }
+        let proxy = try c.startProxy()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         try p.add("f", size: 8 << 20, seed: 5, into: spool)
         proxy.setFault(.blackholeAfter(bytes: 1 << 20), connections: 1)
         let ioTimeout = 2.0
@@ -123,8 +120,7 @@ import Testing
         let c = try Cluster("fault-boundaries")
         defer { c.remove() }
         try c.startCollector()
-        let proxy = try FaultProxy(targetPort: c.port)
-        defer { proxy.stop() }
+        let proxy = try c.startProxy()
         // The agent's byte stream for two files a and b: preamble, HELLO, two OFFERs, then a
         // DATA header and payload for each.
         let sizes = [3000, 5000]
@@ -154,7 +150,7 @@ import Testing
         for b in probe { cuts += [b - 1, b, b + 1] }
         for cut in Set(cuts).sorted() where cut > 0 && cut < probe.last! {
             round += 1
-            var p = try Payload(originals: c.root.appendingPathComponent("o\(round)"))
+            var p = try c.payload("o\(round)")
             let names = [String(format: "a-%03d", round), String(format: "b-%03d", round)]
             for (i, n) in names.enumerated() { try p.add(n, size: sizes[i], seed: UInt64(round * 2 + i), into: spool) }
             proxy.setFault(.closeAfter(bytes: cut), connections: 1)
@@ -174,11 +170,10 @@ import Testing
         let c = try Cluster("fault-slices")
         defer { c.remove() }
         try c.startCollector()
-        let proxy = try FaultProxy(targetPort: c.port)
-        defer { proxy.stop() }
+        let proxy = try c.startProxy()
         proxy.setSlicing(maxSlice: 1500, seed: 42)
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         for i in 0..<40 { try p.add("s\(i)", size: 100 + i * 997, seed: UInt64(i), into: spool) }
         let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port))
         #expect(status == 0, "\(out)")
@@ -209,7 +204,7 @@ import Testing
         defer { c.remove() }
         let port = try c.startCollector()
         let spool = try c.spool()
-        var p = try Payload(originals: c.root.appendingPathComponent("originals"))
+        var p = try c.payload()
         for i in 0..<3 { try p.add("k\(i)", size: 96 << 20, seed: UInt64(i), into: spool) }
         for i in 0..<50 { try p.add("s\(i)", size: 4096 + i, seed: UInt64(100 + i), into: spool) }
         let args = c.agentArgs(spools: [("spool", spool)])

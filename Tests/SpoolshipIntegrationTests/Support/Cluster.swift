@@ -6,6 +6,7 @@ final class Cluster: @unchecked Sendable {
     let root: URL
     var dataDir: URL { root.appendingPathComponent("data") }
     private(set) var collector: Daemon?
+    private var proxies: [FaultProxy] = []
     private(set) var port: UInt16 = 0
     var collectorArgs: [String] = []
     private var logs = 0
@@ -18,6 +19,18 @@ final class Cluster: @unchecked Sendable {
         let u = root.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
         return u
+    }
+
+    /// Originals of the files a test puts in its spools, kept for comparison.
+    func payload(_ name: String = "originals") throws -> Payload {
+        try Payload(originals: root.appendingPathComponent(name))
+    }
+
+    /// A fault proxy in front of the running collector, stopped by `remove()`.
+    func startProxy() throws -> FaultProxy {
+        let p = try FaultProxy(targetPort: port)
+        proxies.append(p)
+        return p
     }
 
     func nextLog(_ what: String) -> URL {
@@ -69,6 +82,7 @@ final class Cluster: @unchecked Sendable {
     }
 
     func remove() {
+        for p in proxies { p.stop() }
         collector?.stop()
         try? FileManager.default.removeItem(at: root)
     }
