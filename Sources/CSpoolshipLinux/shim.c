@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -52,4 +54,31 @@ int spsh_has_writers(int fd) {
     }
     if (errno == EAGAIN) return 1;
     return -1;
+}
+
+extern char **environ;
+
+int spsh_spawn_shell(const char *command, int *pid_out) {
+    posix_spawnattr_t attr;
+    int rc = posix_spawnattr_init(&attr);
+    if (rc != 0) return rc;
+    // The daemon blocks its stop signals for a sigwait thread and ignores SIGPIPE: a child must
+    // start with neither, as if started from a shell.
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    char *argv[] = {"/bin/sh", "-c", (char *)command, NULL};
+    pid_t pid = 0;
+    rc = posix_spawn(&pid, "/bin/sh", &actions, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (rc == 0) *pid_out = pid;
+    return rc;
 }

@@ -138,8 +138,16 @@ public struct StateRecord: Codable, Equatable, Sendable {
         case seal
         /// The collector acknowledged the segment as committed. Synced before any deletion.
         case ack
-        /// The local copy is gone (deleted or archived) and its directory synced.
+        /// The local copy is gone (deleted or archived) and its directory synced; or, for a
+        /// rotation, its file vanished before it could be sealed.
         case done
+        /// A log stream's active file (`name`, with `dev`/`ino`) is about to be renamed to
+        /// segment `seq`. Synced before the rename, so a sequence number is never reused; the
+        /// segment's `seal` record later carries the same id.
+        case rotate
+        /// The last sequence number used by a stream (`name`); written by compaction, so the
+        /// numbers go on from there once every segment of the stream is done.
+        case sequence
     }
 
     public var op: Op
@@ -155,6 +163,8 @@ public struct StateRecord: Codable, Equatable, Sendable {
     public var mtimeNs: Int64?
     // ack only
     public var stored: String?
+    // rotate, sequence
+    public var seq: UInt64?
 
     public init(op: Op, id: UInt64) {
         self.op = op

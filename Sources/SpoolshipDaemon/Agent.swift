@@ -4,12 +4,49 @@ import Logging
 import SpoolshipCore
 import SpoolshipIO
 
+/// How the producers of a log spool learn to reopen the path after a rotation.
+public enum ReopenMethod: Sendable, Equatable, CustomStringConvertible {
+    /// They notice on their own (they reopen by path on every write, or when the path's inode
+    /// changes): nothing to do.
+    case path
+    /// Send `signal` to the pid read from `pidFile` (what nginx, rsyslog and most daemons take).
+    case signal(pidFile: String, signal: Int32)
+    /// Run a shell command, as logrotate's postrotate does.
+    case command(String)
+
+    public var description: String {
+        switch self {
+        case .path: return "path"
+        case .signal(let f, let s): return "signal \(s) to the pid in \(f)"
+        case .command(let c): return "command '\(c)'"
+        }
+    }
+}
+
+/// The settings of a log spool.
+public struct LogSettings: Sendable, Equatable {
+    public var glob = LogNames.defaultGlob
+    /// Rotate an active file once it holds this many bytes...
+    public var rotateSize: UInt64 = 64 << 20
+    /// ...or once its first byte not yet rotated is this many seconds old.
+    public var rotateAge: Double = 60
+    /// gzip each segment when it is sealed (zlib level), or nil for none.
+    public var compressLevel: Int32?
+    public var reopen: ReopenMethod = .path
+    /// A reopen command still running after this long is killed.
+    public var reopenTimeout: Double = 30
+    public init() {}
+}
+
 public struct SpoolConfig: Sendable, Equatable {
     public var name: String
     public var directory: String
-    public init(name: String, directory: String) {
+    /// nil for a blob spool.
+    public var logs: LogSettings?
+    public init(name: String, directory: String, logs: LogSettings? = nil) {
         self.name = name
         self.directory = directory
+        self.logs = logs
     }
 }
 
@@ -49,10 +86,24 @@ public final class Agent: @unchecked Sendable {
     let config: AgentConfig
     let logger: Logger
     let journal: AgentJournal
-    let spoolDirs: [String: OwnedFD]
     let archiveDirs: [String: OwnedFD]
     let state = NSCondition()
     // Under `state`:
+    /// Each spool's directory, and each log spool's rotated directory (`DIR/.spoolship`).
+    /// Replaced when a spool directory is removed and made again.
+    var spoolDirs: [String: OwnedFD]
+    var rotatedDirs: [String: OwnedFD] = [:]
+    /// Log spools: each stream's active file as last seen, by `spool/stream`.
+    var streams: [String: StreamState] = [:]
+    /// Log spools: the last sequence number given to each stream, by `spool/stream`.
+    var lastSeq: [String: UInt64] = [:]
+    /// Log spools: rotated files not sealed yet, by id (the id their segment takes).
+    var rotations: [UInt64: Rotation] = [:]
+    /// Log spools whose producers must be told to reopen once running (a rotation was
+    /// finished at start).
+    var reopenAfterRecovery: Set<String> = []
+    /// Spools whose directory is gone (reported once). Watcher thread only.
+    var missingDirs: Set<String> = []
     var segments: [UInt64: Segment] = [:]
     var nextID: UInt64 = 1
     /// Segment ids waiting to be offered, in seal order.
@@ -85,7 +136,9 @@ public final class Agent: @unchecked Sendable {
         self.logger = logger
         try Names.validateIdentifier(config.agentID, what: "agent id")
         var dirs: [String: OwnedFD] = [:]
+        var rotated: [String: OwnedFD] = [:]
         var archives: [String: OwnedFD] = [:]
+        var seenDirs: [String: String] = [:]
         for s in config.spools {
             try Names.validateIdentifier(s.name, what: "spool name")
             guard dirs[s.name] == nil else { throw DaemonError("spool \(s.name) is configured twice") }
@@ -93,6 +146,20 @@ public final class Agent: @unchecked Sendable {
                 dirs[s.name] = try Files.openDirectory(s.directory)
             } catch {
                 throw DaemonError("spool \(s.name): cannot open its directory \(s.directory): \(error)")
+            }
+            let dst = try Files.fstat(dirs[s.name]!)
+            let identity = "\(dst.st_dev):\(dst.st_ino)"
+            if let other = seenDirs[identity] {
+                throw DaemonError("spools \(other) and \(s.name) watch the same directory \(s.directory); give each spool its own")
+            }
+            seenDirs[identity] = s.name
+            if let logs = s.logs {
+                try LogNames.validateGlob(logs.glob)
+                do {
+                    rotated[s.name] = try Files.ensureDirectory(dirs[s.name]!, LogNames.rotatedDirName, label: "\(s.directory)/\(LogNames.rotatedDirName)", mode: 0o700)
+                } catch {
+                    throw DaemonError("log spool \(s.name): cannot make its directory of rotated files: \(error)")
+                }
             }
             if let a = config.archiveDir {
                 try Files.makeDirectories("\(a)/\(s.name)")
@@ -105,13 +172,24 @@ public final class Agent: @unchecked Sendable {
             }
         }
         spoolDirs = dirs
+        rotatedDirs = rotated
         archiveDirs = archives
         journal = try AgentJournal(dir: config.stateDir, logger: logger)
         let loaded = try journal.load(logger: logger)
         segments = loaded.segments
+        rotations = loaded.rotations
+        lastSeq = loaded.lastSeq
         nextID = loaded.nextID
         try recover()
     }
+
+    /// The directory that holds a segment's file: the spool's own for blobs, the rotated
+    /// directory for log segments.
+    func directory(for s: Segment) -> OwnedFD? {
+        state.withLock { s.kind == .log ? rotatedDirs[s.spool] : spoolDirs[s.spool] }
+    }
+
+    func spoolConfig(_ name: String) -> SpoolConfig? { config.spools.first { $0.name == name } }
 
     // MARK: start-up recovery (R4)
 
@@ -127,7 +205,7 @@ public final class Agent: @unchecked Sendable {
             reapQueue += failed
         }
         for (id, s) in segments where !s.acked {
-            guard let dir = spoolDirs[s.spool] else {
+            guard let dir = s.kind == .log ? rotatedDirs[s.spool] : spoolDirs[s.spool] else {
                 logger.warning("segment of a spool no longer configured; forgetting it", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)"])
                 segments[id] = nil
                 continue
@@ -140,7 +218,8 @@ public final class Agent: @unchecked Sendable {
             }
         }
         toOffer = segments.keys.sorted()
-        try journal.compact(Array(segments.values))
+        try recoverRotations()
+        try journal.compact(Array(segments.values), rotations: Array(rotations.values), lastSeq: lastSeq)
     }
 
     // MARK: sealing
@@ -149,7 +228,7 @@ public final class Agent: @unchecked Sendable {
 
     /// Scans every spool and seals what is complete.
     func scanAll() {
-        for s in config.spools { scan(s) }
+        for s in config.spools where s.logs == nil { scan(s) }
     }
 
     func scan(_ spool: SpoolConfig) {
@@ -178,7 +257,7 @@ public final class Agent: @unchecked Sendable {
             return refused.contains(key)
         }
         if known { return nil }
-        guard let dir = spoolDirs[spool] else { return nil }
+        guard let dir = state.withLock({ spoolDirs[spool] }) else { return nil }
         do {
             try Names.validateSegmentName(name, what: "file name")
         } catch {
@@ -327,7 +406,8 @@ public final class Agent: @unchecked Sendable {
             } catch {
                 // R4: not done until its directory is synced. Retry those of this directory.
                 logger.error("cannot sync a spool directory after removing files; will retry", metadata: ["directory": "\(key)", "error": "\(error)"])
-                let spool = key.hasPrefix("archive/") ? String(key.dropFirst("archive/".count)) : key
+                let spool = key.hasPrefix("archive/") ? String(key.dropFirst("archive/".count))
+                    : key.hasPrefix("rotated/") ? String(key.dropFirst("rotated/".count)) : key
                 failed += synced.filter { $0.spool == spool }
                 synced.removeAll { $0.spool == spool }
             }
@@ -349,8 +429,8 @@ public final class Agent: @unchecked Sendable {
             shippedSegments += 1
             shippedBytes += s.size
         }
-        if journal.appended > 100_000 && journal.appended > 4 * segments.count {
-            do { try journal.compact(Array(segments.values)) } catch {
+        if journal.appended > 100_000 && journal.appended > 4 * (segments.count + rotations.count + lastSeq.count) {
+            do { try journal.compact(Array(segments.values), rotations: Array(rotations.values), lastSeq: lastSeq) } catch {
                 logger.error("cannot compact the agent state", metadata: ["error": "\(error)"])
             }
         }
@@ -374,10 +454,10 @@ public final class Agent: @unchecked Sendable {
     /// A crash between the steps leaves the aside name, which the next start finishes.
     /// Returns false when it should be tried again.
     private func removeLocalCopy(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> Bool {
-        guard let dir = spoolDirs[s.spool] else { return true }
+        guard let dir = directory(for: s) else { return true }
         // The directory is synced whatever happens below: a retry after a failed directory
         // sync finds the file already gone, and must still sync before recording it done.
-        touched[s.spool] = dir
+        touched[s.kind == .log ? "rotated/\(s.spool)" : s.spool] = dir
         if let adir = archiveDirs[s.spool] { touched["archive/\(s.spool)"] = adir }
         let label = "\(s.spool)/\(s.name)"
         let aside = ".spoolship-reap-\(s.id)"
@@ -398,7 +478,7 @@ public final class Agent: @unchecked Sendable {
             }
             logger.notice("a new file took the name of a shipped one; it stays and is shipped too", metadata: [
                 "spool.name": "\(s.spool)", "segment.name": "\(Names.alternateName(s.name, attempt: attempt))"])
-            rescan.append((s.spool, Names.alternateName(s.name, attempt: attempt)))
+            if s.kind == .blob { rescan.append((s.spool, Names.alternateName(s.name, attempt: attempt))) }
             return true
         }
         if let adir = archiveDirs[s.spool] {
@@ -443,7 +523,7 @@ public final class Agent: @unchecked Sendable {
         try? journal.append([StateRecord(op: .done, id: id)], sync: false)
         state.broadcast()
         state.unlock()
-        if again { admit([seal(spool: s.spool, name: s.name)].compactMap { $0 }) }
+        if again && s.kind == .blob { admit([seal(spool: s.spool, name: s.name)].compactMap { $0 }) }
     }
 
     // MARK: running
@@ -453,12 +533,23 @@ public final class Agent: @unchecked Sendable {
     /// collector refused the agent for good.
     public func run() throws {
         scanAll()
+        for name in reopenAfterRecovery.sorted() {
+            if let s = spoolConfig(name), let l = s.logs { reopenProducers(s, l) }
+        }
+        if config.once {
+            // Every log file with something in it is rotated now, whatever its size or age.
+            rotatePass(all: true)
+        }
         // The --once clock starts when there is something to ship, not before the scan.
         state.withLock { lastProgress = monotonicNow() }
         if !config.once {
             startThread("watcher") { [self] in watchLoop() }
         }
         startThread("reaper") { [self] in reapLoop() }
+        if config.spools.contains(where: { $0.logs != nil }) {
+            if !config.once { startThread("rotator") { [self] in rotateLoop() } }
+            startThread("sealer") { [self] in sealLoop() }
+        }
         defer {
             // A graceful stop finishes the deletions of what was already acknowledged.
             stop()
@@ -499,18 +590,20 @@ public final class Agent: @unchecked Sendable {
         defer { state.unlock() }
         if let f = fatal { throw DaemonError(f) }
         if stopped {
-            if config.once && !segments.isEmpty {
-                throw DaemonError("stopped with \(segments.count) segment(s) not yet shipped; they ship on the next run")
+            if config.once && !(segments.isEmpty && rotations.isEmpty) {
+                throw DaemonError("stopped with \(segments.count + rotations.count) segment(s) not yet shipped; they ship on the next run")
             }
             return ()
         }
         if config.once {
-            if segments.isEmpty {
+            if segments.isEmpty && rotations.isEmpty {
                 if let why = incomplete { throw DaemonError("not everything could be shipped: \(why)") }
                 return ()
             }
             if monotonicNow() - lastProgress > config.timeout {
-                throw DaemonError("no progress for \(Int(config.timeout)) s shipping to \(config.collector); \(segments.count) segment(s) still pending; last error: \(lastError ?? "none")")
+                var pending = "\(segments.count) segment(s) still pending"
+                if !rotations.isEmpty { pending += " and \(rotations.count) rotated file(s) not sealed" }
+                throw DaemonError("no progress for \(Int(config.timeout)) s shipping to \(config.collector); \(pending); last error: \(lastError ?? "none")")
             }
         }
         return nil
@@ -529,11 +622,19 @@ public final class Agent: @unchecked Sendable {
         do {
             let ino = try Inotify()
             var byWatch: [Int32: SpoolConfig] = [:]
-            for s in config.spools { byWatch[try ino.watch(s.directory)] = s }
+            for s in config.spools where s.logs == nil { byWatch[try ino.watch(s.directory)] = s }
             // Files that completed between the first scan and the watch being set.
             scanAll()
+            var lastCheck = monotonicNow()
             while !isStopped {
                 let events = try ino.read(timeout: 0.5)
+                if monotonicNow() - lastCheck >= 1 {
+                    lastCheck = monotonicNow()
+                    for s in reopenReplacedDirectories() where s.logs == nil {
+                        byWatch[try ino.watch(s.directory)] = s
+                        scan(s)
+                    }
+                }
                 var sealed: [Segment] = []
                 for e in events {
                     if e.overflow {
@@ -543,7 +644,7 @@ public final class Agent: @unchecked Sendable {
                     }
                     guard let spool = byWatch[e.watch] else { continue }
                     if e.mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
-                        logger.error("spool directory was removed or moved; its new files are not seen until restart", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)"])
+                        logger.error("spool directory was removed or moved away; watching for it to come back", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)"])
                         continue
                     }
                     if e.name.isEmpty { continue }

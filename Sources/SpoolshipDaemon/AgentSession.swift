@@ -152,7 +152,7 @@ final class AgentSession: @unchecked Sendable {
     }
 
     private func sendData(_ sock: Socket, tag: UInt64, offset: UInt64, segment s: Segment) throws {
-        guard let dir = agent.spoolDirs[s.spool] else { return }
+        guard let dir = agent.directory(for: s) else { return }
         let label = "\(s.spool)/\(s.name)"
         guard let fd = try openIfPresent(dir, s.name, label: label) else {
             state.withLock { inflight[tag] = nil }
@@ -163,8 +163,12 @@ final class AgentSession: @unchecked Sendable {
         guard UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino, UInt64(st.st_size) == s.size, agent.mtimeNs(st) == s.mtimeNs else {
             // Changed after it was sealed: drop this seal; the file is sealed again as it is now.
             state.withLock { inflight[tag] = nil }
-            agent.drop(s.id, reason: "the file changed after it was sealed; sealing it again")
-            agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
+            if s.kind == .log {
+                agent.sealAgain(s)
+            } else {
+                agent.drop(s.id, reason: "the file changed after it was sealed; sealing it again")
+                agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
+            }
             return
         }
         let count = s.size - offset

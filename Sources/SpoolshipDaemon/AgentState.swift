@@ -28,6 +28,44 @@ struct Segment: Sendable {
     }
 }
 
+/// A log stream's active file that was (or is about to be) renamed aside as segment `seq`,
+/// and is not sealed yet.
+struct Rotation: Sendable {
+    var id: UInt64
+    var spool: String
+    var stream: String
+    var seq: UInt64
+    var dev: UInt64
+    var ino: UInt64
+    // In memory only:
+    /// Whether the rename into the rotated directory is known to have happened.
+    var renamed = false
+    /// The file's size when it was renamed: it can only grow from there.
+    var sizeAtRotation: UInt64 = 0
+    /// When the sealer first found a writer holding the file, and when it last said so.
+    var waitingSince: Double?
+    var lastWarned: Double = 0
+
+    var rawName: String { LogNames.segmentName(stream: stream, seq: seq, compressed: false) }
+    var gzName: String { LogNames.segmentName(stream: stream, seq: seq, compressed: true) }
+    var streamKey: String { "\(spool)/\(stream)" }
+
+    var record: StateRecord {
+        var r = StateRecord(op: .rotate, id: id)
+        r.spool = spool; r.name = stream; r.seq = seq; r.dev = dev; r.ino = ino
+        return r
+    }
+}
+
+/// What the journal held at start.
+struct LoadedState {
+    var segments: [UInt64: Segment] = [:]
+    var rotations: [UInt64: Rotation] = [:]
+    /// Last sequence number used, by `spool/stream`.
+    var lastSeq: [String: UInt64] = [:]
+    var nextID: UInt64 = 1
+}
+
 /// The agent's crash-safe state: a journal of seal / ack / done records in the state dir
 /// (`state.journal`, format in docs/FORMATS.md), replayed at start and compacted when it grows.
 /// Acks are synced before anything is deleted (R4); seals and dones need no sync of their own,
@@ -53,7 +91,7 @@ final class AgentJournal {
         fd = try Files.open("\(dir)/\(Self.fileName)", O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
     }
 
-    func load(logger: Logger) throws -> (segments: [UInt64: Segment], nextID: UInt64) {
+    func load(logger: Logger) throws -> LoadedState {
         let bytes = try Files.readAll(fd)
         let path = "\(dir)/\(Self.fileName)"
         let contents: RecordLog.Contents<StateRecord>
@@ -65,23 +103,34 @@ final class AgentJournal {
         if contents.droppedTail {
             logger.warning("agent state has a torn tail; dropping it", metadata: ["path": "\(path)", "bytes.dropped": "\(bytes.count - contents.goodBytes)"])
         }
-        var segments: [UInt64: Segment] = [:]
-        var nextID: UInt64 = 1
+        if contents.damagedLines > 0 {
+            logger.warning("agent state has damaged lines; skipping them", metadata: ["path": "\(path)", "lines": "\(contents.damagedLines)"])
+        }
+        var st = LoadedState()
         for r in contents.records {
-            nextID = max(nextID, r.id + 1)
+            st.nextID = max(st.nextID, r.id + 1)
             switch r.op {
             case .seal:
                 guard let spool = r.spool, let name = r.name, let size = r.size, let crc = r.crc else { continue }
-                segments[r.id] = Segment(id: r.id, spool: spool, name: name, kind: r.kind ?? .blob, dev: r.dev ?? 0, ino: r.ino ?? 0,
-                                         size: size, crc: crc, mtimeNs: r.mtimeNs ?? 0)
+                st.segments[r.id] = Segment(id: r.id, spool: spool, name: name, kind: r.kind ?? .blob, dev: r.dev ?? 0, ino: r.ino ?? 0,
+                                            size: size, crc: crc, mtimeNs: r.mtimeNs ?? 0)
+                st.rotations[r.id] = nil
             case .ack:
-                segments[r.id]?.acked = true
-                segments[r.id]?.stored = r.stored
+                st.segments[r.id]?.acked = true
+                st.segments[r.id]?.stored = r.stored
             case .done:
-                segments[r.id] = nil
+                st.segments[r.id] = nil
+                st.rotations[r.id] = nil
+            case .rotate:
+                guard let spool = r.spool, let stream = r.name, let seq = r.seq else { continue }
+                st.rotations[r.id] = Rotation(id: r.id, spool: spool, stream: stream, seq: seq, dev: r.dev ?? 0, ino: r.ino ?? 0)
+                st.lastSeq["\(spool)/\(stream)"] = max(st.lastSeq["\(spool)/\(stream)"] ?? 0, seq)
+            case .sequence:
+                guard let spool = r.spool, let stream = r.name, let seq = r.seq else { continue }
+                st.lastSeq["\(spool)/\(stream)"] = max(st.lastSeq["\(spool)/\(stream)"] ?? 0, seq)
             }
         }
-        return (segments, nextID)
+        return st
     }
 
     func append(_ records: [StateRecord], sync: Bool) throws {
@@ -98,11 +147,19 @@ final class AgentJournal {
         if sync { try Files.fdatasync(fd) }
     }
 
-    /// Rewrites the journal with only the live segments: temp file, fsync, rename, fsync dir.
-    func compact(_ live: [Segment]) throws {
+    /// Rewrites the journal with only the live segments, the pending rotations and each log
+    /// stream's last sequence number: temp file, fsync, rename, fsync dir.
+    func compact(_ live: [Segment], rotations: [Rotation] = [], lastSeq: [String: UInt64] = [:]) throws {
         lock.lock()
         defer { lock.unlock() }
         var bytes = RecordLog.headerLine(kind: StateRecord.kind, version: StateRecord.version)
+        for (key, seq) in lastSeq.sorted(by: { $0.key < $1.key }) {
+            guard let slash = key.firstIndex(of: "/") else { continue }
+            var r = StateRecord(op: .sequence, id: 0)
+            r.spool = String(key[..<slash]); r.name = String(key[key.index(after: slash)...]); r.seq = seq
+            bytes += RecordLog.line(r)
+        }
+        for r in rotations.sorted(by: { $0.id < $1.id }) { bytes += RecordLog.line(r.record) }
         for s in live.sorted(by: { $0.id < $1.id }) {
             bytes += RecordLog.line(s.sealRecord)
             if s.acked {
@@ -115,6 +172,6 @@ final class AgentJournal {
         let newFD = try Files.open("\(dir)/\(Self.fileName)", O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         try? fd.close()
         fd = newFD
-        appended = live.count + live.filter(\.acked).count
+        appended = live.count + live.filter(\.acked).count + rotations.count + lastSeq.count
     }
 }

@@ -11,41 +11,56 @@ struct AgentCommand: ParsableCommand {
         commandName: "spoolship-agent",
         abstract: "Ship the files of spool directories to a spoolship collector.",
         discussion: """
-        Every complete file in a spool (closed after writing, or renamed in; dotfiles and *.tmp \
-        are ignored) is shipped whole and removed once the collector has committed it durably. \
-        Example: spoolship-agent --collector 10.0.0.5:7070 --agent-id web-1 \
-        --state-dir /var/lib/spoolship --spool inbox=/var/spool/inbox
+        A blob spool (--spool) ships every complete file (closed after writing, or renamed in; \
+        dotfiles and *.tmp are ignored) whole. A log spool (--logs) rotates every file matching \
+        its glob by size or age into segments NAME.<SEQ>, sealed once no process writes them. \
+        Each file is removed once the collector has committed it durably. Settings come from \
+        the config file (--config) and flags, which override it. Example: spoolship-agent \
+        --collector 10.0.0.5:7070 --agent-id web-1 --state-dir /var/lib/spoolship \
+        --spool inbox=/var/spool/inbox --logs app=/var/log/app:*.log --rotate-age 30
         """)
 
+    @Option(help: "A TOML config file (keys in docs/OPERATIONS.md); flags override it.")
+    var config: String?
+
     @Option(help: "The collector, HOST:PORT.")
-    var collector: String
+    var collector: String?
 
     @Option(help: "This agent's id: 1-64 of [A-Za-z0-9._-].")
-    var agentId: String
+    var agentId: String?
 
     @Option(help: "Directory for the agent's own state.")
-    var stateDir: String
+    var stateDir: String?
 
     @Option(help: ArgumentHelp("A blob spool, NAME=DIR; may repeat.", valueName: "name=dir"))
     var spool: [String] = []
 
+    @Option(help: ArgumentHelp("A log spool, NAME=DIR[:GLOB] (GLOB defaults to *.log); may repeat.", valueName: "name=dir[:glob]"))
+    var logs: [String] = []
+
+    @Option(help: ArgumentHelp("Rotate a log file once it holds this many bytes (suffixes K, M, G); default 64M.", valueName: "bytes"))
+    var rotateSize: String?
+
+    @Option(help: ArgumentHelp("Rotate a log file once its oldest unrotated byte is this many seconds old; default 60.", valueName: "seconds"))
+    var rotateAge: Double?
+
     @Option(help: "Keep acknowledged files under DIR/<spool>/ instead of deleting them (same file system as the spools).")
     var archiveDir: String?
 
-    @Flag(help: "Ship what is in the spools now, wait for every acknowledgement, and exit.")
+    @Flag(help: "Ship what is in the spools now (rotating log files first), wait for every acknowledgement, and exit.")
     var once = false
 
-    @Option(help: "With --once: give up after this many seconds without progress.")
-    var timeout: Double = 300
+    @Option(help: "With --once: give up after this many seconds without progress (default 300).")
+    var timeout: Double?
 
-    @Option(help: "Seconds of silence from the collector, with work outstanding, before reconnecting.")
-    var ioTimeout: Double = 30
+    @Option(help: "Seconds of silence from the collector, with work outstanding, before reconnecting (default 30).")
+    var ioTimeout: Double?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: String?
 
     func parsedSpools() throws -> [SpoolConfig] {
-        try spool.map { s in
+        let blobs = try spool.map { s in
             guard let eq = s.firstIndex(of: "="), eq != s.startIndex, s.index(after: eq) != s.endIndex else {
                 throw ValidationError("--spool must be NAME=DIR, got '\(s)'")
             }
@@ -53,30 +68,75 @@ struct AgentCommand: ParsableCommand {
             do { try Names.validateIdentifier(name, what: "spool name") } catch { throw ValidationError("--spool \(s): \(error)") }
             return SpoolConfig(name: name, directory: String(s[s.index(after: eq)...]))
         }
+        let logSpools = try logs.map { a in
+            do {
+                let p = try LogNames.parseLogSpoolArgument(a)
+                var l = LogSettings()
+                l.glob = p.glob
+                return SpoolConfig(name: p.name, directory: p.directory, logs: l)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        return blobs + logSpools
     }
 
+    /// The file's settings, then the flags over them.
+    func resolved() throws -> AgentConfig {
+        var file = AgentFileConfig()
+        if let path = config {
+            do { file = try AgentFileConfig.load(path: path) } catch { throw ValidationError("\(error)") }
+        }
+        guard let collectorText = collector ?? file.collector else { throw ValidationError("give --collector HOST:PORT (or collector in the config file)") }
+        guard let endpoint = Endpoint(collectorText) else { throw ValidationError("--collector must be HOST:PORT, got '\(collectorText)'") }
+        guard let id = agentId ?? file.agentID else { throw ValidationError("give --agent-id (or agent-id in the config file)") }
+        do { try Names.validateIdentifier(id, what: "agent id") } catch { throw ValidationError("--agent-id: \(error)") }
+        guard let state = stateDir ?? file.stateDir else { throw ValidationError("give --state-dir (or state-dir in the config file)") }
+        var flagSize: UInt64?
+        if let s = rotateSize {
+            guard let b = ByteSize.parse(s) else { throw ValidationError("--rotate-size must be a size in bytes such as 1048576, 512K or 64M; got '\(s)'") }
+            flagSize = b
+        }
+        if let a = rotateAge, !(a > 0) { throw ValidationError("--rotate-age must be a positive number of seconds") }
+        // Flag spools replace file spools of the same name.
+        let fromFlags = try parsedSpools()
+        var spools = file.spools.filter { f in !fromFlags.contains { $0.name == f.name } } + fromFlags
+        guard Set(spools.map(\.name)).count == spools.count else { throw ValidationError("each spool needs its own name") }
+        guard !spools.isEmpty else { throw ValidationError("give at least one --spool NAME=DIR or --logs NAME=DIR[:GLOB] (or spools in the config file)") }
+        // Rotation: a spool's own setting in the file, else the flag, else the file's default.
+        for i in spools.indices where spools[i].logs != nil {
+            let name = spools[i].name
+            let fileOwn = fromFlags.contains { $0.name == name } ? false : true
+            if !(fileOwn && file.ownRotateSize.contains(name)), let size = flagSize ?? file.rotateSize { spools[i].logs!.rotateSize = size }
+            if !(fileOwn && file.ownRotateAge.contains(name)), let age = rotateAge ?? file.rotateAge { spools[i].logs!.rotateAge = age }
+        }
+        var c = AgentConfig(collector: endpoint, agentID: id, stateDir: state, spools: spools)
+        c.archiveDir = archiveDir ?? file.archiveDir
+        c.once = once
+        c.timeout = timeout ?? file.timeout ?? 300
+        c.ioTimeout = ioTimeout ?? file.ioTimeout ?? 30
+        guard c.timeout > 0, c.ioTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        return c
+    }
+
+    var level: String { logLevel ?? "info" }
+
     func validate() throws {
-        guard Endpoint(collector) != nil else { throw ValidationError("--collector must be HOST:PORT, got '\(collector)'") }
-        do { try Names.validateIdentifier(agentId, what: "agent id") } catch { throw ValidationError("--agent-id: \(error)") }
-        let spools = try parsedSpools()
-        guard !spools.isEmpty else { throw ValidationError("give at least one --spool NAME=DIR") }
-        guard Set(spools.map(\.name)).count == spools.count else { throw ValidationError("each --spool needs its own name") }
-        guard Logger.Level.parse(logLevel) != nil else { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel)'") }
-        guard timeout > 0, ioTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        _ = try resolved()
     }
 
     func run() throws {
-        SpoolshipLogging.bootstrap(level: Logger.Level.parse(logLevel)!)
+        let config = try resolved()
+        let fileLevel = try self.config.map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
+        guard let level = Logger.Level.parse(logLevel ?? fileLevel ?? "info") else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel ?? "")'")
+        }
+        SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
-        logger[metadataKey: "agent.id"] = "\(agentId)"
-        var config = AgentConfig(collector: Endpoint(collector)!, agentID: agentId, stateDir: stateDir, spools: try parsedSpools())
-        config.archiveDir = archiveDir
-        config.once = once
-        config.timeout = timeout
-        config.ioTimeout = ioTimeout
+        logger[metadataKey: "agent.id"] = "\(config.agentID)"
         let stop = StopRequest()
         Signals.handle { sig in
-            if sig == SIGHUP { return }  // reloading comes with the configuration file
+            if sig == SIGHUP { return }  // reloading comes with issue 4
             stop.request()
         }
         do {

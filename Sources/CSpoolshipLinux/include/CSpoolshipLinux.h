@@ -27,3 +27,6 @@ int spsh_accept4_cloexec(int fd);
 /// and releases it at once.
 int spsh_has_writers(int fd);
 ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count);
+/// Starts `/bin/sh -c command` in a process group of its own, with stdin from /dev/null, an
+/// empty signal mask and default signal dispositions. Returns 0 and the pid, or an errno value.
+int spsh_spawn_shell(const char *command, int *pid_out);

@@ -1,0 +1,83 @@
+import CSpoolshipLinux
+import Foundation
+import Glibc
+
+/// Other processes: running a producer's reopen command, signalling a producer by its pid
+/// file, and finding who holds a file open for writing.
+public enum Processes {
+    public enum Outcome: Equatable, CustomStringConvertible {
+        case exited(Int32)
+        case killedBySignal(Int32)
+        case timedOut(Double)
+
+        public var description: String {
+            switch self {
+            case .exited(let c): return "exited with status \(c)"
+            case .killedBySignal(let s): return "killed by signal \(s)"
+            case .timedOut(let t): return "still running after \(t) s; killed"
+            }
+        }
+    }
+
+    /// Runs `/bin/sh -c command` (stdin /dev/null, stdout and stderr the daemon's) and waits up
+    /// to `timeout` seconds; past it, its process group gets SIGKILL.
+    public static func runShell(_ command: String, timeout: Double) throws -> Outcome {
+        var pid: Int32 = 0
+        let rc = spsh_spawn_shell(command, &pid)
+        if rc != 0 { throw SyscallError(call: "posix_spawn", path: "/bin/sh -c \(command)", errno: rc) }
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if r < 0 && Glibc.errno != EINTR { throw SyscallError(call: "waitpid", path: "/bin/sh -c \(command)", errno: Glibc.errno) }
+            if Date() > deadline {
+                kill(-pid, SIGKILL)
+                while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
+                return .timedOut(timeout)
+            }
+            usleep(5_000)
+        }
+        // WIFEXITED / WEXITSTATUS / WTERMSIG, which are macros.
+        if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
+        return .killedBySignal(status & 0x7f)
+    }
+
+    /// Reads a pid from `pidFile` (a decimal number, surrounding whitespace allowed) and sends
+    /// it `signal`. Errors name the file and what was wrong with it.
+    public static func signal(pidFile: String, signal: Int32) throws -> Int32 {
+        let fd = try Files.open(pidFile, O_RDONLY)
+        let bytes = try Files.readAll(fd).prefix(64)
+        let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let pid = Int32(text), pid > 1 else {
+            throw SyscallError(call: "read pid", path: "\(pidFile) (holds '\(text.prefix(20))', not a process id)", errno: EINVAL)
+        }
+        _ = try syscall("kill", "pid \(pid) from \(pidFile)") { kill(pid, signal) }
+        return pid
+    }
+
+    /// The processes that hold the file (device, inode) open for writing, found by a scan of
+    /// /proc/*/fd and the access mode in /proc/*/fdinfo. Processes we may not inspect are
+    /// skipped, so the answer is a lower bound for an unprivileged caller.
+    public static func writers(dev: UInt64, ino: UInt64) -> [Int32] {
+        guard let procs = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        var found: [Int32] = []
+        for p in procs {
+            guard let pid = Int32(p) else { continue }
+            guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p)/fd") else { continue }
+            for f in fds {
+                var st = stat()
+                guard fstatat(AT_FDCWD, "/proc/\(p)/fd/\(f)", &st, 0) == 0, UInt64(st.st_dev) == dev, UInt64(st.st_ino) == ino else { continue }
+                guard let info = try? String(contentsOfFile: "/proc/\(p)/fdinfo/\(f)", encoding: .utf8),
+                    let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
+                    let flags = Int32(line.dropFirst("flags:".count).trimmingCharacters(in: .whitespaces), radix: 8)
+                else { continue }
+                if flags & O_ACCMODE != O_RDONLY {
+                    found.append(pid)
+                    break
+                }
+            }
+        }
+        return found
+    }
+}
