@@ -68,6 +68,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: v5),
+        // A real log producer for the tests and the benchmark (not installed).
+        .executableTarget(
+            name: "log-producer",
+            path: "Tests/LogProducer"),
         .testTarget(
             name: "SpoolshipCoreTests",
             dependencies: ["SpoolshipCore"]),

@@ -20,8 +20,9 @@ struct StreamState {
 /// writer holds a rotated file (with optional gzip), and the recovery of each step after a
 /// crash. The segments that come out of here ship exactly like blobs.
 extension Agent {
-    /// How often the rotator looks at the active files' sizes and ages.
-    static let rotateTick = 0.05
+    /// While some stream holds bytes not yet rotated, the rotator looks at the files that
+    /// changed this often; otherwise it sleeps in inotify until one does.
+    static let rotateTick = 0.01
     /// A rotated file held open for writing this long gets a warning naming the holders.
     static let writerWarnAfter = 30.0
 
@@ -29,27 +30,85 @@ extension Agent {
 
     // MARK: rotation
 
+    /// The rotator: learns from inotify which active files changed (writes to one file are
+    /// coalesced by the kernel while unread, so a busy producer costs one event per tick),
+    /// stats those, and rotates what is due by size or age. Every second it also lists the
+    /// directories, in case an event was missed.
     func rotateLoop() {
+        let ino: Inotify?
+        do { ino = try Inotify() } catch {
+            logger.warning("cannot watch the log spools; polling them instead", metadata: ["error": "\(error)"])
+            ino = nil
+        }
+        var watches: [Int32: String] = [:]
+        var watchedDir: [String: (UInt64, UInt64)] = [:]
         var lastList = 0.0
         while !isStopped {
             let now = monotonicNow()
-            rotatePass(all: false, list: now - lastList >= 1)
-            if now - lastList >= 1 { lastList = now }
-            state.lock()
-            if !stopped { _ = state.wait(until: Date(timeIntervalSinceNow: Self.rotateTick)) }
-            state.unlock()
+            var list = now - lastList >= 1
+            if list {
+                lastList = now
+                if let ino = ino {
+                    // (Re)watch each spool directory; one made again gets a new watch.
+                    for s in logSpools {
+                        guard let fd = state.withLock({ spoolDirs[s.name] }), let st = try? Files.fstat(fd) else { continue }
+                        let id = (UInt64(st.st_dev), UInt64(st.st_ino))
+                        if let w = watchedDir[s.name], w == id { continue }
+                        let mask = UInt32(IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR)
+                        if let wd = try? ino.watch(s.directory, mask: mask) {
+                            watches[wd] = s.name
+                            watchedDir[s.name] = id
+                        }
+                    }
+                }
+            }
+            let pending = state.withLock { streams.values.contains { $0.firstDataAt != nil } }
+            var dirty: Set<String> = []
+            if let ino = ino {
+                do {
+                    for e in try ino.read(timeout: pending ? 0 : 0.5) {
+                        if e.overflow { list = true; continue }
+                        if let spool = watches[e.watch], !e.name.isEmpty { dirty.insert("\(spool)/\(e.name)") }
+                    }
+                } catch {
+                    logger.error("reading inotify events failed; listing the log spools instead", metadata: ["error": "\(error)"])
+                    list = true
+                }
+            } else {
+                list = true
+            }
+            rotatePass(all: false, list: list, dirty: list ? nil : dirty)
+            if pending || ino == nil {
+                state.lock()
+                if !stopped { _ = state.wait(until: Date(timeIntervalSinceNow: ino == nil ? 0.1 : Self.rotateTick)) }
+                state.unlock()
+            }
         }
     }
 
-    /// Looks at every stream of every log spool and rotates those that are due (all those
-    /// with bytes in them when `all`). `list` re-reads the directories for new streams.
-    func rotatePass(all: Bool, list: Bool = true) {
+    /// Looks at the streams of every log spool and rotates those that are due (all those
+    /// with bytes in them when `all`). `list` re-reads the directories for new streams;
+    /// `dirty`, when given, limits the look to the files that changed and to the streams
+    /// whose age is up.
+    func rotatePass(all: Bool, list: Bool = true, dirty: Set<String>? = nil) {
         for spool in logSpools {
             guard let settings = spool.logs, let dir = state.withLock({ spoolDirs[spool.name] }) else { continue }
             if list || all { discoverStreams(spool, settings) }
             let now = monotonicNow()
             var due: [(stream: String, st: stat)] = []
-            let keys = state.withLock { streams.keys.filter { $0.hasPrefix("\(spool.name)/") } }
+            let keys: [String] = state.withLock {
+                let prefix = "\(spool.name)/"
+                guard let dirty = dirty else { return streams.keys.filter { $0.hasPrefix(prefix) } }
+                var keys: [String] = []
+                for k in dirty where k.hasPrefix(prefix) {
+                    if streams[k] == nil, LogNames.matches(settings.glob, String(k.dropFirst(prefix.count))) { streams[k] = StreamState() }
+                    if streams[k] != nil { keys.append(k) }
+                }
+                for (k, s) in streams where k.hasPrefix(prefix) && !dirty.contains(k) {
+                    if let first = s.firstDataAt, now - first >= settings.rotateAge { keys.append(k) }
+                }
+                return keys
+            }
             for key in keys {
                 let name = String(key.dropFirst(spool.name.count + 1))
                 let st: stat?
