@@ -163,6 +163,7 @@ extension Agent {
                     "spool.name": "\(spool.name)", "stream": "\(name)", "bytes.lost": "\(s.size)"])
             }
             s = StreamState(dev: dev, ino: ino, size: 0, firstDataAt: nil, expectNew: false)
+            logger.debug("watching log file", metadata: ["spool.name": "\(spool.name)", "stream": "\(name)", "bytes": "\(size)"])
         } else if size < s.size {
             logger.error("log file was truncated behind the agent's back (copytruncate?); the bytes cut off were not shipped by spoolship", metadata: [
                 "spool.name": "\(spool.name)", "stream": "\(name)", "size.before": "\(s.size)", "size.now": "\(size)"])
