@@ -79,3 +79,31 @@ public struct SpoolArgumentError: Error, CustomStringConvertible, Equatable {
     public var description: String
     public init(_ d: String) { description = d }
 }
+
+/// Sizes in settings.
+public enum ByteSize {
+    /// "1048576", "512K", "512KiB", "64M", "64MiB", "1G", "1GiB" (binary multiples).
+    public static func parse(_ s: String) -> UInt64? {
+        let t = s.trimmingWhitespace()
+        let digits = t.prefix { $0.isASCII && $0.isNumber }
+        guard !digits.isEmpty, let n = UInt64(digits), n > 0 else { return nil }
+        let unit = t.dropFirst(digits.count).trimmingWhitespace().lowercased()
+        let shift: UInt64
+        switch unit {
+        case "", "b": shift = 0
+        case "k", "kib", "kb": shift = 10
+        case "m", "mib", "mb": shift = 20
+        case "g", "gib", "gb": shift = 30
+        default: return nil
+        }
+        guard n <= UInt64.max >> shift else { return nil }
+        return n << shift
+    }
+}
+
+
+extension StringProtocol {
+    func trimmingWhitespace() -> String {
+        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+    }
+}

@@ -86,26 +86,6 @@ struct TableReader {
     }
 }
 
-public enum ByteSize {
-    /// "1048576", "512K", "512KiB", "64M", "64MiB", "1G", "1GiB" (binary multiples).
-    public static func parse(_ s: String) -> UInt64? {
-        let t = s.trimmingCharacters(in: .whitespaces)
-        let digits = t.prefix { $0.isASCII && $0.isNumber }
-        guard !digits.isEmpty, let n = UInt64(digits), n > 0 else { return nil }
-        let unit = t.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
-        let shift: UInt64
-        switch unit {
-        case "", "b": shift = 0
-        case "k", "kib", "kb": shift = 10
-        case "m", "mib", "mb": shift = 20
-        case "g", "gib", "gb": shift = 30
-        default: return nil
-        }
-        guard n <= UInt64.max >> shift else { return nil }
-        return n << shift
-    }
-}
-
 /// What an agent's config file says. Every field is optional: flags fill in or override.
 public struct AgentFileConfig {
     public var collector: String?
