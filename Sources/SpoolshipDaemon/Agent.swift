@@ -218,6 +218,11 @@ public final class Agent: @unchecked Sendable {
             }
         }
         toOffer = segments.keys.sorted()
+        for (id, r) in rotations where spoolConfig(r.spool)?.logs == nil {
+            logger.warning("rotated file of a log spool no longer configured; forgetting it (it stays on disk)", metadata: ["spool.name": "\(r.spool)", "segment.name": "\(r.rawName)"])
+            try journal.append([StateRecord(op: .done, id: id)], sync: false)
+            rotations[id] = nil
+        }
         try recoverRotations()
         try journal.compact(Array(segments.values), rotations: Array(rotations.values), lastSeq: lastSeq)
     }

@@ -14,6 +14,8 @@ struct StreamState {
     /// The agent renamed the last file away: a new inode under the name is expected.
     var expectNew = true
     var warnedNotRegular = false
+    /// After a failed rotation: not tried again before this time (monotonic).
+    var retryAfter: Double?
 }
 
 /// Log spools: rotation (rename aside, journaled first), producer reopen, sealing once no
@@ -101,8 +103,11 @@ extension Agent {
                 guard let dirty = dirty else { return streams.keys.filter { $0.hasPrefix(prefix) } }
                 var keys: [String] = []
                 for k in dirty where k.hasPrefix(prefix) {
-                    if streams[k] == nil, LogNames.matches(settings.glob, String(k.dropFirst(prefix.count))) { streams[k] = StreamState() }
-                    if streams[k] != nil { keys.append(k) }
+                    if streams[k] == nil, !refused.contains(k), LogNames.matches(settings.glob, String(k.dropFirst(prefix.count))) {
+                        keys.append(k)  // checked and added below, outside the lock
+                    } else if streams[k] != nil {
+                        keys.append(k)
+                    }
                 }
                 for (k, s) in streams where k.hasPrefix(prefix) && !dirty.contains(k) {
                     if let first = s.firstDataAt, now - first >= settings.rotateAge { keys.append(k) }
@@ -111,6 +116,10 @@ extension Agent {
             }
             for key in keys {
                 let name = String(key.dropFirst(spool.name.count + 1))
+                if state.withLock({ streams[key] == nil }) {
+                    guard streamNameUsable(spool, name) else { continue }
+                    state.withLock { streams[key] = StreamState() }
+                }
                 let st: stat?
                 do { st = try Files.statAt(dir, name, label: "\(spool.directory)/\(name)") } catch {
                     logger.error("cannot look at a log file", metadata: ["spool.name": "\(spool.name)", "stream": "\(name)", "error": "\(error)"])
@@ -134,12 +143,27 @@ extension Agent {
         } catch {
             return  // the watcher reports a missing spool directory
         }
-        state.lock()
         for n in names where LogNames.matches(settings.glob, n) {
             let key = "\(spool.name)/\(n)"
-            if streams[key] == nil { streams[key] = StreamState() }
+            if state.withLock({ streams[key] == nil }) && streamNameUsable(spool, n) {
+                state.withLock { streams[key] = StreamState() }
+            }
         }
-        state.unlock()
+    }
+
+    /// Whether a stream's segment names can be shipped (the longest, `NAME.<SEQ>.gz`, must be
+    /// a valid name); a stream that cannot is left alone, and said so once.
+    func streamNameUsable(_ spool: SpoolConfig, _ name: String) -> Bool {
+        do {
+            try Names.validateSegmentName(LogNames.segmentName(stream: name, seq: 1, compressed: true), what: "segment name of this log file")
+            return true
+        } catch {
+            let key = "\(spool.name)/\(name)"
+            if state.withLock({ refused.insert(key).inserted }) {
+                logger.error("log file name cannot be shipped; leaving the file alone", metadata: ["spool.name": "\(spool.name)", "stream": "\(name)", "error": "\(error)"])
+            }
+            return false
+        }
     }
 
     /// Updates what is known of a stream from a fresh stat of its active file, reports what
@@ -172,6 +196,7 @@ extension Agent {
         s.size = size
         if size > 0 && s.firstDataAt == nil { s.firstDataAt = now }
         guard size > 0 else { return false }
+        if let r = s.retryAfter, now < r { return false }
         return all || size >= settings.rotateSize || now - (s.firstDataAt ?? now) >= settings.rotateAge
     }
 
@@ -189,10 +214,25 @@ extension Agent {
     /// files into the rotated directory, syncs both directories, then gets the producers to
     /// reopen. A crash between any two steps is finished by `recoverRotations`.
     private func rotate(_ spool: SpoolConfig, _ settings: LogSettings, _ due: [(stream: String, st: stat)]) {
-        guard let (dir, rdir) = state.withLock({ () -> (OwnedFD, OwnedFD)? in
+        guard let dirs = state.withLock({ () -> (OwnedFD, OwnedFD)? in
             guard let d = spoolDirs[spool.name], let r = rotatedDirs[spool.name] else { return nil }
             return (d, r)
         }) else { return }
+        let dir = dirs.0
+        var rdir = dirs.1
+        if let st = try? Files.fstat(rdir), st.st_nlink == 0 {
+            // Someone removed the directory of rotated files (and what was in it).
+            do {
+                rdir = try Files.ensureDirectory(dir, LogNames.rotatedDirName, label: "\(spool.directory)/\(LogNames.rotatedDirName)", mode: 0o700)
+                logger.error("the directory of rotated files was removed; made it again (rotated files in it were lost)", metadata: ["spool.name": "\(spool.name)"])
+                let fresh = rdir
+                state.withLock { rotatedDirs[spool.name] = fresh }
+            } catch {
+                logger.error("cannot make the directory of rotated files again", metadata: ["spool.name": "\(spool.name)", "error": "\(error)"])
+                backOff(spool, due.map(\.stream))
+                return
+            }
+        }
         var planned: [Rotation] = state.withLock {
             due.map { d in
                 let key = "\(spool.name)/\(d.stream)"
@@ -208,6 +248,7 @@ extension Agent {
         } catch {
             logger.error("cannot record a rotation in the agent state; not rotating for now", metadata: ["spool.name": "\(spool.name)", "error": "\(error)"])
             state.withLock { lastError = "cannot record a rotation: \(error)" }
+            backOff(spool, due.map(\.stream))
             return
         }
         var done: [Rotation] = []
@@ -233,18 +274,22 @@ extension Agent {
             }
         }
         planned = []
+        var synced = false
         if !done.isEmpty {
-            // The new names must survive a crash before anything is sealed from them.
+            // The new names must survive a crash before anything is sealed from them (R1).
             do {
                 try Files.fsync(rdir)
                 try Files.fsync(dir)
+                synced = true
             } catch {
-                logger.error("cannot sync a log spool directory after rotating; sealing waits for the next sync", metadata: ["spool.name": "\(spool.name)", "error": "\(error)"])
+                logger.error("cannot sync a log spool directory after rotating; sealing waits for a sync that succeeds", metadata: ["spool.name": "\(spool.name)", "error": "\(error)"])
             }
         }
+        if !abandoned.isEmpty { backOff(spool, abandoned.map(\.stream)) }
         state.lock()
         try? journal.append(abandoned.map { StateRecord(op: .done, id: $0.id) }, sync: false)
-        for r in done {
+        for var r in done {
+            r.synced = synced
             rotations[r.id] = r
             streams[r.streamKey] = StreamState(expectNew: true)
             logger.debug("rotated", metadata: ["spool.name": "\(r.spool)", "stream": "\(r.stream)", "segment.name": "\(r.rawName)", "bytes": "\(r.sizeAtRotation)"])
@@ -252,6 +297,14 @@ extension Agent {
         state.broadcast()
         state.unlock()
         if !done.isEmpty { reopenProducers(spool, settings) }
+    }
+
+    /// Streams whose rotation failed are not tried again for a few seconds.
+    private func backOff(_ spool: SpoolConfig, _ names: [String]) {
+        let until = monotonicNow() + 5
+        state.withLock {
+            for n in names { streams["\(spool.name)/\(n)"]?.retryAfter = until }
+        }
     }
 
     func reopenProducers(_ spool: SpoolConfig, _ settings: LogSettings) {
@@ -326,6 +379,12 @@ extension Agent {
         else { return }
         let rlabel = "\(spool.directory)/\(LogNames.rotatedDirName)"
         do {
+            if !r.synced {
+                guard let dir = state.withLock({ spoolDirs[r.spool] }) else { return }
+                try Files.fsync(rdir)
+                try Files.fsync(dir)
+                state.withLock { rotations[r.id]?.synced = true }
+            }
             guard let raw = try openIfPresent(rdir, r.rawName, label: "\(rlabel)/\(r.rawName)") else {
                 // Compressed before a crash (the raw file goes only after the .gz is in place).
                 if let gz = try openIfPresent(rdir, r.gzName, label: "\(rlabel)/\(r.gzName)") {
@@ -337,18 +396,25 @@ extension Agent {
                 }
                 return
             }
-            if try stillWritten(r, raw) { return }
+            var askAgain = false
+            if try stillWritten(r, raw, askAgain: &askAgain) {
+                if askAgain { reopenProducers(spool, settings) }
+                return
+            }
+            // A .gz beside the original is left from an attempt that did not finish: the
+            // original is the truth.
+            try Files.unlink(rdir, r.gzName, label: "\(rlabel)/\(r.gzName)")
             let st = try Files.fstat(raw)
             if UInt64(st.st_size) < r.sizeAtRotation {
                 logger.error("rotated file was truncated behind the agent's back; shipping what is left", metadata: [
                     "spool.name": "\(r.spool)", "segment.name": "\(r.rawName)", "size.at.rotation": "\(r.sizeAtRotation)", "size.now": "\(st.st_size)"])
             }
             if let level = settings.compressLevel, let gz = compress(r, raw, size: Int64(st.st_size), level: level, rdir: rdir, rlabel: rlabel) {
+                // The .gz is in place; the original goes before the seal is recorded, so that
+                // it can never be taken for a segment of its own later.
+                try Files.unlink(rdir, r.rawName, label: "\(rlabel)/\(r.rawName)")
+                try Files.fsync(rdir)
                 finishSeal(r, name: r.gzName, st: gz.st, size: gz.size, crc: gz.crc)
-                // The .gz is in place and its directory synced: the raw file can go.
-                do { try Files.unlink(rdir, r.rawName, label: "\(rlabel)/\(r.rawName)") } catch {
-                    logger.error("cannot remove a rotated file after compressing it", metadata: ["segment.name": "\(r.rawName)", "error": "\(error)"])
-                }
                 return
             }
             let crc = try Files.checksum(raw, size: Int64(st.st_size))
@@ -372,7 +438,7 @@ extension Agent {
     /// Whether some process still holds the rotated file open for writing (a read lease is
     /// refused while anyone does; where leases are not allowed, /proc is scanned). Warns,
     /// naming the holders, when it lasts.
-    private func stillWritten(_ r: Rotation, _ fd: OwnedFD) throws -> Bool {
+    private func stillWritten(_ r: Rotation, _ fd: OwnedFD, askAgain: inout Bool) throws -> Bool {
         var writers: Bool
         if let held = Files.hasWriters(fd) {
             writers = held
@@ -401,6 +467,8 @@ extension Agent {
                 "spool.name": "\(r.spool)", "segment.name": "\(r.rawName)", "waiting.seconds": "\(Int(now - cur.waitingSince!))",
                 "writer.pids": "\(pids.map(String.init).joined(separator: ","))"])
             lastError = "\(r.spool)/\(r.rawName) is still open for writing by pid(s) \(pids.map(String.init).joined(separator: ","))"
+            // The producer may have missed the first request (a restart in between).
+            askAgain = true
         }
         rotations[r.id] = cur
         return true
@@ -420,7 +488,6 @@ extension Agent {
                 let st = try Files.fstat(out)
                 try out.close()
                 _ = try syscall("renameat", "\(rlabel)/\(r.gzName)") { renameat(rdir.raw, tmp, rdir.raw, r.gzName) }
-                try Files.fsync(rdir)
                 return (st, result.size, result.crc)
             } catch {
                 try? Files.unlink(rdir, tmp, label: tmp)
@@ -503,6 +570,9 @@ extension Agent {
             var present = Set((try? FileManager.default.contentsOfDirectory(atPath: rlabel)) ?? [])
             var renamedNow = false
             for (id, var r) in rotations where r.spool == spool.name {
+                // Its producer may never have been told to reopen (a crash right after the
+                // rename): tell it again; once more does no harm.
+                reopenAfterRecovery.insert(spool.name)
                 if present.contains(r.rawName) || present.contains(r.gzName) {
                     if let st = try Files.statAt(rdir, r.rawName, label: r.rawName) { r.sizeAtRotation = UInt64(st.st_size) }
                     r.renamed = true
@@ -566,6 +636,7 @@ extension Agent {
             }
             try journal.append(adopted.map(\.record), sync: true)
             for r in adopted { rotations[r.id] = r }
+            if !adopted.isEmpty { reopenAfterRecovery.insert(spool.name) }
         }
     }
 

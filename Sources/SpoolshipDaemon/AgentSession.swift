@@ -100,7 +100,7 @@ final class AgentSession: @unchecked Sendable {
             while true {
                 if let f = failure { state.unlock(); throw f }
                 if agent.stopped { state.unlock(); return }
-                if config.once && agent.segments.isEmpty { state.unlock(); return }
+                if config.once && agent.segments.isEmpty && agent.rotations.isEmpty { state.unlock(); return }
                 if config.once && monotonicNow() - agent.lastProgress > config.timeout {
                     // checkFinished reports it, with the segments still pending.
                     state.unlock()
@@ -257,8 +257,12 @@ final class AgentSession: @unchecked Sendable {
                 logger.warning("collector could not commit a segment; offering it again", metadata: ["error.code": "\(c)", "error": "\(message)"])
                 let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
                 if let id = id, c == .checksumMismatch, let s = state.withLock({ agent.segments[id] }) {
-                    agent.drop(id, reason: "checksum mismatch at the collector")
-                    agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
+                    if s.kind == .log {
+                        agent.sealAgain(s)
+                    } else {
+                        agent.drop(id, reason: "checksum mismatch at the collector")
+                        agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
+                    }
                 } else if let id = id {
                     state.withLock { agent.toOffer.insert(id, at: 0); state.broadcast() }
                 }

@@ -42,6 +42,9 @@ struct Rotation: Sendable {
     var renamed = false
     /// The file's size when it was renamed: it can only grow from there.
     var sizeAtRotation: UInt64 = 0
+    /// Whether both directories were synced since the rename (R1: a renamed file counts only
+    /// once its directory is synced); the sealer syncs them first when not.
+    var synced = false
     /// When the sealer first found a writer holding the file, and when it last said so.
     var waitingSince: Double?
     var lastWarned: Double = 0

@@ -165,6 +165,21 @@ import Testing
         #expect(r.segments == ["api.log.0000000001"])
     }
 
+    @Test func logFileWithAnUnshippableName_isLeftAlone_andTheOthersShip() throws {
+        let c = try Cluster("logfault-badname")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        try writeRecords(c, spool.appendingPathComponent("good.log"), 10)
+        try writeRecords(c, spool.appendingPathComponent("bad\u{1}.log"), 10)
+        try writeRecords(c, spool.appendingPathComponent(String(repeating: "n", count: 250) + ".log"), 10)
+        let (status, out) = try c.runOnce(args(c, spool: spool))
+        #expect(status == 0, "\(out)")
+        #expect(out.components(separatedBy: "log file name cannot be shipped; leaving the file alone").count == 3, "\(out)")
+        #expect(Harness.files(in: c.committed(spool: "app")) == ["good.log.0000000001"])
+        #expect(Harness.files(in: spool).count == 2, "the two files stay where they are")
+    }
+
     @Test func brokenConfigFiles_areRefusedBeforeStart_namingFileAndKey() throws {
         let c = try Cluster("logfault-config")
         defer { c.remove() }

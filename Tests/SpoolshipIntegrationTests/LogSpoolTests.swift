@@ -49,9 +49,22 @@ import Testing
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        let args = logArgs(c, spool: spool, extra: ["--rotate-size", "256K", "--rotate-age", "1"])
+        // The producer reopens on SIGHUP only: a kill between a rename and the signal must
+        // still get it to reopen after the restart.
+        let pidFile = c.root.appendingPathComponent("producer.pid")
+        let config = try c.writeConfig("""
+            [[logs]]
+            name = "app"
+            dir = "\(spool.path)"
+            rotate-size = "256K"
+            rotate-age = 1
+            reopen = "signal"
+            pid-file = "\(pidFile.path)"
+            """)
+        let args = c.agentArgs(spools: []) + ["--config", config.path]
         var agent = try c.startAgent(args)
-        let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 6, rate: 150_000)
+        let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 6, rate: 150_000,
+                                       reopen: "signal", pidFile: pidFile)
         var kills = 0
         var rng = Harness.SplitMix64(seed: UInt64(Date().timeIntervalSince1970))
         while producer.daemon.isRunning && kills < 8 {
