@@ -85,6 +85,48 @@ import Testing
         #expect(!agent.output.contains("Fatal error"))
     }
 
+    /// The agent dies at a chosen step of its first rotation (strace kills it on entering the
+    /// call): before the rename (the step is journaled, the file not moved), or after the
+    /// rename, on signalling the producer. A restart finishes the step: the file is moved,
+    /// the producer told to reopen, and every record arrives once.
+    @Test(arguments: ["renameat2", "kill"])
+    func agentKilledInTheMiddleOfARotation_theRestartFinishesIt(call: String) throws {
+        let c = try Cluster("logs-crash-\(call)")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let pidFile = c.root.appendingPathComponent("producer.pid")
+        let config = try c.writeConfig("""
+            [[logs]]
+            name = "app"
+            dir = "\(spool.path)"
+            rotate-age = 0.5
+            reopen = "signal"
+            pid-file = "\(pidFile.path)"
+            """)
+        let args = c.agentArgs(spools: []) + ["--config", config.path]
+        let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 4, rate: 5000,
+                                       reopen: "signal", pidFile: pidFile)
+        let traced = try Daemon("/usr/bin/strace", ["-f", "-o", "/dev/null", "-e", "trace=\(call)", "-e", "inject=\(call):signal=KILL:when=1",
+                                                    Harness.binDir.appendingPathComponent("spoolship-agent").path] + args,
+                                log: c.nextLog("agent-traced"))
+        #expect(traced.wait(timeout: 30) != nil, "the agent died at its first \(call)")
+        let rotatedName = spool.appendingPathComponent(".spoolship/api.log.0000000001")
+        if call == "renameat2" {
+            #expect(!FileManager.default.fileExists(atPath: rotatedName.path), "killed before the rename")
+        } else {
+            #expect(FileManager.default.fileExists(atPath: rotatedName.path), "killed after the rename")
+            #expect(producer.reopens.isEmpty, "the producer was not told yet")
+        }
+        let agent = try c.startAgent(args)
+        defer { agent.stop() }
+        #expect(Harness.waitUntil(timeout: 20) { !producer.reopens.isEmpty }, "the restarted agent got the producer to reopen:\n\(agent.output)")
+        let written = try producer.finish()
+        let r = try waitForStream(c, spool: spool, records: written, agent: agent)
+        #expect(r.segments.first == "api.log.0000000001", "the interrupted rotation kept its number")
+        #expect(agent.output.contains("finishing a rotation interrupted by a restart") == (call == "renameat2"))
+    }
+
     @Test func gzipAtSeal_zcatOfTheSegmentsInOrder_isTheProducersBytes() throws {
         let c = try Cluster("logs-gzip")
         defer { c.remove() }
