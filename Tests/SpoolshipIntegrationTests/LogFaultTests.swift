@@ -201,6 +201,27 @@ import Testing
     }
 }
 
+extension LogFaultTests {
+    /// etc/agent.toml, the documented example, is a valid config (its directories swapped for
+    /// temporary ones): an agent starts from it and, with nothing to ship, exits 0.
+    @Test func theExampleConfig_isValid() throws {
+        let c = try Cluster("logfault-example")
+        defer { c.remove() }
+        let example = URL(fileURLWithPath: "\(#filePath)").deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("etc/agent.toml")
+        var text = try String(contentsOf: example, encoding: .utf8)
+        for dir in ["/var/spool/inbox", "/var/log/app", "/var/log/nginx", "/var/log/legacy", "/var/lib/spoolship"] {
+            let local = c.root.path + dir
+            try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
+            #expect(text.contains("\"\(dir)\""), "the example names \(dir)")
+            text = text.replacingOccurrences(of: "\"\(dir)\"", with: "\"\(local)\"")
+        }
+        let f = try c.writeConfig(text)
+        let (status, out) = try c.runOnce(["--config", f.path, "--timeout", "5"], timeout: 30)
+        #expect(status == 0, "\(out)")
+    }
+}
+
 extension Process {
     /// Runs a program found on PATH and returns its exit status.
     static func run(_ program: String, _ args: [String]) -> Int32 {
