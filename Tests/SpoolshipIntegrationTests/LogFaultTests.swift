@@ -165,6 +165,26 @@ import Testing
         #expect(r.segments == ["api.log.0000000001"])
     }
 
+    @Test func reopenCommandThatHangs_isKilledAtItsTimeout_andTheRotatedFileStillShips() throws {
+        let c = try Cluster("logfault-command-hangs")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let config = try c.writeConfig("""
+            [[logs]]
+            name = "app"
+            dir = "\(spool.path)"
+            reopen = "command"
+            command = "sleep 100"
+            reopen-timeout = 1
+            """)
+        try writeRecords(c, spool.appendingPathComponent("api.log"), 100)
+        let (status, out) = try c.runOnce(c.agentArgs(spools: []) + ["--config", config.path])
+        #expect(status == 0, "\(out)")
+        #expect(out.contains("reopen command failed") && out.contains("still running after 1.0 s; killed"), "\(out)")
+        #expect(try LogStreamCheck.verify(in: c.committed(spool: "app"), stream: "api.log").records == 100)
+    }
+
     @Test func logFileWithAnUnshippableName_isLeftAlone_andTheOthersShip() throws {
         let c = try Cluster("logfault-badname")
         defer { c.remove() }

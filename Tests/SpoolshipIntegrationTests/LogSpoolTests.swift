@@ -196,6 +196,30 @@ import Testing
         print("hold: \(written) records, \(producer.reopens.count) reopens, \(r.segments.count) segments")
     }
 
+    @Test func reopenByCommand_likeLogrotatesPostrotate() throws {
+        let c = try Cluster("logs-command")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let pidFile = c.root.appendingPathComponent("producer.pid")
+        let config = try c.writeConfig("""
+            [[logs]]
+            name = "app"
+            dir = "\(spool.path)"
+            rotate-age = 0.5
+            reopen = "command"
+            command = "kill -HUP $(cat '\(pidFile.path)')"
+            """)
+        let agent = try c.startAgent(c.agentArgs(spools: []) + ["--config", config.path])
+        defer { agent.stop() }
+        let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 3, rate: 10_000,
+                                       reopen: "signal", pidFile: pidFile)
+        let written = try producer.finish()
+        let r = try waitForStream(c, spool: spool, records: written, agent: agent)
+        #expect(producer.reopens.count >= 3, "the command signalled the producer at each rotation")
+        #expect(r.segments.count >= producer.reopens.count)
+    }
+
     @Test func once_rotatesWhateverTheSizeOrAge_andLeavesTheProducerWriting() throws {
         let c = try Cluster("logs-once")
         defer { c.remove() }
