@@ -172,5 +172,7 @@ public struct StateRecord: Codable, Equatable, Sendable {
     }
 
     public static let kind = "spoolship-agent-state"
-    public static let version = 1
+    /// 2 added the `rotate` and `sequence` records of log spools: an older agent refuses
+    /// the file instead of skipping them as damaged lines.
+    public static let version = 2
 }

@@ -338,15 +338,19 @@ extension Agent {
     /// every half second regardless.
     func sealLoop() {
         var ino: Inotify?
-        var watched: [String: Int32] = [:]
+        var watched: [String: (UInt64, UInt64)] = [:]
         do { ino = try Inotify() } catch {
             logger.warning("cannot watch the rotated directories; sealing polls instead", metadata: ["error": "\(error)"])
         }
         while !isStopped {
             if let ino = ino {
-                for s in logSpools where watched[s.name] == nil || !directoryIsCurrent(s) {
-                    if let wd = try? ino.watch("\(s.directory)/\(LogNames.rotatedDirName)", mask: UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR)) {
-                        watched[s.name] = wd
+                // (Re)watch each rotated directory; one made again gets a new watch.
+                for s in logSpools {
+                    guard let fd = state.withLock({ rotatedDirs[s.name] }), let st = try? Files.fstat(fd), st.st_nlink > 0 else { continue }
+                    let id = (UInt64(st.st_dev), UInt64(st.st_ino))
+                    if let w = watched[s.name], w == id { continue }
+                    if (try? ino.watch("\(s.directory)/\(LogNames.rotatedDirName)", mask: UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR))) != nil {
+                        watched[s.name] = id
                     }
                 }
             }
@@ -357,11 +361,6 @@ extension Agent {
                 usleep(200_000)
             }
         }
-    }
-
-    private func directoryIsCurrent(_ s: SpoolConfig) -> Bool {
-        guard let fd = state.withLock({ rotatedDirs[s.name] }), let st = try? Files.fstat(fd) else { return false }
-        return st.st_nlink > 0
     }
 
     /// Tries to seal every renamed rotation once.
@@ -663,7 +662,10 @@ extension Agent {
                 do {
                     rotated = try Files.ensureDirectory(fresh, LogNames.rotatedDirName, label: "\(spool.directory)/\(LogNames.rotatedDirName)", mode: 0o700)
                 } catch {
-                    logger.error("cannot make the directory of rotated files", metadata: ["spool.name": "\(spool.name)", "error": "\(error)"])
+                    if !missingDirs.contains(spool.name) {
+                        missingDirs.insert(spool.name)
+                        logger.error("cannot make the directory of rotated files", metadata: ["spool.name": "\(spool.name)", "error": "\(error)"])
+                    }
                     continue
                 }
             }

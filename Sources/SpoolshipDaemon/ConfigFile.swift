@@ -14,7 +14,7 @@ public struct ConfigError: Error, CustomStringConvertible {
 struct TableReader {
     let file: String
     let table: TOMLTable
-    /// Where the table is, for messages: "" for the top level, "[[logs]] #2 (name 'app')".
+    /// Where the table is, for messages: "" for the top level, "[[logs]] #2".
     let place: String
     private(set) var known: Set<String> = []
 
@@ -156,11 +156,13 @@ public struct AgentFileConfig {
             let compress = try r.bool("compress") ?? false
             let level = try r.int("compress-level", in: 1...9)
             if compress { l.compressLevel = Int32(level ?? 6) }
+            if !compress && level != nil { throw r.fail("compress-level", "compress = true for this key to mean anything") }
             let method = try r.string("reopen") ?? "path"
             let pidFile = try r.string("pid-file")
             let signalName = try r.string("signal")
             let command = try r.string("command")
-            if let t = try r.seconds("reopen-timeout") { l.reopenTimeout = t }
+            let reopenTimeout = try r.seconds("reopen-timeout")
+            if let t = reopenTimeout { l.reopenTimeout = t }
             switch method {
             case "path":
                 l.reopen = .path
@@ -179,6 +181,7 @@ public struct AgentFileConfig {
                 throw r.fail(pidFile != nil ? "pid-file" : "signal", "reopen = \"signal\" for this key to mean anything")
             }
             if method != "command" && command != nil { throw r.fail("command", "reopen = \"command\" for this key to mean anything") }
+            if method != "command" && reopenTimeout != nil { throw r.fail("reopen-timeout", "reopen = \"command\" for this key to mean anything") }
             try r.rejectUnknown()
             c.spools.append(SpoolConfig(name: name, directory: dir, logs: l))
         }
