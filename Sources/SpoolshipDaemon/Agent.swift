@@ -130,6 +130,11 @@ public final class Agent: @unchecked Sendable {
     var refused: Set<String> = []
     public private(set) var shippedSegments = 0
     public private(set) var shippedBytes: UInt64 = 0
+    /// The collector's id while a connection is set up (for the status line).
+    var connectedTo: String?
+    let heartbeats = Heartbeats()
+    /// Opened once the spools are watched (or at once with `once`): then the agent is ready.
+    let watching = Latch()
 
     public init(config: AgentConfig, logger: Logger) throws {
         self.config = config
@@ -354,7 +359,11 @@ public final class Agent: @unchecked Sendable {
     private func reapLoop() {
         while true {
             state.lock()
-            while reapQueue.isEmpty && !stopped { state.wait() }
+            while reapQueue.isEmpty && !stopped {
+                heartbeats.beat("reaper")
+                _ = state.wait(until: Date(timeIntervalSinceNow: 1))
+            }
+            heartbeats.beat("reaper")
             if reapQueue.isEmpty { reaperIdle = true; state.broadcast(); state.unlock(); return }
             let batch = reapQueue
             reapQueue.removeAll()
@@ -549,12 +558,25 @@ public final class Agent: @unchecked Sendable {
         state.withLock { lastProgress = monotonicNow() }
         if !config.once {
             startThread("watcher") { [self] in watchLoop() }
+        } else {
+            watching.open()
         }
+        heartbeats.beat("reaper")
         startThread("reaper") { [self] in reapLoop() }
         if config.spools.contains(where: { $0.logs != nil }) {
-            if !config.once { startThread("rotator") { [self] in rotateLoop() } }
+            if !config.once {
+                heartbeats.beat("rotator")
+                startThread("rotator") { [self] in rotateLoop() }
+            }
+            heartbeats.beat("sealer")
             startThread("sealer") { [self] in sealLoop() }
         }
+        heartbeats.beat("shipper")
+        if !watching.wait(timeout: 30) {
+            logger.warning("the spool watcher is slow to start")
+        }
+        heartbeats.startWatchdog(logger: logger) { [self] in statusLine() }
+        Systemd.ready(status: statusLine())
         defer {
             // A graceful stop finishes the deletions of what was already acknowledged.
             stop()
@@ -565,6 +587,7 @@ public final class Agent: @unchecked Sendable {
         }
         var backoff = config.backoffMin
         while true {
+            heartbeats.beat("shipper")
             if let done = try checkFinished() { return done }
             let session = AgentSession(agent: self)
             do {
@@ -583,8 +606,26 @@ public final class Agent: @unchecked Sendable {
             backoff = min(config.backoffMax, backoff * 2)
             state.lock()
             let until = Date(timeIntervalSinceNow: wait)
-            while !stopped { if !state.wait(until: until) { break } }
+            while !stopped {
+                heartbeats.beat("shipper")
+                if !state.wait(until: min(until, Date(timeIntervalSinceNow: 1))) && Date() >= until { break }
+            }
             state.unlock()
+        }
+    }
+
+    /// The one-line summary for the service manager's STATUS=.
+    func statusLine() -> String {
+        state.withLock {
+            let pending = segments.values.filter { !$0.acked }
+            let bytes = pending.reduce(UInt64(0)) { $0 + $1.size }
+            var line = connectedTo.map { "connected to \(config.collector) (\($0))" } ?? "not connected to \(config.collector)"
+            if connectedTo == nil, let e = lastError { line += " (last error: \(e.prefix(120)))" }
+            if stopped { line = "stopping; " + line }
+            line += "; \(pending.count) segment(s), \(bytes) bytes pending"
+            if !rotations.isEmpty { line += "; \(rotations.count) rotated file(s) to seal" }
+            line += "; shipped \(shippedSegments) segment(s), \(shippedBytes) bytes since start"
+            return line
         }
     }
 
@@ -615,6 +656,7 @@ public final class Agent: @unchecked Sendable {
     }
 
     public func stop() {
+        Systemd.notify("STOPPING=1")
         state.lock()
         stopped = true
         state.broadcast()
@@ -630,8 +672,10 @@ public final class Agent: @unchecked Sendable {
             for s in config.spools where s.logs == nil { byWatch[try ino.watch(s.directory)] = s }
             // Files that completed between the first scan and the watch being set.
             scanAll()
+            watching.open()
             var lastCheck = monotonicNow()
             while !isStopped {
+                heartbeats.beat("watcher")
                 let events = try ino.read(timeout: 0.5)
                 if monotonicNow() - lastCheck >= 1 {
                     lastCheck = monotonicNow()
@@ -658,6 +702,7 @@ public final class Agent: @unchecked Sendable {
                 admit(sealed)
             }
         } catch {
+            watching.open()
             logger.critical("spool watcher failed; stopping", metadata: ["error": "\(error)"])
             state.withLock { fatal = "the spool watcher failed: \(error)" }
             stop()

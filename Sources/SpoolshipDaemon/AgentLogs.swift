@@ -46,6 +46,7 @@ extension Agent {
         var watchedDir: [String: (UInt64, UInt64)] = [:]
         var lastList = 0.0
         while !isStopped {
+            heartbeats.beat("rotator")
             let now = monotonicNow()
             var list = now - lastList >= 1
             if list {
@@ -343,6 +344,7 @@ extension Agent {
             logger.warning("cannot watch the rotated directories; sealing polls instead", metadata: ["error": "\(error)"])
         }
         while !isStopped {
+            heartbeats.beat("sealer")
             if let ino = ino {
                 // (Re)watch each rotated directory; one made again gets a new watch.
                 for s in logSpools {

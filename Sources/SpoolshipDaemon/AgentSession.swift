@@ -43,6 +43,8 @@ final class AgentSession: @unchecked Sendable {
         let welcome = try readWelcome(sock, &decoder)
         window = Int(max(1, min(welcome.window, 4096)))
         logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
+        state.withLock { agent.connectedTo = welcome.collectorID }
+        defer { state.withLock { agent.connectedTo = nil } }
         state.withLock {
             // Everything not yet acknowledged is offered again on a new connection. (A welcome
             // alone is not progress: a collector that accepts and then fails every offer must
@@ -114,7 +116,8 @@ final class AgentSession: @unchecked Sendable {
                     state.unlock()
                     throw DaemonError("no word from collector \(config.collector) for \(Int(config.ioTimeout)) s with \(inflight.count) segment(s) outstanding")
                 }
-                _ = state.wait(until: Date(timeIntervalSinceNow: max(0.05, config.ioTimeout / 3 - idle)))
+                agent.heartbeats.beat("shipper")
+                _ = state.wait(until: Date(timeIntervalSinceNow: min(1, max(0.05, config.ioTimeout / 3 - idle))))
             }
             while inflight.count < window, !agent.toOffer.isEmpty {
                 let id = agent.toOffer.removeFirst()
@@ -175,8 +178,13 @@ final class AgentSession: @unchecked Sendable {
         var w = FrameWriter()
         w.append(.data(tag: tag, offset: offset, length: count))
         try sock.sendAll(w.bytes)
-        if count > 0 {
-            try ZeroCopy.sendFile(fd, offset: Int64(offset), count: Int64(count), to: sock)
+        // In slices, so that a long transfer on a slow link still shows progress to the watchdog.
+        var sent: UInt64 = 0
+        while sent < count {
+            let n = min(count - sent, 8 << 20)
+            try ZeroCopy.sendFile(fd, offset: Int64(offset + sent), count: Int64(n), to: sock)
+            sent += n
+            agent.heartbeats.beat("shipper")
         }
     }
 

@@ -25,6 +25,9 @@ public struct CollectorConfig: Sendable {
     public var portFile: String?
     /// Partials untouched for this long are removed at start (their agent never came back).
     public var partialMaxAge: Double = 7 * 86400
+    /// A listening socket passed by the service manager (socket activation); `listen` is then
+    /// only a label.
+    public var inheritedListener: Int32?
 
     public init(listen: Endpoint, dataDir: String) {
         self.listen = listen
@@ -43,6 +46,9 @@ public final class Collector: @unchecked Sendable {
     public let port: UInt16
     private let connections = Locked<[ObjectIdentifier: CollectorConnection]>([:])
     private let stopping = Latch()
+    let heartbeats = Heartbeats()
+    /// Since start: segments committed and their bytes, for the status line.
+    let committedTotals = Locked<(segments: Int, bytes: UInt64)>((0, 0))
 
     public init(config: CollectorConfig, logger: Logger) throws {
         self.config = config
@@ -56,7 +62,13 @@ public final class Collector: @unchecked Sendable {
         }
         dataDir = try DataDir(path: config.dataDir)
         _ = dataDir.removeStalePartials(maxAge: config.partialMaxAge, logger: logger)
-        (listener, port) = try Socket.listen(config.listen)
+        if let fd = config.inheritedListener {
+            let owned = OwnedFD(fd, label: "socket from systemd")
+            listener = Socket(fd: owned, peer: "socket from systemd")
+            port = try Socket.boundPort(owned)
+        } else {
+            (listener, port) = try Socket.listen(config.listen)
+        }
         if let pf = config.portFile {
             let url = URL(fileURLWithPath: pf)
             try Files.replaceDurably(dir: url.deletingLastPathComponent().path, name: url.lastPathComponent, bytes: Array("\(port)\n".utf8))
@@ -67,12 +79,21 @@ public final class Collector: @unchecked Sendable {
 
     /// Accepts connections until `stop()`; returns once every connection has ended.
     public func run() {
-        logger.info("listening", metadata: ["address": "\(config.listen.host):\(port)", "data_dir": "\(config.dataDir)"])
+        let address = config.inheritedListener != nil ? "socket from systemd, port \(port)" : "\(config.listen.host):\(port)"
+        logger.info("listening", metadata: ["address": "\(address)", "data_dir": "\(config.dataDir)"])
         logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (credentials come with --agents)")
+        heartbeats.beat("accept")
+        heartbeats.startWatchdog(logger: logger) { [self] in statusLine(address: address) }
+        Systemd.ready(status: statusLine(address: address))
         while !stopping.isOpen {
+            heartbeats.beat("accept")
             let sock: Socket?
             do {
-                sock = try listener.accept()
+                switch try listener.accept(timeout: 1) {
+                case .accepted(let s): sock = s
+                case .timedOut: continue
+                case .shutDown: sock = nil
+                }
             } catch {
                 if stopping.isOpen { break }
                 // EMFILE and friends: say so, then give descriptors a moment to come back.
@@ -105,7 +126,16 @@ public final class Collector: @unchecked Sendable {
         logger.info("stopped")
     }
 
+    /// The one-line summary for the service manager's STATUS=.
+    func statusLine(address: String) -> String {
+        let agents = connections.withLock { $0.count }
+        let t = committedTotals.withLock { $0 }
+        if stopping.isOpen { return "stopping; \(agents) connection(s) finishing" }
+        return "listening on \(address); \(agents) connection(s); \(t.segments) segment(s), \(t.bytes) bytes committed since start"
+    }
+
     public func stop() {
+        Systemd.notify("STOPPING=1")
         stopping.open()
         listener.shutdown()
     }
@@ -572,6 +602,7 @@ final class CollectorConnection: @unchecked Sendable {
             let now = Int64(Date().timeIntervalSince1970)
             try store.record(done.map { LedgerEntry(key: $0.0.key, stored: $0.1, time: now) })
             let finished = monotonicNow()
+            collector.committedTotals.withLock { $0.segments += done.count; $0.bytes += done.reduce(0) { $0 + $1.0.key.size } }
             for (t, name) in done {
                 replies.append(.committed(tag: t.tag, storedName: name))
                 logger.debug("committed", metadata: ["spool.name": "\(t.key.spool)", "segment.name": "\(name)", "bytes": "\(t.key.size)"])

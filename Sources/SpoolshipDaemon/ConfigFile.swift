@@ -86,6 +86,71 @@ struct TableReader {
     }
 }
 
+/// Reads and parses a TOML file; errors name the file, and the line and column of a syntax error.
+func parseTOML(path: String) throws -> TOMLTable {
+    let text: String
+    do {
+        text = try String(contentsOfFile: path, encoding: .utf8)
+    } catch {
+        throw ConfigError(path, "cannot read the file: \(error.localizedDescription)")
+    }
+    do {
+        return try TOMLTable(string: text)
+    } catch let e as TOMLParseError {
+        throw ConfigError(path, "line \(e.source.begin.line), column \(e.source.begin.column): \(e.description)")
+    }
+}
+
+extension TableReader {
+    mutating func logLevel() throws -> String? {
+        let l = try string("log-level")
+        if let l = l, !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(l) {
+            throw fail("log-level", "one of trace, debug, info, notice, warning, error, critical; got '\(l)'")
+        }
+        return l
+    }
+}
+
+/// What a collector's config file says. Every field is optional: flags fill in or override.
+public struct CollectorFileConfig {
+    public var listen: String?
+    public var dataDir: String?
+    public var portFile: String?
+    public var maxSegmentSize: UInt64?
+    public var handshakeTimeout: Double?
+    public var idleTimeout: Double?
+    public var checkpointBytes: UInt64?
+    public var partialMaxAge: Double?
+    public var logLevel: String?
+
+    public init() {}
+
+    public static let defaultPath = "/etc/spoolship/collector.toml"
+
+    public static func load(path: String) throws -> CollectorFileConfig {
+        var top = TableReader(file: path, table: try parseTOML(path: path), place: "")
+        var c = CollectorFileConfig()
+        c.listen = try top.string("listen")
+        if let l = c.listen, Endpoint(l) == nil { throw top.fail("listen", "HOST:PORT, got '\(l)'") }
+        c.dataDir = try top.string("data-dir")
+        c.portFile = try top.string("port-file")
+        c.maxSegmentSize = try top.bytes("max-segment-size")
+        c.handshakeTimeout = try top.seconds("handshake-timeout")
+        c.idleTimeout = try top.seconds("idle-timeout")
+        c.checkpointBytes = try top.bytes("checkpoint-bytes")
+        c.partialMaxAge = try top.seconds("partial-max-age")
+        c.logLevel = try top.logLevel()
+        try top.rejectUnknown()
+        return c
+    }
+}
+
+/// The config file to read: the one given, else the default path when it exists.
+public func configPath(given: String?, defaultPath: String) -> String? {
+    if let g = given { return g }
+    return FileManager.default.fileExists(atPath: defaultPath) ? defaultPath : nil
+}
+
 /// What an agent's config file says. Every field is optional: flags fill in or override.
 public struct AgentFileConfig {
     public var collector: String?
@@ -106,20 +171,10 @@ public struct AgentFileConfig {
 
     public init() {}
 
+    public static let defaultPath = "/etc/spoolship/agent.toml"
+
     public static func load(path: String) throws -> AgentFileConfig {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigError(path, "cannot read the file: \(error.localizedDescription)")
-        }
-        let table: TOMLTable
-        do {
-            table = try TOMLTable(string: text)
-        } catch let e as TOMLParseError {
-            throw ConfigError(path, "line \(e.source.begin.line), column \(e.source.begin.column): \(e.description)")
-        }
-        var top = TableReader(file: path, table: table, place: "")
+        var top = TableReader(file: path, table: try parseTOML(path: path), place: "")
         var c = AgentFileConfig()
         c.collector = try top.string("collector")
         if let col = c.collector, Endpoint(col) == nil { throw top.fail("collector", "HOST:PORT, got '\(col)'") }
@@ -131,10 +186,7 @@ public struct AgentFileConfig {
         c.archiveDir = try top.string("archive-dir")
         c.ioTimeout = try top.seconds("io-timeout")
         c.timeout = try top.seconds("timeout")
-        c.logLevel = try top.string("log-level")
-        if let l = c.logLevel, !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(l) {
-            throw top.fail("log-level", "one of trace, debug, info, notice, warning, error, critical; got '\(l)'")
-        }
+        c.logLevel = try top.logLevel()
         c.rotateSize = try top.bytes("rotate-size")
         c.rotateAge = try top.seconds("rotate-age")
         for (i, t) in try top.tables("spool").enumerated() {

@@ -123,6 +123,17 @@ public final class Socket: @unchecked Sendable {
         }
     }
 
+    /// Waits up to `timeout` seconds for a connection: the socket, nil when the listening
+    /// socket was shut down, or `.timedOut`.
+    public enum AcceptResult { case accepted(Socket), timedOut, shutDown }
+    public func accept(timeout: Double) throws -> AcceptResult {
+        var pfd = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
+        let n = poll(&pfd, 1, Int32(timeout * 1000))
+        if n < 0 && Glibc.errno != EINTR { throw SyscallError(call: "poll", path: peer, errno: Glibc.errno) }
+        if n <= 0 { return .timedOut }
+        return try accept().map { .accepted($0) } ?? .shutDown
+    }
+
     /// Accepts one connection; nil when the listening socket was shut down.
     public func accept() throws -> Socket? {
         while true {

@@ -15,54 +15,84 @@ struct CollectorCommand: ParsableCommand {
         DATA_DIR/.spoolship. Example: spoolship-collector --listen 0.0.0.0:7070 --data-dir /srv/spool
         """)
 
-    @Option(help: "Address to listen on, HOST:PORT (port 0: any free port).")
-    var listen: String
+    @Option(help: "A TOML config file (default /etc/spoolship/collector.toml when it exists); flags override it.")
+    var config: String?
+
+    @Option(help: "Address to listen on, HOST:PORT (port 0: any free port). Not needed under socket activation.")
+    var listen: String?
 
     @Option(help: "Directory that receives committed segments.")
-    var dataDir: String
+    var dataDir: String?
 
     @Option(help: "Write the bound port to this file once listening (for scripts and tests).")
     var portFile: String?
 
-    @Option(help: "Largest segment accepted, in bytes.")
-    var maxSegmentSize: UInt64 = 1 << 40
+    @Option(help: "Largest segment accepted, in bytes (default 1 TiB).")
+    var maxSegmentSize: UInt64?
 
-    @Option(help: "Seconds a peer may take to say hello.")
-    var handshakeTimeout: Double = 10
+    @Option(help: "Seconds a peer may take to say hello (default 10).")
+    var handshakeTimeout: Double?
 
-    @Option(help: "Seconds of silence after which a connection is dropped.")
-    var idleTimeout: Double = 60
+    @Option(help: "Seconds of silence after which a connection is dropped (default 60).")
+    var idleTimeout: Double?
 
-    @Option(help: "Bytes between durable checkpoints of a long transfer.")
-    var checkpointBytes: Int64 = 64 << 20
+    @Option(help: "Bytes between durable checkpoints of a long transfer (default 64 MiB).")
+    var checkpointBytes: Int64?
 
-    @Option(help: "Seconds after which an untouched partial is removed at start.")
-    var partialMaxAge: Double = 7 * 86400
+    @Option(help: "Seconds after which an untouched partial is removed at start (default 7 days).")
+    var partialMaxAge: Double?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: String?
+
+    /// The file's settings, then the flags over them. `inherited` is a socket from systemd.
+    func resolved(inherited: Int32?) throws -> (CollectorConfig, Logger.Level) {
+        var file = CollectorFileConfig()
+        if let path = configPath(given: config, defaultPath: CollectorFileConfig.defaultPath) {
+            do { file = try CollectorFileConfig.load(path: path) } catch { throw ValidationError("\(error)") }
+        }
+        let listenText = listen ?? file.listen
+        if listenText == nil && inherited == nil {
+            throw ValidationError("give --listen HOST:PORT (or listen in the config file), or start it with a socket from systemd")
+        }
+        var endpoint = Endpoint(host: "0.0.0.0", port: 0)
+        if let l = listenText {
+            guard let e = Endpoint(l) else { throw ValidationError("--listen must be HOST:PORT, got '\(l)'") }
+            endpoint = e
+        }
+        guard let dir = dataDir ?? file.dataDir else { throw ValidationError("give --data-dir (or data-dir in the config file)") }
+        let levelText = logLevel ?? file.logLevel ?? "info"
+        guard let level = Logger.Level.parse(levelText) else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(levelText)'")
+        }
+        var c = CollectorConfig(listen: endpoint, dataDir: dir)
+        c.inheritedListener = inherited
+        c.portFile = portFile ?? file.portFile
+        c.maxSegmentSize = maxSegmentSize ?? file.maxSegmentSize ?? c.maxSegmentSize
+        c.handshakeTimeout = handshakeTimeout ?? file.handshakeTimeout ?? c.handshakeTimeout
+        c.idleTimeout = idleTimeout ?? file.idleTimeout ?? c.idleTimeout
+        c.checkpointBytes = checkpointBytes ?? file.checkpointBytes.map { Int64(clamping: $0) } ?? c.checkpointBytes
+        c.partialMaxAge = partialMaxAge ?? file.partialMaxAge ?? c.partialMaxAge
+        guard c.handshakeTimeout > 0, c.idleTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        guard c.checkpointBytes > 0 else { throw ValidationError("--checkpoint-bytes must be positive") }
+        guard c.partialMaxAge > 0 else { throw ValidationError("--partial-max-age must be positive") }
+        return (c, level)
+    }
 
     func validate() throws {
-        guard Endpoint(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, got '\(listen)'") }
-        guard Logger.Level.parse(logLevel) != nil else { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel)'") }
-        guard handshakeTimeout > 0, idleTimeout > 0 else { throw ValidationError("timeouts must be positive") }
-        guard checkpointBytes > 0 else { throw ValidationError("--checkpoint-bytes must be positive") }
-        guard partialMaxAge > 0 else { throw ValidationError("--partial-max-age must be positive") }
+        // A socket from systemd counts as --listen (its variables are read, not consumed, here).
+        let activated = ProcessInfo.processInfo.environment["LISTEN_FDS"] != nil
+        _ = try resolved(inherited: activated ? 3 : nil)
     }
 
     func run() throws {
-        SpoolshipLogging.bootstrap(level: Logger.Level.parse(logLevel)!)
+        let inherited = Systemd.listeningSockets().first
+        let (config, level) = try resolved(inherited: inherited)
+        SpoolshipLogging.bootstrap(level: level)
         let logger = Logger(label: "spoolship-collector")
-        var config = CollectorConfig(listen: Endpoint(listen)!, dataDir: dataDir)
-        config.portFile = portFile
-        config.maxSegmentSize = maxSegmentSize
-        config.handshakeTimeout = handshakeTimeout
-        config.idleTimeout = idleTimeout
-        config.checkpointBytes = checkpointBytes
-        config.partialMaxAge = partialMaxAge
         let stop = StopRequest()
         Signals.handle { sig in
-            if sig == SIGHUP { return }  // nothing to reload yet: the configuration is all flags
+            if sig == SIGHUP { return }  // reloading comes with the config reload work
             stop.request()
         }
         let collector: Collector

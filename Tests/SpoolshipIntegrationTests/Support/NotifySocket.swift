@@ -1,0 +1,71 @@
+import Foundation
+import Glibc
+
+/// Plays the service manager's side of sd_notify(3): a datagram socket at a path, given to a
+/// daemon as NOTIFY_SOCKET, that records every message it receives, in order.
+final class NotifySocket: @unchecked Sendable {
+    let path: String
+    private let fd: Int32
+    private let lock = NSLock()
+    private var messages: [(time: Double, text: String)] = []
+    private var closed = false
+
+    init(dir: URL) throws {
+        path = dir.appendingPathComponent("notify.sock").path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw TestFailure("socket path too long: \(path)") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+            p[bytes.count] = 0
+        }
+        let rc = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw TestFailure("bind \(path): \(errno)") }
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let t = Thread { [self] in
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while !isClosed {
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+                if n > 0 {
+                    let text = String(decoding: buf[0..<n], as: UTF8.self)
+                    lock.lock(); messages.append((Harness.monotonicNow(), text)); lock.unlock()
+                }
+            }
+        }
+        t.start()
+    }
+
+    private var isClosed: Bool { lock.lock(); defer { lock.unlock() }; return closed }
+
+    /// Every message so far; a message may hold several NAME=VALUE lines.
+    var all: [(time: Double, text: String)] { lock.lock(); defer { lock.unlock() }; return messages }
+
+    /// The lines so far, split out of the messages.
+    var lines: [String] { all.flatMap { $0.text.split(separator: "\n").map(String.init) } }
+
+    func count(_ line: String) -> Int { lines.filter { $0 == line }.count }
+
+    /// Waits for a line; returns the monotonic time of the message that carried it.
+    func wait(for line: String, timeout: Double) -> Double? {
+        var at: Double?
+        _ = Harness.waitUntil(timeout: timeout) {
+            at = all.first { $0.text.split(separator: "\n").contains { $0 == line } }?.time
+            return at != nil
+        }
+        return at
+    }
+
+    var environment: [String: String] { ["NOTIFY_SOCKET": path] }
+
+    func close() {
+        lock.lock(); closed = true; lock.unlock()
+        Glibc.close(fd)
+        unlink(path)
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The daemons as systemd services: readiness, status and watchdog through NOTIFY_SOCKET (this
+/// test plays the manager's part), socket activation, and the stop.
+@Suite(.serialized) struct SystemdTests {
+    @Test func collector_readyOnlyOnceItServes_thenStatusAndWatchdog_thenStopping() throws {
+        let c = try Cluster("systemd-collector")
+        defer { c.remove() }
+        let notify = try NotifySocket(dir: c.root)
+        defer { notify.close() }
+        let portFile = c.root.appendingPathComponent("collector.port")
+        let env = notify.environment.merging(["WATCHDOG_USEC": "1000000"]) { $1 }
+        let d = try Daemon("spoolship-collector", ["--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--port-file", portFile.path],
+                           log: c.nextLog("collector"), env: env)
+        defer { d.stop() }
+        #expect(notify.wait(for: "READY=1", timeout: 30) != nil, "\(d.output)")
+        // At READY the collector serves: its port is known and it accepts a connection.
+        let port = Harness.readPortFile(portFile, timeout: 0)
+        #expect(port != nil, "the port file exists when READY=1 is sent")
+        if let port = port {
+            let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var a = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: port.bigEndian, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+            let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            #expect(rc == 0, "connect right after READY=1")
+            close(s)
+        }
+        #expect(notify.lines.contains { $0.hasPrefix("STATUS=listening on 127.0.0.1:") })
+        // Watchdog pings, at half the interval.
+        #expect(Harness.waitUntil(timeout: 10) { notify.count("WATCHDOG=1") >= 3 }, "\(notify.lines)")
+        // The status follows the work.
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("one.bin", size: 5000, seed: 1, into: spool)
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: port ?? 0))
+        #expect(status == 0, "\(out)")
+        #expect(Harness.waitUntil(timeout: 10) { notify.lines.contains { $0.contains("1 segment(s), 5000 bytes committed") } }, "\(notify.lines)")
+        d.kill(SIGTERM)
+        #expect(notify.wait(for: "STOPPING=1", timeout: 30) != nil)
+        #expect(d.wait(timeout: 30) == 0)
+    }
+
+    @Test func agent_readyOnlyOnceItWatchesItsSpools_thenStatus_thenStopping() throws {
+        let c = try Cluster("systemd-agent")
+        defer { c.remove() }
+        try c.startCollector()
+        let notify = try NotifySocket(dir: c.root)
+        defer { notify.close() }
+        let spool = try c.spool()
+        let logs = try c.spool("logs")
+        let env = notify.environment.merging(["WATCHDOG_USEC": "1000000"]) { $1 }
+        let d = try Daemon("spoolship-agent", c.agentArgs(spools: [("spool", spool)]) + ["--logs", "app=\(logs.path)", "--rotate-age", "0.5"],
+                           log: c.nextLog("agent"), env: env)
+        defer { d.stop() }
+        #expect(notify.wait(for: "READY=1", timeout: 30) != nil, "\(d.output)")
+        // At READY the spools are watched: a file renamed in now ships without a rescan.
+        var p = try c.payload()
+        try p.add("after-ready.bin", size: 1000, seed: 2, into: spool)
+        #expect(Harness.waitUntil(timeout: 30) { (try? p.identical(in: c.committed()).count) == 1 }, "\(d.output)")
+        #expect(Harness.waitUntil(timeout: 10) { notify.lines.contains { $0.hasPrefix("STATUS=connected to 127.0.0.1:") && $0.contains("shipped 1 segment(s), 1000 bytes") } }, "\(notify.lines)")
+        #expect(Harness.waitUntil(timeout: 10) { notify.count("WATCHDOG=1") >= 3 })
+        d.kill(SIGTERM)
+        #expect(notify.wait(for: "STOPPING=1", timeout: 30) != nil)
+        #expect(d.wait(timeout: 30) == 0)
+    }
+
+    @Test func collector_startedBySocketActivation_servesARealAgent() throws {
+        let c = try Cluster("systemd-socket")
+        defer { c.remove() }
+        // A free port: bind to 0, read it, let it go.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
+        let port = UInt16(bigEndian: a.sin_port)
+        close(probe)
+        // Started through a shell that does not wait for it, so that it is not a child of the
+        // test process: with it as a direct child, Foundation's Process never noticed the exit
+        // of the agent started next (it stayed a zombie, unreaped).
+        let pidFile = c.root.appendingPathComponent("activator.pid")
+        let collector = Harness.binDir.appendingPathComponent("spoolship-collector").path
+        let activator = try Daemon("/bin/sh", ["-c", "systemd-socket-activate -l 127.0.0.1:\(port) '\(collector)' --data-dir '\(c.dataDir.path)' & echo $! > '\(pidFile.path)'"],
+                                   log: c.nextLog("activator"))
+        #expect(activator.wait(timeout: 10) == 0)
+        defer {
+            if let text = try? String(contentsOf: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                kill(pid, SIGKILL)
+            }
+        }
+        #expect(Harness.waitUntil(timeout: 10) { activator.output.contains("Listening on") }, "\(activator.output)")
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<5 { try p.add("f\(i)", size: 10_000 * (i + 1), seed: UInt64(i), into: spool) }
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: port) + ["--timeout", "20"], timeout: 60)
+        #expect(status == 0, "\(out)\n\(activator.output)")
+        #expect(try p.identical(in: c.committed()).count == 5)
+        #expect(activator.output.contains("socket from systemd"), "the collector took the passed socket:\n\(activator.output)")
+    }
+}
