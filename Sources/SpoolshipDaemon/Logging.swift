@@ -1,13 +1,123 @@
+import CSpoolshipSystemd
 import Foundation
+import Glibc
 import Logging
 
 public enum SpoolshipLogging {
-    /// Logs go to stderr as readable lines (the journal backend comes with the systemd work).
+    /// Under journald (standard error is the journal stream named by JOURNAL_STREAM), logs go
+    /// to the journal with structured fields; otherwise to standard error as readable lines.
+    /// The level can be changed later (a reload) through `level`.
     public static func bootstrap(level: Logger.Level) {
+        self.level.withLock { $0 = level }
+        let journal = underJournald()
         LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
+            if journal { return JournalLogHandler(label: label) }
+            return LevelledStreamHandler(inner: StreamLogHandler.standardError(label: label))
+        }
+    }
+
+    /// The level every handler uses; a reload may change it.
+    static let level = Locked<Logger.Level>(.info)
+
+    public static func setLevel(_ l: Logger.Level) { level.withLock { $0 = l } }
+
+    /// Whether standard error is connected to the journal: JOURNAL_STREAM holds "DEV:INO" of
+    /// the stream systemd connected, and it must be our standard error (not a pipe that a
+    /// child inherited the variable through).
+    static func underJournald() -> Bool {
+        guard let v = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] else { return false }
+        let parts = v.split(separator: ":")
+        guard parts.count == 2, let dev = UInt64(parts[0]), let ino = UInt64(parts[1]) else { return false }
+        var st = stat()
+        guard fstat(STDERR_FILENO, &st) == 0 else { return false }
+        return UInt64(st.st_dev) == dev && UInt64(st.st_ino) == ino
+    }
+}
+
+/// swift-log's stream handler, with the level shared (and changeable at reload).
+struct LevelledStreamHandler: LogHandler {
+    var inner: StreamLogHandler
+    var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue }
+    }
+    var logLevel: Logger.Level {
+        get { SpoolshipLogging.level.withLock { $0 } }
+        set { SpoolshipLogging.setLevel(newValue) }
+    }
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue }
+    }
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        guard level >= logLevel else { return }
+        inner.log(level: level, message: message, metadata: metadata, source: source, file: file, function: function, line: line)
+    }
+}
+
+/// Writes each message to the journal (sd_journal_sendv) with MESSAGE, PRIORITY,
+/// SYSLOG_IDENTIFIER and the code location, and every metadata key as a field of its own:
+/// upper-cased, with characters outside [A-Z0-9_] as '_' (`agent.id` becomes AGENT_ID,
+/// `spool.name` SPOOL_NAME, `segment.name` SEGMENT_NAME, `peer` PEER, `offset` OFFSET).
+struct JournalLogHandler: LogHandler {
+    let label: String
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level {
+        get { SpoolshipLogging.level.withLock { $0 } }
+        set { SpoolshipLogging.setLevel(newValue) }
+    }
+
+    init(label: String) { self.label = label }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    static func priority(_ l: Logger.Level) -> Int {
+        switch l {
+        case .trace, .debug: return 7
+        case .info: return 6
+        case .notice: return 5
+        case .warning: return 4
+        case .error: return 3
+        case .critical: return 2
+        }
+    }
+
+    /// A metadata key as a journal field name.
+    static func fieldName(_ key: String) -> String {
+        var name = String(key.uppercased().map { ($0.isASCII && ($0.isLetter || $0.isNumber)) ? $0 : "_" })
+        while name.hasPrefix("_") { name.removeFirst() }
+        if name.isEmpty || name.first!.isNumber { name = "F" + name }
+        return String(name.prefix(64))
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        guard level >= logLevel else { return }
+        var all = metadata
+        if let e = explicit { all.merge(e) { $1 } }
+        var fields = [
+            "MESSAGE=\(message)",
+            "PRIORITY=\(Self.priority(level))",
+            "SYSLOG_IDENTIFIER=\(label)",
+            "CODE_FILE=\(file)",
+            "CODE_LINE=\(line)",
+            "CODE_FUNC=\(function)",
+        ]
+        for (k, v) in all.sorted(by: { $0.key < $1.key }) { fields.append("\(Self.fieldName(k))=\(v)") }
+        // One buffer holds every field; each field is one iovec into it (a value may hold
+        // newlines: sd_journal_sendv encodes it).
+        var bytes: [UInt8] = []
+        var ranges: [Range<Int>] = []
+        for f in fields {
+            let start = bytes.count
+            bytes += Array(f.utf8)
+            ranges.append(start..<bytes.count)
+        }
+        bytes.withUnsafeMutableBytes { p in
+            var iov = ranges.map { iovec(iov_base: p.baseAddress! + $0.lowerBound, iov_len: $0.count) }
+            _ = sd_journal_sendv(&iov, Int32(iov.count))
         }
     }
 }

@@ -65,6 +65,41 @@ import Testing
         #expect(d.wait(timeout: 30) == 0)
     }
 
+    /// Under journald the daemons log to the journal with structured fields. The collector
+    /// runs in a private mount namespace where the test's own datagram socket is mounted
+    /// over /run/systemd/journal, with JOURNAL_STREAM naming its standard error.
+    @Test func underJournald_logsGoToTheJournal_withStructuredFields() throws {
+        let c = try Cluster("systemd-journal")
+        defer { c.remove() }
+        let jdir = c.root.appendingPathComponent("journal")
+        try FileManager.default.createDirectory(at: jdir, withIntermediateDirectories: true)
+        let journal = try NotifySocket(path: jdir.appendingPathComponent("socket").path)
+        defer { journal.close() }
+        let log = c.nextLog("collector")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        var st = stat()
+        #expect(stat(log.path, &st) == 0)
+        let portFile = c.root.appendingPathComponent("collector.port")
+        let collector = Harness.binDir.appendingPathComponent("spoolship-collector").path
+        let script = "mkdir -p /run/systemd/journal && mount --bind '\(jdir.path)' /run/systemd/journal && exec '\(collector)' --listen 127.0.0.1:0 --data-dir '\(c.dataDir.path)' --port-file '\(portFile.path)'"
+        let d = try Daemon("/usr/bin/unshare", ["--mount", "/bin/sh", "-c", script], log: log, env: ["JOURNAL_STREAM": "\(st.st_dev):\(st.st_ino)"])
+        defer { d.stop() }
+        guard let port = Harness.readPortFile(portFile, timeout: 30) else { throw TestFailure("collector did not start: \(d.output)") }
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("one.bin", size: 100, seed: 1, into: spool)
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: port))
+        #expect(status == 0, "\(out)")
+        #expect(Harness.waitUntil(timeout: 10) { journal.all.contains { $0.text.contains("MESSAGE=agent connected\n") } }, "\(journal.lines)")
+        let entry = journal.all.first { $0.text.contains("MESSAGE=agent connected\n") }?.text.split(separator: "\n").map(String.init) ?? []
+        #expect(entry.contains("AGENT_ID=agent-1"), "\(entry)")
+        #expect(entry.contains { $0.hasPrefix("PEER=127.0.0.1:") }, "\(entry)")
+        #expect(entry.contains("PRIORITY=6"))
+        #expect(entry.contains("SYSLOG_IDENTIFIER=spoolship-collector"))
+        #expect(journal.lines.contains("MESSAGE=listening"))
+        #expect(!d.output.contains("agent connected"), "nothing went to standard error:\n\(d.output)")
+    }
+
     @Test func collector_startedBySocketActivation_servesARealAgent() throws {
         let c = try Cluster("systemd-socket")
         defer { c.remove() }

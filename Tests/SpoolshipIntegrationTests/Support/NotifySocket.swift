@@ -10,8 +10,13 @@ final class NotifySocket: @unchecked Sendable {
     private var messages: [(time: Double, text: String)] = []
     private var closed = false
 
-    init(dir: URL) throws {
-        path = dir.appendingPathComponent("notify.sock").path
+    convenience init(dir: URL) throws {
+        try self.init(path: dir.appendingPathComponent("notify.sock").path)
+    }
+
+    /// A datagram socket bound at `path` (journald's native socket is one too).
+    init(path: String) throws {
+        self.path = path
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
         var addr = sockaddr_un()
