@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what spoolship needs to build and test on Debian (run as root), then checks Swift.
 set -euo pipefail
-packages=(libsystemd-dev zlib1g-dev pkg-config strace e2fsprogs)
+# systemd: systemd-analyze, systemd-socket-activate and systemd-sysusers for the tests;
+# gzip: zcat; util-linux: unshare and mount.
+packages=(libsystemd-dev zlib1g-dev pkg-config strace e2fsprogs systemd gzip util-linux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

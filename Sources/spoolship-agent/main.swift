@@ -20,7 +20,7 @@ struct AgentCommand: ParsableCommand {
         --spool inbox=/var/spool/inbox --logs app=/var/log/app:*.log --rotate-age 30
         """)
 
-    @Option(help: "A TOML config file (keys in docs/OPERATIONS.md); flags override it.")
+    @Option(help: "A TOML config file (default /etc/spoolship/agent.toml when it exists); flags override it.")
     var config: String?
 
     @Option(help: "The collector, HOST:PORT.")
@@ -84,7 +84,7 @@ struct AgentCommand: ParsableCommand {
     /// The file's settings, then the flags over them.
     func resolved() throws -> AgentConfig {
         var file = AgentFileConfig()
-        if let path = config {
+        if let path = configPath(given: config, defaultPath: AgentFileConfig.defaultPath) {
             do { file = try AgentFileConfig.load(path: path) } catch { throw ValidationError("\(error)") }
         }
         guard let collectorText = collector ?? file.collector else { throw ValidationError("give --collector HOST:PORT (or collector in the config file)") }
@@ -127,7 +127,7 @@ struct AgentCommand: ParsableCommand {
 
     func run() throws {
         let config = try resolved()
-        let fileLevel = try self.config.map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
+        let fileLevel = try configPath(given: self.config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
         guard let level = Logger.Level.parse(logLevel ?? fileLevel ?? "info") else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel ?? "")'")
         }

@@ -1,0 +1,79 @@
+import Foundation
+import Glibc
+import Testing
+
+/// packaging/: the units pass `systemd-analyze verify`, and the .deb holds what it must.
+@Suite(.serialized) struct PackagingTests {
+    static let repo = URL(fileURLWithPath: "\(#filePath)").deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Runs a command; returns its status and its output (stdout and stderr together).
+    func run(_ exe: String, _ args: [String], cwd: URL? = nil, env: [String: String] = [:]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        if let cwd = cwd { p.currentDirectoryURL = cwd }
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test func units_passSystemdAnalyzeVerify_inATemporaryRoot() throws {
+        let root = try Harness.tempDir("units-root")
+        defer { Harness.remove(root) }
+        let fm = FileManager.default
+        // A root with the host's own units (targets the ours refer to), /bin/kill, and our
+        // binaries where the units expect them.
+        try fm.createDirectory(at: root.appendingPathComponent("usr/bin"), withIntermediateDirectories: true)
+        try fm.createDirectory(at: root.appendingPathComponent("usr/lib/systemd"), withIntermediateDirectories: true)
+        try fm.createSymbolicLink(atPath: root.appendingPathComponent("bin").path, withDestinationPath: "usr/bin")
+        try fm.createSymbolicLink(atPath: root.appendingPathComponent("lib").path, withDestinationPath: "usr/lib")
+        #expect(try run("/bin/cp", ["-a", "/usr/lib/systemd/system", root.appendingPathComponent("usr/lib/systemd/").path]).0 == 0)
+        try fm.copyItem(atPath: "/usr/bin/kill", toPath: root.appendingPathComponent("usr/bin/kill").path)
+        for b in ["spoolship", "spoolship-agent", "spoolship-collector"] {
+            try fm.copyItem(at: Harness.binDir.appendingPathComponent(b), to: root.appendingPathComponent("usr/bin/\(b)"))
+        }
+        var units: [String] = []
+        for u in ["spoolship-agent.service", "spoolship-collector.service", "spoolship-collector.socket"] {
+            let dest = root.appendingPathComponent("usr/lib/systemd/system/\(u)")
+            try? fm.removeItem(at: dest)
+            try fm.copyItem(at: Self.repo.appendingPathComponent("packaging/systemd/\(u)"), to: dest)
+            units.append(dest.path)
+        }
+        let (status, out) = try run("/usr/bin/systemd-analyze", ["verify", "--man=no", "--root=\(root.path)"] + units)
+        #expect(status == 0, "\(out)")
+        #expect(out.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "no warnings either:\n\(out)")
+        // The sysusers and tmpfiles entries parse too.
+        let (s2, o2) = try run("/usr/bin/systemd-sysusers", ["--dry-run", "--root=\(root.path)", Self.repo.appendingPathComponent("packaging/sysusers.d/spoolship.conf").path])
+        #expect(s2 == 0, "\(o2)")
+    }
+
+    @Test func deb_holdsTheBinariesUnitsConfigAndDocs() throws {
+        let out = try Harness.tempDir("deb")
+        defer { Harness.remove(out) }
+        let (status, text) = try run("/bin/bash", ["packaging/build-deb.sh", "--bin-dir", Harness.binDir.path, out.path], cwd: Self.repo,
+                                 env: ["DEB_COMPRESSION": "none"])
+        #expect(status == 0, "\(text)")
+        guard let deb = Harness.files(in: out).first(where: { $0.hasSuffix(".deb") }) else { throw TestFailure("no .deb built:\n\(text)") }
+        let path = out.appendingPathComponent(deb).path
+        let (s1, contents) = try run("/usr/bin/dpkg-deb", ["-c", path])
+        #expect(s1 == 0)
+        for f in ["./usr/bin/spoolship", "./usr/bin/spoolship-agent", "./usr/bin/spoolship-collector",
+                  "./lib/systemd/system/spoolship-agent.service", "./lib/systemd/system/spoolship-collector.service",
+                  "./lib/systemd/system/spoolship-collector.socket", "./usr/lib/sysusers.d/spoolship.conf",
+                  "./usr/lib/tmpfiles.d/spoolship.conf", "./etc/spoolship/agent.toml", "./etc/spoolship/collector.toml",
+                  "./usr/share/doc/spoolship/README.md", "./usr/share/doc/spoolship/OPERATIONS.md"] {
+            #expect(contents.contains(" \(f)\n") || contents.hasSuffix(" \(f)"), "\(f) in the package")
+        }
+        let (s2, control) = try run("/usr/bin/dpkg-deb", ["-f", path])
+        #expect(s2 == 0)
+        #expect(control.contains("Package: spoolship"))
+        #expect(control.contains("libsystemd0") && control.contains("zlib1g"), "Depends names the C libraries:\n\(control)")
+        let (s3, conffiles) = try run("/usr/bin/dpkg-deb", ["--info", path, "conffiles"])
+        #expect(s3 == 0 && conffiles.contains("/etc/spoolship/agent.toml"))
+    }
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds spoolship_<version>_<arch>.deb with dpkg-deb: the three binaries (release build with
+# the Swift runtime linked in statically, so that the package needs no Swift on the host), the
+# systemd units, sysusers.d and tmpfiles.d entries, the example configs as conffiles, and the
+# docs. Depends: is worked out from the binaries' shared libraries (ldd, dpkg -S).
+#
+#   bash packaging/build-deb.sh [OUT_DIR]                  (default: .build/deb)
+#   bash packaging/build-deb.sh --bin-dir DIR [OUT_DIR]    package binaries built elsewhere
+#                                                          (the tests use the debug build)
+# DEB_COMPRESSION (default xz) is passed to dpkg-deb -Z; the tests use none.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=""
+if [ "${1:-}" = "--bin-dir" ]; then bin=$2; shift 2; fi
+out=${1:-.build/deb}
+if [ -z "$bin" ]; then
+  source scripts/setup.sh
+  swift build -c release --static-swift-stdlib
+  bin=$(swift build -c release --static-swift-stdlib --show-bin-path)
+  strict=1
+else
+  strict=0
+fi
+arch=$(dpkg --print-architecture)
+version="0.1.0~git$(git log -1 --format=%cd --date=format:%Y%m%d).$(git rev-parse --short HEAD)"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+for b in spoolship spoolship-agent spoolship-collector; do
+  install -D -m 0755 "$bin/$b" "$stage/usr/bin/$b"
+done
+for u in packaging/systemd/*; do install -D -m 0644 "$u" "$stage/lib/systemd/system/$(basename "$u")"; done
+install -D -m 0644 packaging/sysusers.d/spoolship.conf "$stage/usr/lib/sysusers.d/spoolship.conf"
+install -D -m 0644 packaging/tmpfiles.d/spoolship.conf "$stage/usr/lib/tmpfiles.d/spoolship.conf"
+install -D -m 0644 etc/agent.toml "$stage/etc/spoolship/agent.toml"
+install -D -m 0644 etc/collector.toml "$stage/etc/spoolship/collector.toml"
+install -D -m 0644 README.md "$stage/usr/share/doc/spoolship/README.md"
+for d in docs/*.md; do install -D -m 0644 "$d" "$stage/usr/share/doc/spoolship/$(basename "$d")"; done
+
+# Depends: the packages that own the shared libraries the binaries load.
+declare -A pkgs=()
+for b in "$stage"/usr/bin/*; do
+  while read -r lib; do
+    owner=$(dpkg -S "$lib" 2>/dev/null | head -1 | cut -d: -f1) || true
+    if [ -z "$owner" ]; then
+      real=$(readlink -f "$lib")
+      owner=$(dpkg -S "$real" 2>/dev/null | head -1 | cut -d: -f1) || true
+    fi
+    if [ -n "$owner" ]; then
+      pkgs[$owner]=1
+    elif [ "$strict" = 1 ]; then
+      echo "build-deb: $b needs $lib, which no Debian package provides" >&2; exit 1
+    else
+      echo "build-deb: warning: $b needs $lib, which no Debian package provides" >&2
+    fi
+  done < <(ldd "$b" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}')
+done
+depends=$(printf '%s\n' "${!pkgs[@]}" | sort | paste -sd, | sed 's/,/, /g')
+
+mkdir -p "$stage/DEBIAN"
+cat > "$stage/DEBIAN/control" <<CONTROL
+Package: spoolship
+Version: $version
+Architecture: $arch
+Maintainer: spoolship developers <spoolship@localhost>
+Depends: $depends
+Section: admin
+Priority: optional
+Description: log and blob shipper: zero-copy, and nothing acknowledged before it is durable
+ spoolship-agent watches spool directories, rotates log files into sealed segments and
+ ships them with sendfile(2); spoolship-collector splices them into files, makes them
+ durable and acknowledges them. spoolship is the operator's tool.
+CONTROL
+printf '/etc/spoolship/agent.toml\n/etc/spoolship/collector.toml\n' > "$stage/DEBIAN/conffiles"
+cat > "$stage/DEBIAN/postinst" <<'SCRIPT'
+#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+  systemd-sysusers /usr/lib/sysusers.d/spoolship.conf || true
+  systemd-tmpfiles --create /usr/lib/tmpfiles.d/spoolship.conf || true
+  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+fi
+SCRIPT
+cat > "$stage/DEBIAN/prerm" <<'SCRIPT'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+  systemctl stop spoolship-agent.service spoolship-collector.service spoolship-collector.socket || true
+fi
+SCRIPT
+cat > "$stage/DEBIAN/postrm" <<'SCRIPT'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+SCRIPT
+chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm" "$stage/DEBIAN/postrm"
+
+mkdir -p "$out"
+deb="$out/spoolship_${version}_${arch}.deb"
+dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-xz}" --build "$stage" "$deb" >/dev/null
+echo "$deb"
