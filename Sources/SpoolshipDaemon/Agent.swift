@@ -50,7 +50,7 @@ public struct SpoolConfig: Sendable, Equatable {
     }
 }
 
-public struct AgentConfig: Sendable {
+public struct AgentConfig: Sendable, Equatable {
     public var collector: Endpoint
     public var agentID: String
     public var stateDir: String
@@ -83,7 +83,7 @@ struct FatalRefusal: Error, CustomStringConvertible {
 /// with pipelined offers and sendfile, and deletes (or archives) each only after the
 /// collector acknowledged it as committed.
 public final class Agent: @unchecked Sendable {
-    let config: AgentConfig
+    public let config: AgentConfig
     let logger: Logger
     let journal: AgentJournal
     let archiveDirs: [String: OwnedFD]
@@ -132,7 +132,10 @@ public final class Agent: @unchecked Sendable {
     public private(set) var shippedBytes: UInt64 = 0
     /// The collector's id while a connection is set up (for the status line).
     var connectedTo: String?
-    let heartbeats = Heartbeats()
+    var heartbeats: Heartbeats { Heartbeats.shared }
+    /// Threads of this agent still running (under `state`): a stop waits for them, so that
+    /// a new agent in the same process (a reload) never shares the state dir with them.
+    var liveThreads = 0
     /// Opened once the spools are watched (or at once with `once`): then the agent is ready.
     let watching = Latch()
 
@@ -186,6 +189,27 @@ public final class Agent: @unchecked Sendable {
         lastSeq = loaded.lastSeq
         nextID = loaded.nextID
         try recover()
+    }
+
+    /// Checks a configuration's spools without starting anything: each directory can be
+    /// opened, no directory is configured twice, names and globs are valid. A reload runs it
+    /// before it stops the running agent.
+    public static func preflight(_ config: AgentConfig) throws {
+        try Names.validateIdentifier(config.agentID, what: "agent id")
+        var seen: [String: String] = [:]
+        for s in config.spools {
+            try Names.validateIdentifier(s.name, what: "spool name")
+            if let l = s.logs { try LogNames.validateGlob(l.glob) }
+            let fd: OwnedFD
+            do { fd = try Files.openDirectory(s.directory) } catch {
+                throw DaemonError("spool \(s.name): cannot open its directory \(s.directory): \(error)")
+            }
+            let st = try Files.fstat(fd)
+            if let other = seen["\(st.st_dev):\(st.st_ino)"] {
+                throw DaemonError("spools \(other) and \(s.name) watch the same directory \(s.directory); give each spool its own")
+            }
+            seen["\(st.st_dev):\(st.st_ino)"] = s.name
+        }
     }
 
     /// The directory that holds a segment's file: the spool's own for blobs, the rotated
@@ -557,33 +581,32 @@ public final class Agent: @unchecked Sendable {
         // The --once clock starts when there is something to ship, not before the scan.
         state.withLock { lastProgress = monotonicNow() }
         if !config.once {
-            startThread("watcher") { [self] in watchLoop() }
+            spawn("watcher") { [self] in watchLoop() }
         } else {
             watching.open()
         }
-        heartbeats.beat("reaper")
-        startThread("reaper") { [self] in reapLoop() }
+        spawn("reaper") { [self] in reapLoop() }
         if config.spools.contains(where: { $0.logs != nil }) {
-            if !config.once {
-                heartbeats.beat("rotator")
-                startThread("rotator") { [self] in rotateLoop() }
-            }
-            heartbeats.beat("sealer")
-            startThread("sealer") { [self] in sealLoop() }
+            if !config.once { spawn("rotator") { [self] in rotateLoop() } }
+            spawn("sealer") { [self] in sealLoop() }
         }
         heartbeats.beat("shipper")
         if !watching.wait(timeout: 30) {
             logger.warning("the spool watcher is slow to start")
         }
-        heartbeats.startWatchdog(logger: logger) { [self] in statusLine() }
         Systemd.ready(status: statusLine())
         defer {
-            // A graceful stop finishes the deletions of what was already acknowledged.
+            // A graceful stop finishes the deletions of what was already acknowledged, and
+            // waits for every thread of this agent to end.
             stop()
             state.lock()
             let until = Date(timeIntervalSinceNow: 30)
             while !reaperIdle { if !state.wait(until: until) { break } }
+            let threadsUntil = Date(timeIntervalSinceNow: 60)
+            while liveThreads > 0 { if !state.wait(until: threadsUntil) { break } }
+            if liveThreads > 0 { logger.warning("threads still running after the stop", metadata: ["threads": "\(liveThreads)"]) }
             state.unlock()
+            heartbeats.remove("shipper")
         }
         var backoff = config.backoffMin
         while true {
@@ -614,8 +637,28 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
+    /// Starts a thread of this agent, counted in `liveThreads`, beating under its own name
+    /// (which is forgotten when it ends).
+    private func spawn(_ name: String, _ body: @escaping () -> Void) {
+        state.withLock { liveThreads += 1 }
+        heartbeats.beat(name)
+        startThread(name) { [self] in
+            body()
+            heartbeats.remove(name)
+            state.withLock {
+                liveThreads -= 1
+                state.broadcast()
+            }
+        }
+    }
+
+    /// Lets go of the state dir (its lock and journal), once `run` has returned.
+    public func close() {
+        journal.close()
+    }
+
     /// The one-line summary for the service manager's STATUS=.
-    func statusLine() -> String {
+    public func statusLine() -> String {
         state.withLock {
             let pending = segments.values.filter { !$0.acked }
             let bytes = pending.reduce(UInt64(0)) { $0 + $1.size }

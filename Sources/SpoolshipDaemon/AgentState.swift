@@ -150,6 +150,14 @@ final class AgentJournal {
         if sync { try Files.fdatasync(fd) }
     }
 
+    /// Closes the journal and lets go of the state dir's lock.
+    func close() {
+        lock.lock()
+        defer { lock.unlock() }
+        try? fd.close()
+        try? lockFD.close()
+    }
+
     /// Rewrites the journal with only the live segments, the pending rotations and each log
     /// stream's last sequence number: temp file, fsync, rename, fsync dir.
     func compact(_ live: [Segment], rotations: [Rotation] = [], lastSeq: [String: UInt64] = [:]) throws {

@@ -39,19 +39,21 @@ public struct CollectorConfig: Sendable {
 /// durably and acknowledges. One thread accepts; each connection has a reader thread (frames
 /// and splice) and a durability thread (fdatasync, checksum, commit rename, ledger, acks).
 public final class Collector: @unchecked Sendable {
-    public let config: CollectorConfig
+    private let configBox: Locked<CollectorConfig>
+    /// The current settings; a reload changes the limits for the connections that follow.
+    public var config: CollectorConfig { configBox.withLock { $0 } }
     let logger: Logger
     let dataDir: DataDir
     let listener: Socket
     public let port: UInt16
     private let connections = Locked<[ObjectIdentifier: CollectorConnection]>([:])
     private let stopping = Latch()
-    let heartbeats = Heartbeats()
+    var heartbeats: Heartbeats { Heartbeats.shared }
     /// Since start: segments committed and their bytes, for the status line.
     let committedTotals = Locked<(segments: Int, bytes: UInt64)>((0, 0))
 
     public init(config: CollectorConfig, logger: Logger) throws {
-        self.config = config
+        configBox = Locked(config)
         self.logger = logger
         // Each connection holds a socket, a pipe and its open partials: allow what the hard
         // limit allows.
@@ -126,6 +128,25 @@ public final class Collector: @unchecked Sendable {
         logger.info("stopped")
     }
 
+    /// Takes the limits and timeouts of a reloaded configuration, for the connections that
+    /// follow. The address and the data dir take effect only at a restart; they are kept.
+    public func reload(_ next: CollectorConfig) -> [String] {
+        configBox.withLock { c in
+            var ignored: [String] = []
+            if next.listen != c.listen && c.inheritedListener == nil { ignored.append("listen") }
+            if next.dataDir != c.dataDir { ignored.append("data-dir") }
+            if next.portFile != c.portFile { ignored.append("port-file") }
+            c.maxSegmentSize = next.maxSegmentSize
+            c.handshakeTimeout = next.handshakeTimeout
+            c.idleTimeout = next.idleTimeout
+            c.checkpointBytes = next.checkpointBytes
+            c.partialMaxAge = next.partialMaxAge
+            return ignored
+        }
+    }
+
+    public var statusLine: String { statusLine(address: config.inheritedListener != nil ? "socket from systemd, port \(port)" : "\(config.listen.host):\(port)") }
+
     /// The one-line summary for the service manager's STATUS=.
     func statusLine(address: String) -> String {
         let agents = connections.withLock { $0.count }
@@ -197,7 +218,8 @@ final class CollectorConnection: @unchecked Sendable {
     let socket: Socket
     unowned let collector: Collector
     var logger: Logger
-    var config: CollectorConfig { collector.config }
+    /// The settings when the connection was accepted.
+    let config: CollectorConfig
     private let sendLock = NSLock()
     private var store: AgentStore?
     private var transfers: [UInt64: Transfer] = [:]
@@ -218,6 +240,7 @@ final class CollectorConnection: @unchecked Sendable {
     init(socket: Socket, collector: Collector) {
         self.socket = socket
         self.collector = collector
+        config = collector.config
         var l = collector.logger
         l[metadataKey: "peer"] = "\(socket.peer)"
         logger = l

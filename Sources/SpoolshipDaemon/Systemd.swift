@@ -47,6 +47,8 @@ public enum Systemd {
 /// seconds). The watchdog thread sends WATCHDOG=1 only while every loop has beaten within the
 /// allowed time; a loop that hangs stops the pings, and the manager restarts the daemon.
 public final class Heartbeats: @unchecked Sendable {
+    /// The process's one set: the watchdog thread is started once, whatever runs in it.
+    public static let shared = Heartbeats()
     private let lock = NSLock()
     private var last: [String: Double] = [:]
     private var stuckReported: Set<String> = []

@@ -126,30 +126,102 @@ struct AgentCommand: ParsableCommand {
     }
 
     func run() throws {
-        let config = try resolved()
+        var current = try resolved()
         let fileLevel = try configPath(given: self.config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
         guard let level = Logger.Level.parse(logLevel ?? fileLevel ?? "info") else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel ?? "")'")
         }
         SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
-        logger[metadataKey: "agent.id"] = "\(config.agentID)"
-        let stop = StopRequest()
-        Signals.handle { sig in
-            if sig == SIGHUP { return }  // reloading comes with issue 4
-            stop.request()
+        logger[metadataKey: "agent.id"] = "\(current.agentID)"
+        // The running agent, and what the signal thread asks of the main loop.
+        let running = Locked<Agent?>(nil)
+        let control = Locked<(stop: Bool, next: AgentConfig?)>((false, nil))
+        let once = self.once
+        Signals.handle { [self] sig in
+            if sig != SIGHUP {
+                control.withLock { $0.stop = true }
+                running.withLock { $0 }?.stop()
+                return
+            }
+            guard !once else { return }
+            reload(logger: logger, running: running, control: control)
+        }
+        Heartbeats.shared.startWatchdog(logger: logger) { running.withLock { $0 }?.statusLine() ?? "starting" }
+        var shipped = (segments: 0, bytes: UInt64(0))
+        var previous: AgentConfig?
+        while true {
+            let agent: Agent
+            do {
+                agent = try Agent(config: current, logger: logger)
+            } catch {
+                guard let old = previous else {
+                    logger.critical("agent stopped", metadata: ["error": "\(error)"])
+                    FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
+                    throw ExitCode(1)
+                }
+                logger.error("reload failed; going back to the previous configuration", metadata: ["error": "\(error)"])
+                current = old
+                previous = nil
+                continue
+            }
+            running.withLock { $0 = agent }
+            if control.withLock({ $0.stop }) { agent.stop() }
+            do {
+                try agent.run()
+            } catch {
+                running.withLock { $0 = nil }
+                agent.close()
+                logger.critical("agent stopped", metadata: ["error": "\(error)"])
+                FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            running.withLock { $0 = nil }
+            agent.close()
+            shipped.segments += agent.shippedSegments
+            shipped.bytes += agent.shippedBytes
+            let (stop, next) = control.withLock { c -> (Bool, AgentConfig?) in
+                let r = (c.stop, c.next)
+                c.next = nil
+                return r
+            }
+            if stop || next == nil { break }
+            previous = current
+            current = next!
+            logger.notice("configuration reloaded; starting again", metadata: ["spools": "\(current.spools.map(\.name).joined(separator: ","))"])
+        }
+        if once {
+            logger.info("all segments shipped", metadata: ["segments": "\(shipped.segments)", "bytes": "\(shipped.bytes)"])
+        }
+    }
+
+    /// SIGHUP: reads the config file and the flags again. A configuration that does not load
+    /// or whose spools cannot be opened is refused, and the running agent goes on. Otherwise
+    /// the running agent stops gracefully (its state is saved) and the main loop starts one
+    /// with the new configuration, in the same process.
+    func reload(logger: Logger, running: Locked<Agent?>, control: Locked<(stop: Bool, next: AgentConfig?)>) {
+        Systemd.reloading()
+        logger.notice("reloading the configuration")
+        guard let agent = running.withLock({ $0 }) else {
+            logger.warning("not running yet; reload ignored")
+            Systemd.notify("READY=1")
+            return
         }
         do {
-            let agent = try Agent(config: config, logger: logger)
-            stop.onRequest { agent.stop() }
-            try agent.run()
-            if once {
-                logger.info("all segments shipped", metadata: ["segments": "\(agent.shippedSegments)", "bytes": "\(agent.shippedBytes)"])
+            let next = try resolved()
+            try Agent.preflight(next)
+            let fileLevel = try configPath(given: self.config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
+            if let l = Logger.Level.parse(logLevel ?? fileLevel ?? "info") { SpoolshipLogging.setLevel(l) }
+            if next == agent.config {
+                logger.notice("configuration unchanged")
+                Systemd.ready(status: agent.statusLine())
+                return
             }
+            control.withLock { $0.next = next }
+            agent.stop()
         } catch {
-            logger.critical("agent stopped", metadata: ["error": "\(error)"])
-            FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
-            throw ExitCode(1)
+            logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
+            Systemd.ready(status: agent.statusLine())
         }
     }
 }

@@ -91,9 +91,11 @@ struct CollectorCommand: ParsableCommand {
         SpoolshipLogging.bootstrap(level: level)
         let logger = Logger(label: "spoolship-collector")
         let stop = StopRequest()
-        Signals.handle { sig in
-            if sig == SIGHUP { return }  // reloading comes with the config reload work
-            stop.request()
+        let running = Locked<Collector?>(nil)
+        Signals.handle { [self] sig in
+            guard sig == SIGHUP else { stop.request(); return }
+            guard let collector = running.withLock({ $0 }) else { return }
+            reload(collector, inherited: inherited, logger: logger)
         }
         let collector: Collector
         do {
@@ -102,8 +104,29 @@ struct CollectorCommand: ParsableCommand {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
+        running.withLock { $0 = collector }
         stop.onRequest { collector.stop() }
         collector.run()
+    }
+
+    /// SIGHUP: reads the config file and the flags again. The log level, limits and timeouts
+    /// apply to the connections that follow; the address and the data dir need a restart. A
+    /// configuration that does not load is refused, and the running one goes on.
+    func reload(_ collector: Collector, inherited: Int32?, logger: Logger) {
+        Systemd.reloading()
+        logger.notice("reloading the configuration")
+        do {
+            let (next, level) = try resolved(inherited: inherited)
+            SpoolshipLogging.setLevel(level)
+            let ignored = collector.reload(next)
+            if !ignored.isEmpty {
+                logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
+            }
+            logger.notice("configuration reloaded")
+        } catch {
+            logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
+        }
+        Systemd.ready(status: collector.statusLine)
     }
 }
 

@@ -65,6 +65,95 @@ import Testing
         #expect(d.wait(timeout: 30) == 0)
     }
 
+    /// SIGHUP on the agent: a spool added to the config file ships without a restart (same
+    /// process); a broken file is refused, and the running configuration goes on.
+    @Test func agentReload_addsASpool_andABrokenConfigKeepsItRunning() throws {
+        let c = try Cluster("systemd-reload")
+        defer { c.remove() }
+        try c.startCollector()
+        let notify = try NotifySocket(dir: c.root)
+        defer { notify.close() }
+        let first = try c.spool("first")
+        let second = try c.spool("second")
+        let logs = try c.spool("logs")
+        let base = """
+            collector = "127.0.0.1:\(c.port)"
+            agent-id = "agent-1"
+            state-dir = "\(c.root.appendingPathComponent("state").path)"
+            [[spool]]
+            name = "first"
+            dir = "\(first.path)"
+
+            """
+        let config = try c.writeConfig(base)
+        let d = try Daemon("spoolship-agent", ["--config", config.path], log: c.nextLog("agent"), env: notify.environment)
+        defer { d.stop() }
+        #expect(notify.wait(for: "READY=1", timeout: 30) != nil, "\(d.output)")
+        var p = try c.payload()
+        try p.add("a.bin", size: 1000, seed: 1, into: first)
+        #expect(Harness.waitUntil(timeout: 30) { FileManager.default.fileExists(atPath: c.committed(spool: "first").appendingPathComponent("a.bin").path) })
+        // Add a blob spool and a log spool, and reload.
+        _ = try c.writeConfig(base + """
+            [[spool]]
+            name = "second"
+            dir = "\(second.path)"
+            [[logs]]
+            name = "app"
+            dir = "\(logs.path)"
+            rotate-age = 0.3
+            """)
+        d.kill(SIGHUP)
+        #expect(Harness.waitUntil(timeout: 30) { notify.count("READY=1") >= 2 }, "READY=1 again after the reload:\n\(d.output)")
+        #expect(notify.lines.contains("RELOADING=1"))
+        try p.add("b.bin", size: 2000, seed: 2, into: second)
+        try Data("0000000000000000 one line\n".utf8).write(to: logs.appendingPathComponent("api.log"))
+        #expect(Harness.waitUntil(timeout: 30) {
+            FileManager.default.fileExists(atPath: c.committed(spool: "second").appendingPathComponent("b.bin").path)
+                && FileManager.default.fileExists(atPath: c.committed(spool: "app").appendingPathComponent("api.log.0000000001").path)
+        }, "\(d.output)")
+        #expect(d.output.contains("configuration reloaded"))
+        // A broken file: refused, said why, and the agent goes on with what it had.
+        _ = try c.writeConfig(base + "[[spool]]\nname = \"third\"\ndir = \"\(c.root.path)/missing\"\n")
+        d.kill(SIGHUP)
+        #expect(Harness.waitUntil(timeout: 30) { d.output.contains("reload failed; keeping the running configuration") }, "\(d.output)")
+        #expect(d.output.contains("cannot open its directory \(c.root.path)/missing"))
+        #expect(Harness.waitUntil(timeout: 10) { notify.count("READY=1") >= 3 })
+        try p.add("c.bin", size: 3000, seed: 3, into: second)
+        #expect(Harness.waitUntil(timeout: 30) { FileManager.default.fileExists(atPath: c.committed(spool: "second").appendingPathComponent("c.bin").path) }, "\(d.output)")
+        #expect(try p.identical(in: c.committed(spool: "first")).contains("a.bin"))
+        #expect(d.isRunning)
+        d.kill(SIGTERM)
+        #expect(d.wait(timeout: 30) == 0)
+    }
+
+    @Test func collectorReload_aBrokenConfigKeepsItServing() throws {
+        let c = try Cluster("systemd-collector-reload")
+        defer { c.remove() }
+        let config = try c.writeConfig("data-dir = \"\(c.dataDir.path)\"\nlog-level = \"info\"\n", name: "collector.toml")
+        try c.startCollector(extra: ["--config", config.path])
+        guard let d = c.collector else { throw TestFailure("no collector") }
+        _ = try c.writeConfig("data-dir = \"\(c.dataDir.path)\"\nlog-level = \"loud\"\n", name: "collector.toml")
+        d.kill(SIGHUP)
+        #expect(Harness.waitUntil(timeout: 30) { d.output.contains("reload failed; keeping the running configuration") }, "\(d.output)")
+        #expect(d.output.contains("log-level"))
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("x.bin", size: 4000, seed: 4, into: spool)
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]))
+        #expect(status == 0, "\(out)")
+        #expect(try p.identical(in: c.committed()).count == 1)
+        // A good file is taken: the new log level shows in the next commits.
+        #expect(!d.output.contains("commit batch"))
+        _ = try c.writeConfig("data-dir = \"\(c.dataDir.path)\"\nlog-level = \"debug\"\n", name: "collector.toml")
+        d.kill(SIGHUP)
+        #expect(Harness.waitUntil(timeout: 30) { d.output.contains("configuration reloaded") }, "\(d.output)")
+        try p.add("y.bin", size: 4000, seed: 5, into: spool)
+        let (status2, out2) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]))
+        #expect(status2 == 0, "\(out2)")
+        #expect(d.output.contains("commit batch"), "debug lines after the reload:\n\(d.output)")
+        #expect(d.isRunning)
+    }
+
     /// Under journald the daemons log to the journal with structured fields. The collector
     /// runs in a private mount namespace where the test's own datagram socket is mounted
     /// over /run/systemd/journal, with JOURNAL_STREAM naming its standard error.
