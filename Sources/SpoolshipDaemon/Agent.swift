@@ -132,6 +132,8 @@ public final class Agent: @unchecked Sendable {
     public private(set) var shippedBytes: UInt64 = 0
     /// The collector's id while a connection is set up (for the status line).
     var connectedTo: String?
+    /// The connection's socket, which a stop shuts down.
+    var currentSocket: Socket?
     var heartbeats: Heartbeats { Heartbeats.shared }
     /// Threads of this agent still running (under `state`): a stop waits for them, so that
     /// a new agent in the same process (a reload) never shares the state dir with them.
@@ -598,7 +600,7 @@ public final class Agent: @unchecked Sendable {
         defer {
             // A graceful stop finishes the deletions of what was already acknowledged, and
             // waits for every thread of this agent to end.
-            stop()
+            stop(notify: false)
             state.lock()
             let until = Date(timeIntervalSinceNow: 30)
             while !reaperIdle { if !state.wait(until: until) { break } }
@@ -619,8 +621,12 @@ public final class Agent: @unchecked Sendable {
             } catch let f as FatalRefusal {
                 throw f
             } catch {
-                state.withLock { lastError = "\(error)" }
-                logger.warning("connection to collector failed", metadata: ["collector": "\(config.collector)", "error": "\(error)"])
+                if isStopped {
+                    logger.info("connection closed for the stop; what the collector holds is resumed at the next start")
+                } else {
+                    state.withLock { lastError = "\(error)" }
+                    logger.warning("connection to collector failed", metadata: ["collector": "\(config.collector)", "error": "\(error)"])
+                }
                 if session.madeProgress { backoff = config.backoffMin }
             }
             if let done = try checkFinished() { return done }
@@ -698,12 +704,17 @@ public final class Agent: @unchecked Sendable {
         return nil
     }
 
-    public func stop() {
-        Systemd.notify("STOPPING=1")
+    /// Stops the agent: no new offers, the connection shut down at once (the collector keeps
+    /// what arrived), then `run` returns. `notify` says STOPPING=1 to the service manager (not
+    /// for a reload, after which the process goes on).
+    public func stop(notify: Bool = true) {
+        if notify { Systemd.notify("STOPPING=1") }
         state.lock()
+        let sock = currentSocket
         stopped = true
         state.broadcast()
         state.unlock()
+        sock?.shutdown()
     }
 
     var isStopped: Bool { state.withLock { stopped } }

@@ -32,7 +32,18 @@ final class AgentSession: @unchecked Sendable {
     func run() throws {
         let sock = try Socket.connect(config.collector, timeout: config.connectTimeout)
         socket = sock
-        defer { sock.shutdown(); try? sock.fd.close() }
+        // A stop shuts this socket down at once: a DATA frame under way is cut, and the
+        // collector keeps what arrived (the next start resumes from it).
+        let stoppedAlready = state.withLock { () -> Bool in
+            agent.currentSocket = sock
+            return agent.stopped
+        }
+        if stoppedAlready { sock.shutdown() }
+        defer {
+            state.withLock { agent.currentSocket = nil }
+            sock.shutdown()
+            try? sock.fd.close()
+        }
         // The reader wakes at half the deadline to check for silence, so a vanished peer is
         // noticed within 1.5 deadlines; a sendfile blocked on it is then woken by shutdown.
         sock.setTimeouts(receive: config.ioTimeout / 2, send: config.ioTimeout)

@@ -218,7 +218,7 @@ struct AgentCommand: ParsableCommand {
                 return
             }
             control.withLock { $0.next = next }
-            agent.stop()
+            agent.stop(notify: false)
         } catch {
             logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
             Systemd.ready(status: agent.statusLine())
