@@ -194,6 +194,25 @@ import Testing
         #expect(second.wait(timeout: 30) == 0)
     }
 
+    @Test func collectorConfigErrors_areRefusedBeforeStart_namingFileAndKey() throws {
+        let c = try Cluster("systemd-collector-config")
+        defer { c.remove() }
+        let cases: [(String, String)] = [
+            ("data-dir = \"\(c.dataDir.path)\"\nlisten-on = \"0.0.0.0:1\"\n", "unknown key 'listen-on'"),
+            ("data-dir = \"\(c.dataDir.path)\"\nidle-timeout = -5\n", "key 'idle-timeout': expected a positive number of seconds"),
+            ("data-dir = \"\(c.dataDir.path)\"\nlisten = \"nowhere\"\n", "key 'listen': expected HOST:PORT"),
+            ("data-dir = \"\(c.dataDir.path)\n", "line 1"),
+        ]
+        for (i, (text, expected)) in cases.enumerated() {
+            let f = try c.writeConfig(text, name: "collector-\(i).toml")
+            let d = try Daemon("spoolship-collector", ["--config", f.path, "--listen", "127.0.0.1:0"], log: c.nextLog("collector"))
+            let status = d.wait(timeout: 30)
+            #expect(status != nil && status != 0)
+            #expect(d.output.contains(expected) && d.output.contains(f.path), "case \(i): expected '\(expected)' in:\n\(d.output)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: c.dataDir.path), "nothing started")
+    }
+
     /// Under journald the daemons log to the journal with structured fields. The collector
     /// runs in a private mount namespace where the test's own datagram socket is mounted
     /// over /run/systemd/journal, with JOURNAL_STREAM naming its standard error.
