@@ -2,7 +2,7 @@
 # Builds spoolship_<version>_<arch>.deb with dpkg-deb: the three binaries (release build with
 # the Swift runtime linked in statically, so that the package needs no Swift on the host), the
 # systemd units, sysusers.d and tmpfiles.d entries, the example configs as conffiles, and the
-# docs. Depends: is worked out from the binaries' shared libraries (ldd, dpkg -S).
+# docs. Depends: comes from dpkg-shlibdeps.
 #
 #   bash packaging/build-deb.sh [OUT_DIR]                  (default: .build/deb)
 #   bash packaging/build-deb.sh --bin-dir DIR [OUT_DIR]    package binaries built elsewhere
@@ -37,25 +37,21 @@ install -D -m 0644 etc/collector.toml "$stage/etc/spoolship/collector.toml"
 install -D -m 0644 README.md "$stage/usr/share/doc/spoolship/README.md"
 for d in docs/*.md; do install -D -m 0644 "$d" "$stage/usr/share/doc/spoolship/$(basename "$d")"; done
 
-# Depends: the packages that own the shared libraries the binaries load.
-declare -A pkgs=()
-for b in "$stage"/usr/bin/*; do
-  while read -r lib; do
-    owner=$(dpkg -S "$lib" 2>/dev/null | head -1 | cut -d: -f1) || true
-    if [ -z "$owner" ]; then
-      real=$(readlink -f "$lib")
-      owner=$(dpkg -S "$real" 2>/dev/null | head -1 | cut -d: -f1) || true
-    fi
-    if [ -n "$owner" ]; then
-      pkgs[$owner]=1
-    elif [ "$strict" = 1 ]; then
-      echo "build-deb: $b needs $lib, which no Debian package provides" >&2; exit 1
-    else
-      echo "build-deb: warning: $b needs $lib, which no Debian package provides" >&2
-    fi
-  done < <(ldd "$b" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}')
-done
-depends=$(printf '%s\n' "${!pkgs[@]}" | sort | paste -sd, | sed 's/,/, /g')
+# Depends: dpkg-shlibdeps, from the binaries' shared libraries (with minimum versions). It
+# wants a debian/control to read; a minimal one in a scratch dir does.
+scratch=$(mktemp -d)
+mkdir -p "$scratch/debian"
+printf 'Source: spoolship\n\nPackage: spoolship\nArchitecture: any\n' > "$scratch/debian/control"
+extra=()
+# The debug binaries load the Swift runtime from the toolchain, which no package provides.
+[ "$strict" = 1 ] || extra=(--ignore-missing-info)
+if ! shlibs=$(cd "$scratch" && dpkg-shlibdeps -O "${extra[@]}" "$stage"/usr/bin/* 2>"$scratch/err"); then
+  cat "$scratch/err" >&2
+  echo "build-deb: dpkg-shlibdeps failed (a library that no Debian package provides?)" >&2
+  exit 1
+fi
+depends=$(printf '%s\n' "$shlibs" | sed -n 's/^shlibs:Depends=//p')
+rm -rf "$scratch"
 
 mkdir -p "$stage/DEBIAN"
 cat > "$stage/DEBIAN/control" <<CONTROL

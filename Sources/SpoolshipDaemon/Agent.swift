@@ -75,6 +75,9 @@ public struct AgentConfig: Sendable, Equatable {
     }
 }
 
+/// Long work (a checksum, a compression) given up because the agent is stopping.
+struct StoppedWork: Error {}
+
 struct FatalRefusal: Error, CustomStringConvertible {
     var description: String
 }
@@ -309,7 +312,7 @@ public final class Agent: @unchecked Sendable {
             // Complete means closed after writing: a file that a producer still holds open for
             // writing (seen by a scan, or closed by one of two writers) waits for its last close.
             if Files.hasWriters(fd) == true { return nil }
-            let crc = try Files.checksum(fd, size: Int64(st.st_size))
+            let crc = try Files.checksum(fd, size: Int64(st.st_size), progress: workProgress)
             let after = try Files.fstat(fd)
             guard after.st_size == st.st_size, mtimeNs(after) == mtimeNs(st) else {
                 // Still being written: its close will bring another event.
@@ -322,6 +325,8 @@ public final class Agent: @unchecked Sendable {
                 return s
             }
         } catch let e as SyscallError where e.errno == ENOENT {
+            return nil
+        } catch is StoppedWork {
             return nil
         } catch let e as SyscallError where e.errno == ELOOP || e.errno == EXDEV {
             state.withLock { _ = refused.insert(key) }
@@ -572,7 +577,11 @@ public final class Agent: @unchecked Sendable {
     /// acknowledged). Throws when `once` could make no progress for `timeout` seconds, or the
     /// collector refused the agent for good.
     public func run() throws {
-        scanAll()
+        Thread.current.name = "shipper"
+        heartbeats.beat("shipper")
+        // With --once, everything there is now is sealed first. A daemon's watcher scans once
+        // its watches are set, so that readiness does not wait for a backlog to be read.
+        if config.once { scanAll() }
         for name in reopenAfterRecovery.sorted() {
             if let s = spoolConfig(name), let l = s.logs { reopenProducers(s, l) }
         }
@@ -596,19 +605,19 @@ public final class Agent: @unchecked Sendable {
         if !watching.wait(timeout: 30) {
             logger.warning("the spool watcher is slow to start")
         }
-        Systemd.ready(status: statusLine())
+        if !isStopped { Systemd.ready(status: statusLine()) }
         defer {
             // A graceful stop finishes the deletions of what was already acknowledged, and
             // waits for every thread of this agent to end.
             stop(notify: false)
+            heartbeats.remove("shipper")
             state.lock()
             let until = Date(timeIntervalSinceNow: 30)
             while !reaperIdle { if !state.wait(until: until) { break } }
             let threadsUntil = Date(timeIntervalSinceNow: 60)
             while liveThreads > 0 { if !state.wait(until: threadsUntil) { break } }
-            if liveThreads > 0 { logger.warning("threads still running after the stop", metadata: ["threads": "\(liveThreads)"]) }
+            if liveThreads > 0 { logger.error("threads still running after the stop", metadata: ["threads": "\(liveThreads)"]) }
             state.unlock()
-            heartbeats.remove("shipper")
         }
         var backoff = config.backoffMin
         while true {
@@ -657,6 +666,17 @@ public final class Agent: @unchecked Sendable {
             }
         }
     }
+
+    /// For long work on the agent's threads: proves progress to the watchdog, and gives up
+    /// (StoppedWork) once the agent is stopping.
+    func workProgress() throws {
+        heartbeats.beatCurrentThread()
+        if isStopped { throw StoppedWork() }
+    }
+
+    /// Threads of this agent still running; after `run` returned, anything but 0 means the
+    /// state dir is not free for another agent in this process.
+    public var threadsLeft: Int { state.withLock { liveThreads } }
 
     /// Lets go of the state dir (its lock and journal), once `run` has returned.
     public func close() {
@@ -710,11 +730,11 @@ public final class Agent: @unchecked Sendable {
     public func stop(notify: Bool = true) {
         if notify { Systemd.notify("STOPPING=1") }
         state.lock()
-        let sock = currentSocket
         stopped = true
+        // Under the lock: the session clears `currentSocket` (under it) before closing the fd.
+        currentSocket?.shutdown()
         state.broadcast()
         state.unlock()
-        sock?.shutdown()
     }
 
     var isStopped: Bool { state.withLock { stopped } }
@@ -724,9 +744,9 @@ public final class Agent: @unchecked Sendable {
             let ino = try Inotify()
             var byWatch: [Int32: SpoolConfig] = [:]
             for s in config.spools where s.logs == nil { byWatch[try ino.watch(s.directory)] = s }
-            // Files that completed between the first scan and the watch being set.
-            scanAll()
+            // Ready: what arrives from now on is seen. Then what is there already.
             watching.open()
+            scanAll()
             var lastCheck = monotonicNow()
             while !isStopped {
                 heartbeats.beat("watcher")

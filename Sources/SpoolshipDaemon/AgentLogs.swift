@@ -390,7 +390,7 @@ extension Agent {
                 // Compressed before a crash (the raw file goes only after the .gz is in place).
                 if let gz = try openIfPresent(rdir, r.gzName, label: "\(rlabel)/\(r.gzName)") {
                     let st = try Files.fstat(gz)
-                    let crc = try Files.checksum(gz, size: Int64(st.st_size))
+                    let crc = try Files.checksum(gz, size: Int64(st.st_size), progress: workProgress)
                     finishSeal(r, name: r.gzName, st: st, size: UInt64(st.st_size), crc: crc)
                 } else {
                     rotationLost(r, why: "the rotated file vanished before it was sealed")
@@ -410,7 +410,7 @@ extension Agent {
                 logger.error("rotated file was truncated behind the agent's back; shipping what is left", metadata: [
                     "spool.name": "\(r.spool)", "segment.name": "\(r.rawName)", "size.at.rotation": "\(r.sizeAtRotation)", "size.now": "\(st.st_size)"])
             }
-            if let level = settings.compressLevel, let gz = compress(r, raw, size: Int64(st.st_size), level: level, rdir: rdir, rlabel: rlabel) {
+            if let level = settings.compressLevel, let gz = try compress(r, raw, size: Int64(st.st_size), level: level, rdir: rdir, rlabel: rlabel) {
                 // The .gz is in place; the original goes before the seal is recorded, so that
                 // it can never be taken for a segment of its own later.
                 try Files.unlink(rdir, r.rawName, label: "\(rlabel)/\(r.rawName)")
@@ -418,10 +418,12 @@ extension Agent {
                 finishSeal(r, name: r.gzName, st: gz.st, size: gz.size, crc: gz.crc)
                 return
             }
-            let crc = try Files.checksum(raw, size: Int64(st.st_size))
+            let crc = try Files.checksum(raw, size: Int64(st.st_size), progress: workProgress)
             let after = try Files.fstat(raw)
             guard after.st_size == st.st_size, mtimeNs(after) == mtimeNs(st) else { return }  // written meanwhile: again
             finishSeal(r, name: r.rawName, st: st, size: UInt64(st.st_size), crc: crc)
+        } catch is StoppedWork {
+            return
         } catch {
             logger.error("cannot seal a rotated log file; will retry", metadata: ["spool.name": "\(r.spool)", "segment.name": "\(r.rawName)", "error": "\(error)"])
             state.withLock { lastError = "cannot seal \(r.spool)/\(r.rawName): \(error)" }
@@ -478,13 +480,13 @@ extension Agent {
     /// gzips a rotated file into `NAME.SEQ.gz` beside it: a temp file, fdatasync, rename,
     /// directory sync. On any failure (a full disk among them) the segment ships uncompressed,
     /// and the log says so.
-    private func compress(_ r: Rotation, _ raw: OwnedFD, size: Int64, level: Int32, rdir: OwnedFD, rlabel: String) -> (st: stat, size: UInt64, crc: UInt32)? {
+    private func compress(_ r: Rotation, _ raw: OwnedFD, size: Int64, level: Int32, rdir: OwnedFD, rlabel: String) throws -> (st: stat, size: UInt64, crc: UInt32)? {
         let tmp = ".\(r.gzName).tmp"
         do {
             let out = try Files.openBeneath(rdir, tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600, label: "\(rlabel)/\(tmp)")
             let result: (size: UInt64, crc: UInt32)
             do {
-                result = try Gzip.compress(raw, size: size, into: out, level: level)
+                result = try Gzip.compress(raw, size: size, into: out, level: level, progress: workProgress)
                 try Files.fdatasync(out)
                 let st = try Files.fstat(out)
                 try out.close()
@@ -495,6 +497,7 @@ extension Agent {
                 throw error
             }
         } catch {
+            if error is StoppedWork { throw error }
             logger.warning("cannot compress a rotated log file; shipping it uncompressed", metadata: [
                 "spool.name": "\(r.spool)", "segment.name": "\(r.rawName)", "error": "\(error)"])
             try? Files.unlink(rdir, r.gzName, label: r.gzName)

@@ -192,7 +192,7 @@ final class AgentSession: @unchecked Sendable {
         // In slices, so that a long transfer on a slow link still shows progress to the watchdog.
         var sent: UInt64 = 0
         while sent < count {
-            let n = min(count - sent, 8 << 20)
+            let n = min(count - sent, 2 << 20)
             try ZeroCopy.sendFile(fd, offset: Int64(offset + sent), count: Int64(n), to: sock)
             sent += n
             agent.heartbeats.beat("shipper")

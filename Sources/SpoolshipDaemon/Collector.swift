@@ -81,12 +81,12 @@ public final class Collector: @unchecked Sendable {
 
     /// Accepts connections until `stop()`; returns once every connection has ended.
     public func run() {
-        let address = config.inheritedListener != nil ? "socket from systemd, port \(port)" : "\(config.listen.host):\(port)"
+        let address = config.inheritedListener != nil ? "socket from systemd, port \(port)" : Endpoint(host: config.listen.host, port: port).description
         logger.info("listening", metadata: ["address": "\(address)", "data_dir": "\(config.dataDir)"])
         logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (credentials come with --agents)")
         heartbeats.beat("accept")
         heartbeats.startWatchdog(logger: logger) { [self] in statusLine(address: address) }
-        Systemd.ready(status: statusLine(address: address))
+        if !stopping.isOpen { Systemd.ready(status: statusLine(address: address)) }
         while !stopping.isOpen {
             heartbeats.beat("accept")
             let sock: Socket?
@@ -140,12 +140,14 @@ public final class Collector: @unchecked Sendable {
             c.handshakeTimeout = next.handshakeTimeout
             c.idleTimeout = next.idleTimeout
             c.checkpointBytes = next.checkpointBytes
-            c.partialMaxAge = next.partialMaxAge
+            // partial-max-age is used at start only: the next start takes it.
             return ignored
         }
     }
 
-    public var statusLine: String { statusLine(address: config.inheritedListener != nil ? "socket from systemd, port \(port)" : "\(config.listen.host):\(port)") }
+    public var statusLine: String {
+        statusLine(address: config.inheritedListener != nil ? "socket from systemd, port \(port)" : Endpoint(host: config.listen.host, port: port).description)
+    }
 
     /// The one-line summary for the service manager's STATUS=.
     func statusLine(address: String) -> String {
@@ -158,7 +160,9 @@ public final class Collector: @unchecked Sendable {
     public func stop() {
         Systemd.notify("STOPPING=1")
         stopping.open()
-        listener.shutdown()
+        // A socket from systemd stays systemd's: shutting it down would take it out of the
+        // listening state for the socket unit too. The accept loop sees `stopping` within 1 s.
+        if config.inheritedListener == nil { listener.shutdown() }
     }
 }
 

@@ -59,6 +59,17 @@ public final class Heartbeats: @unchecked Sendable {
         let now = monotonicNow()
         lock.lock()
         last[name] = now
+        stuckReported.remove(name)
+        lock.unlock()
+    }
+
+    /// Beats for the calling thread, when its name is a registered loop (long work such as a
+    /// checksum or a compression calls this as it goes).
+    public func beatCurrentThread() {
+        guard let name = Thread.current.name else { return }
+        let now = monotonicNow()
+        lock.lock()
+        if last[name] != nil { last[name] = now }
         lock.unlock()
     }
 

@@ -118,7 +118,8 @@ public enum Files {
     }
 
     /// Updates `crc` with the bytes of `fd` in `[from, to)`, read with pread (page cache).
-    public static func checksum(_ fd: OwnedFD, from: Int64, to: Int64, into crc: inout CRC32) throws {
+    /// `progress` is called after each MiB; it may throw to give up.
+    public static func checksum(_ fd: OwnedFD, from: Int64, to: Int64, into crc: inout CRC32, progress: () throws -> Void = {}) throws {
         let chunk = 1 << 20
         var buf = [UInt8](repeating: 0, count: chunk)
         var pos = from
@@ -128,17 +129,20 @@ public enum Files {
             if n == 0 { throw SyscallError(call: "pread", path: fd.label + " (file shorter than expected)", errno: EIO) }
             buf.withUnsafeBytes { crc.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             pos += Int64(n)
+            try progress()
         }
     }
 
     /// The CRC-32 of the first `size` bytes of `fd`. Large files are read in `threads` slices
     /// at once, on threads of their own, and the slices' CRCs combined (crc32_combine): sealing
     /// a large file is then bound by the disk or memory, not by one core's CRC speed.
-    public static func checksum(_ fd: OwnedFD, size: Int64, threads: Int = ProcessInfo.processInfo.activeProcessorCount) throws -> UInt32 {
+    /// `progress` is called on the calling thread as its slice goes (see above).
+    public static func checksum(_ fd: OwnedFD, size: Int64, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                                progress: () throws -> Void = {}) throws -> UInt32 {
         let parts = size >= 64 << 20 ? max(1, min(threads, 8)) : 1
         if parts == 1 {
             var c = CRC32()
-            try checksum(fd, from: 0, to: size, into: &c)
+            try checksum(fd, from: 0, to: size, into: &c, progress: progress)
             return c.value
         }
         let slice = (size + Int64(parts) - 1) / Int64(parts)
@@ -159,7 +163,12 @@ public enum Files {
             t.start()
         }
         var first = CRC32()
-        try checksum(fd, from: bounds[0].0, to: bounds[0].1, into: &first)
+        do {
+            try checksum(fd, from: bounds[0].0, to: bounds[0].1, into: &first, progress: progress)
+        } catch {
+            group.wait()  // the other slices still read this fd
+            throw error
+        }
         group.wait()
         if let f = failure { throw f }
         var crc = first.value

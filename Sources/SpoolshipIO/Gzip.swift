@@ -8,7 +8,9 @@ public enum Gzip {
     /// Compresses the first `size` bytes of `source` into `destination` (written from its
     /// current offset, normally an empty new file), and returns the size and CRC-32 of what was
     /// written: the checksum covers the file as shipped. The caller syncs and renames.
-    public static func compress(_ source: OwnedFD, size: Int64, into destination: OwnedFD, level: Int32) throws -> (size: UInt64, crc: UInt32) {
+    /// `progress` is called after each MiB read; it may throw to give up.
+    public static func compress(_ source: OwnedFD, size: Int64, into destination: OwnedFD, level: Int32,
+                                progress: () throws -> Void = {}) throws -> (size: UInt64, crc: UInt32) {
         var strm = z_stream()
         guard spsh_deflate_init_gzip(&strm, level) == Z_OK else {
             throw SyscallError(call: "deflateInit2", path: "\(destination.label) (zlib could not start; level \(level))", errno: ENOMEM)
@@ -28,6 +30,7 @@ public enum Gzip {
                 got = try syscall("pread", source.label) { input.withUnsafeMutableBytes { Glibc.pread(source.raw, $0.baseAddress!, want, Int(pos)) } }
                 if got == 0 { throw SyscallError(call: "pread", path: "\(source.label) (shorter than the \(size) bytes expected)", errno: EIO) }
                 pos += Int64(got)
+                try progress()
             }
             let flush = pos >= size ? Z_FINISH : Z_NO_FLUSH
             try input.withUnsafeMutableBytes { inBuf in

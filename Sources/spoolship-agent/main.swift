@@ -136,7 +136,7 @@ struct AgentCommand: ParsableCommand {
         logger[metadataKey: "agent.id"] = "\(current.agentID)"
         // The running agent, and what the signal thread asks of the main loop.
         let running = Locked<Agent?>(nil)
-        let control = Locked<(stop: Bool, next: AgentConfig?)>((false, nil))
+        let control = Locked<ReloadControl>(ReloadControl())
         let once = self.once
         Signals.handle { [self] sig in
             if sig != SIGHUP {
@@ -147,13 +147,18 @@ struct AgentCommand: ParsableCommand {
             guard !once else { return }
             reload(logger: logger, running: running, control: control)
         }
-        Heartbeats.shared.startWatchdog(logger: logger) { running.withLock { $0 }?.statusLine() ?? "starting" }
+        // A loop may legitimately wait up to a connect plus an I/O deadline.
+        Heartbeats.shared.startWatchdog(logger: logger, minimumStale: current.ioTimeout + current.connectTimeout) {
+            running.withLock { $0 }?.statusLine() ?? "starting"
+        }
         var shipped = (segments: 0, bytes: UInt64(0))
         var previous: AgentConfig?
         while true {
             let agent: Agent
+            var agentLogger = logger
+            agentLogger[metadataKey: "agent.id"] = "\(current.agentID)"
             do {
-                agent = try Agent(config: current, logger: logger)
+                agent = try Agent(config: current, logger: agentLogger)
             } catch {
                 guard let old = previous else {
                     logger.critical("agent stopped", metadata: ["error": "\(error)"])
@@ -167,6 +172,10 @@ struct AgentCommand: ParsableCommand {
             }
             running.withLock { $0 = agent }
             if control.withLock({ $0.stop }) { agent.stop() }
+            if control.withLock({ c -> Bool in defer { c.reloadWaiting = false }; return c.reloadWaiting }) {
+                // A SIGHUP came while no agent was running: take it now.
+                startThread("reload") { [self] in reload(logger: logger, running: running, control: control) }
+            }
             do {
                 try agent.run()
             } catch {
@@ -177,10 +186,15 @@ struct AgentCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             running.withLock { $0 = nil }
+            if agent.threadsLeft > 0 {
+                // Its threads still use the state dir: another agent must not open it.
+                logger.critical("the agent did not stop cleanly; exiting", metadata: ["threads": "\(agent.threadsLeft)"])
+                throw ExitCode(1)
+            }
             agent.close()
             shipped.segments += agent.shippedSegments
             shipped.bytes += agent.shippedBytes
-            let (stop, next) = control.withLock { c -> (Bool, AgentConfig?) in
+            let (stop, next) = control.withLock { (c: inout ReloadControl) -> (Bool, AgentConfig?) in
                 let r = (c.stop, c.next)
                 c.next = nil
                 return r
@@ -199,20 +213,21 @@ struct AgentCommand: ParsableCommand {
     /// or whose spools cannot be opened is refused, and the running agent goes on. Otherwise
     /// the running agent stops gracefully (its state is saved) and the main loop starts one
     /// with the new configuration, in the same process.
-    func reload(logger: Logger, running: Locked<Agent?>, control: Locked<(stop: Bool, next: AgentConfig?)>) {
-        Systemd.reloading()
-        logger.notice("reloading the configuration")
+    func reload(logger: Logger, running: Locked<Agent?>, control: Locked<ReloadControl>) {
         guard let agent = running.withLock({ $0 }) else {
-            logger.warning("not running yet; reload ignored")
-            Systemd.notify("READY=1")
+            // Starting, or between two agents: the main loop takes it once one runs.
+            control.withLock { $0.reloadWaiting = true }
+            logger.notice("reload requested while starting; it follows the start")
             return
         }
+        Systemd.reloading()
+        logger.notice("reloading the configuration")
         do {
             let next = try resolved()
             try Agent.preflight(next)
             let fileLevel = try configPath(given: self.config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
             if let l = Logger.Level.parse(logLevel ?? fileLevel ?? "info") { SpoolshipLogging.setLevel(l) }
-            if next == agent.config {
+            if next == (control.withLock { $0.next } ?? agent.config) {
                 logger.notice("configuration unchanged")
                 Systemd.ready(status: agent.statusLine())
                 return
@@ -224,6 +239,15 @@ struct AgentCommand: ParsableCommand {
             Systemd.ready(status: agent.statusLine())
         }
     }
+}
+
+/// What the signal thread asks of the main loop.
+struct ReloadControl {
+    var stop = false
+    /// The configuration to start with once the running agent has stopped.
+    var next: AgentConfig?
+    /// A SIGHUP arrived while no agent was running.
+    var reloadWaiting = false
 }
 
 AgentCommand.main()

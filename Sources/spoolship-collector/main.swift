@@ -86,7 +86,14 @@ struct CollectorCommand: ParsableCommand {
     }
 
     func run() throws {
-        let inherited = Systemd.listeningSockets().first
+        let passed = ProcessInfo.processInfo.environment["LISTEN_FDS"] != nil
+        let sockets = Systemd.listeningSockets()
+        if passed && sockets.isEmpty {
+            // LISTEN_FDS for another process, or no listening stream socket among the fds.
+            FileHandle.standardError.write(Data("spoolship-collector: LISTEN_FDS is set, but no listening stream socket was passed to this process\n".utf8))
+            throw ExitCode(1)
+        }
+        let inherited = sockets.first
         let (config, level) = try resolved(inherited: inherited)
         SpoolshipLogging.bootstrap(level: level)
         let logger = Logger(label: "spoolship-collector")

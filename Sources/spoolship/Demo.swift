@@ -36,7 +36,9 @@ struct Demo: ParsableCommand {
 
         let collector = Process()
         collector.executableURL = exe.appendingPathComponent("spoolship-collector")
-        collector.arguments = ["--listen", "127.0.0.1:0", "--data-dir", "\(root)/data", "--port-file", "\(root)/port", "--log-level", "error"]
+        // An empty config file of its own: the demo must never pick up /etc/spoolship/*.toml.
+        FileManager.default.createFile(atPath: "\(root)/empty.toml", contents: Data())
+        collector.arguments = ["--config", "\(root)/empty.toml", "--listen", "127.0.0.1:0", "--data-dir", "\(root)/data", "--port-file", "\(root)/port", "--log-level", "error"]
         try collector.run()
         defer { if collector.isRunning { collector.terminate(); collector.waitUntilExit() } }
         var port: String?
@@ -51,7 +53,7 @@ struct Demo: ParsableCommand {
         let started = Date()
         let agent = Process()
         agent.executableURL = exe.appendingPathComponent("spoolship-agent")
-        agent.arguments = ["--collector", "127.0.0.1:\(p)", "--agent-id", "demo-host", "--state-dir", "\(root)/state",
+        agent.arguments = ["--config", "\(root)/empty.toml", "--collector", "127.0.0.1:\(p)", "--agent-id", "demo-host", "--state-dir", "\(root)/state",
                            "--spool", "inbox=\(root)/spool", "--once", "--timeout", "60", "--log-level", "warning"]
         try agent.run()
         agent.waitUntilExit()

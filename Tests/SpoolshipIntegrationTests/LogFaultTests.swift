@@ -230,7 +230,7 @@ extension LogFaultTests {
         let example = URL(fileURLWithPath: "\(#filePath)").deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("etc/agent.toml")
         var text = try String(contentsOf: example, encoding: .utf8)
-        for dir in ["/var/spool/inbox", "/var/log/app", "/var/log/nginx", "/var/log/legacy", "/var/lib/spoolship/agent"] {
+        for dir in ["/var/spool/spoolship/inbox", "/var/log/app", "/var/log/nginx", "/var/log/legacy", "/var/lib/spoolship/agent"] {
             let local = c.root.path + dir
             try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
             #expect(text.contains("\"\(dir)\""), "the example names \(dir)")
