@@ -12,7 +12,7 @@ import Testing
         defer { notify.close() }
         let portFile = c.root.appendingPathComponent("collector.port")
         let env = notify.environment.merging(["WATCHDOG_USEC": "1000000"]) { $1 }
-        let d = try Daemon("spoolship-collector", ["--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--port-file", portFile.path],
+        let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--port-file", portFile.path],
                            log: c.nextLog("collector"), env: env)
         defer { d.stop() }
         #expect(notify.wait(for: "READY=1", timeout: 30) != nil, "\(d.output)")
@@ -229,7 +229,7 @@ import Testing
         #expect(stat(log.path, &st) == 0)
         let portFile = c.root.appendingPathComponent("collector.port")
         let collector = Harness.binDir.appendingPathComponent("spoolship-collector").path
-        let script = "mkdir -p /run/systemd/journal && mount --bind '\(jdir.path)' /run/systemd/journal && exec '\(collector)' --listen 127.0.0.1:0 --data-dir '\(c.dataDir.path)' --port-file '\(portFile.path)'"
+        let script = "mkdir -p /run/systemd/journal && mount --bind '\(jdir.path)' /run/systemd/journal && exec '\(collector)' --config '\(c.emptyConfig.path)' --listen 127.0.0.1:0 --data-dir '\(c.dataDir.path)' --port-file '\(portFile.path)'"
         let d = try Daemon("/usr/bin/unshare", ["--mount", "/bin/sh", "-c", script], log: log, env: ["JOURNAL_STREAM": "\(st.st_dev):\(st.st_ino)"])
         defer { d.stop() }
         guard let port = Harness.readPortFile(portFile, timeout: 30) else { throw TestFailure("collector did not start: \(d.output)") }
@@ -264,7 +264,7 @@ import Testing
         // of the agent started next (it stayed a zombie, unreaped).
         let pidFile = c.root.appendingPathComponent("activator.pid")
         let collector = Harness.binDir.appendingPathComponent("spoolship-collector").path
-        let activator = try Daemon("/bin/sh", ["-c", "systemd-socket-activate -l 127.0.0.1:\(port) '\(collector)' --data-dir '\(c.dataDir.path)' & echo $! > '\(pidFile.path)'"],
+        let activator = try Daemon("/bin/sh", ["-c", "systemd-socket-activate -l 127.0.0.1:\(port) '\(collector)' --config '\(c.emptyConfig.path)' --data-dir '\(c.dataDir.path)' & echo $! > '\(pidFile.path)'"],
                                    log: c.nextLog("activator"))
         #expect(activator.wait(timeout: 10) == 0)
         defer {

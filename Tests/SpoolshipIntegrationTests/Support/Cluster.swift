@@ -13,7 +13,12 @@ final class Cluster: @unchecked Sendable {
 
     init(_ name: String) throws {
         root = try Harness.tempDir(name)
+        FileManager.default.createFile(atPath: emptyConfig.path, contents: Data())
     }
+
+    /// Given to every daemon the cluster starts (a later --config overrides it), so that a
+    /// host's /etc/spoolship/*.toml never leaks into a test.
+    var emptyConfig: URL { root.appendingPathComponent("empty.toml") }
 
     func spool(_ name: String = "spool") throws -> URL {
         let u = root.appendingPathComponent(name)
@@ -44,7 +49,7 @@ final class Cluster: @unchecked Sendable {
     func startCollector(port fixed: UInt16? = nil, extra: [String] = []) throws -> UInt16 {
         let portFile = root.appendingPathComponent("collector.port")
         try? FileManager.default.removeItem(at: portFile)
-        let args = ["--listen", "127.0.0.1:\(fixed ?? 0)", "--data-dir", dataDir.path, "--port-file", portFile.path] + collectorArgs + extra
+        let args = ["--config", emptyConfig.path, "--listen", "127.0.0.1:\(fixed ?? 0)", "--data-dir", dataDir.path, "--port-file", portFile.path] + collectorArgs + extra
         let d = try Daemon("spoolship-collector", args, log: nextLog("collector"))
         collector = d
         guard let p = Harness.readPortFile(portFile, timeout: 30) else {
@@ -55,7 +60,7 @@ final class Cluster: @unchecked Sendable {
     }
 
     func agentArgs(id: String = "agent-1", state: String = "state", spools: [(String, URL)], target: UInt16? = nil, extra: [String] = []) -> [String] {
-        var a = ["--collector", "127.0.0.1:\(target ?? port)", "--agent-id", id,
+        var a = ["--config", emptyConfig.path, "--collector", "127.0.0.1:\(target ?? port)", "--agent-id", id,
                  "--state-dir", root.appendingPathComponent(state).path]
         for (n, u) in spools { a += ["--spool", "\(n)=\(u.path)"] }
         return a + extra
