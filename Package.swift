@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(
@@ -34,7 +35,7 @@ let package = Package(
             cSettings: [.define("_GNU_SOURCE")]),
         .target(
             name: "SpoolshipCore",
-            dependencies: ["CSpoolshipZlib"]),
+            dependencies: ["CSpoolshipZlib", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "SpoolshipIO",
             dependencies: ["SpoolshipCore", "CSpoolshipLinux", "CSpoolshipZlib"],

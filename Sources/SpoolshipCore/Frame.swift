@@ -27,6 +27,11 @@ public enum FrameType: UInt8, Sendable {
     case committed = 0x07
     case ping = 0x08
     case pong = 0x09
+    /// Collector -> agent, after HELLO when the collector checks credentials: its nonce and
+    /// its proof that it holds the agent's secret.
+    case challenge = 0x0A
+    /// Agent -> collector, answering CHALLENGE: the agent's proof.
+    case auth = 0x0B
     case error = 0x0F
 }
 
@@ -122,6 +127,8 @@ public enum AnswerStatus: UInt8, Sendable {
 public enum Frame: Equatable, Sendable {
     case hello(Hello)
     case welcome(Welcome)
+    case challenge(nonce: [UInt8], proof: [UInt8])
+    case auth(proof: [UInt8])
     case offer(Offer)
     case answer(tag: UInt64, status: AnswerStatus, offset: UInt64)
     /// Followed on the wire by `length` raw bytes of the segment from `offset`.
@@ -137,6 +144,8 @@ public enum Frame: Equatable, Sendable {
     public var type: FrameType {
         switch self {
         case .hello: return .hello
+        case .challenge: return .challenge
+        case .auth: return .auth
         case .welcome: return .welcome
         case .offer: return .offer
         case .answer: return .answer
@@ -211,6 +220,10 @@ public struct FrameWriter {
         switch frame {
         case .hello(let h):
             u16(h.version); string(h.agentID); blob(h.auth)
+        case .challenge(let nonce, let proof):
+            blob(nonce); blob(proof)
+        case .auth(let proof):
+            blob(proof)
         case .welcome(let w):
             u16(w.version); string(w.collectorID); u32(w.maxFrameBody); u64(w.maxSegmentSize); u32(w.window)
         case .offer(let o):
@@ -302,6 +315,10 @@ public enum FrameCodec {
         switch type {
         case .hello:
             frame = .hello(Hello(version: try r.uint(UInt16.self, "version"), agentID: try r.string("agent_id"), auth: try r.blob("auth")))
+        case .challenge:
+            frame = .challenge(nonce: try r.blob("nonce"), proof: try r.blob("proof"))
+        case .auth:
+            frame = .auth(proof: try r.blob("proof"))
         case .welcome:
             frame = .welcome(Welcome(
                 version: try r.uint(UInt16.self, "version"), collectorID: try r.string("collector_id"),

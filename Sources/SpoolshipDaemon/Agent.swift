@@ -64,6 +64,8 @@ public struct AgentConfig: Sendable, Equatable {
     /// outstanding, is taken for dead. Pings go out at a third of it when idle.
     public var ioTimeout: Double = 30
     public var connectTimeout: Double = 10
+    /// This agent's secret (`--secret-file`); nil to connect without credentials.
+    public var secret: [UInt8]?
     public var backoffMin: Double = 0.1
     public var backoffMax: Double = 30
 

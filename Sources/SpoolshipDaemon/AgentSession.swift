@@ -49,9 +49,10 @@ final class AgentSession: @unchecked Sendable {
         sock.setTimeouts(receive: config.ioTimeout / 2, send: config.ioTimeout)
         var decoder = FrameDecoder(maxBody: Wire.defaultMaxFrameBody)
         var hello = FrameWriter()
-        hello.append(.hello(Hello(agentID: config.agentID)))
+        let nonce = config.secret == nil ? [] : Auth.nonce()
+        hello.append(.hello(Hello(agentID: config.agentID, auth: nonce)))
         try sock.sendAll(Wire.preamble + hello.bytes)
-        let welcome = try readWelcome(sock, &decoder)
+        let welcome = try readWelcome(sock, &decoder, nonce: nonce)
         window = Int(max(1, min(welcome.window, 4096)))
         logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
         state.withLock { agent.connectedTo = welcome.collectorID }
@@ -74,11 +75,33 @@ final class AgentSession: @unchecked Sendable {
         try sendLoop(sock, maxSegment: welcome.maxSegmentSize)
     }
 
-    private func readWelcome(_ sock: Socket, _ decoder: inout FrameDecoder) throws -> Welcome {
+    private func readWelcome(_ sock: Socket, _ decoder: inout FrameDecoder, nonce: [UInt8]) throws -> Welcome {
+        var authenticated = false
         while true {
             if let f = try decoder.next() {
                 switch f {
-                case .welcome(let w): return w
+                case .challenge(let collectorNonce, let proof):
+                    guard let secret = config.secret else {
+                        throw FatalRefusal(description: "collector \(config.collector) requires credentials; give this agent --secret-file")
+                    }
+                    guard !authenticated, collectorNonce.count == Auth.nonceSize,
+                        Auth.same(proof, Auth.collectorProof(secret: secret, agentID: config.agentID, agentNonce: nonce, collectorNonce: collectorNonce))
+                    else {
+                        // Say so to the peer (the collector logs it), without a proof of ours.
+                        var e = FrameWriter()
+                        e.append(.error(code: ErrorCode.authentication.rawValue, tag: 0, message: "the collector's proof does not match this agent's secret"))
+                        try? sock.sendAll(e.bytes)
+                        throw FatalRefusal(description: "collector \(config.collector) could not prove that it holds this agent's secret (a different secret on either side, or not the collector meant)")
+                    }
+                    var w = FrameWriter()
+                    w.append(.auth(proof: Auth.agentProof(secret: secret, agentID: config.agentID, agentNonce: nonce, collectorNonce: collectorNonce)))
+                    try sock.sendAll(w.bytes)
+                    authenticated = true
+                case .welcome(let w):
+                    if config.secret != nil && !authenticated {
+                        throw FatalRefusal(description: "collector \(config.collector) did not check this agent's credentials; refusing to ship to a collector that cannot prove it holds the secret (start it with --agents)")
+                    }
+                    return w
                 case .error(let code, _, let message):
                     let c = ErrorCode(rawValue: code)
                     if c == .authentication || c == .unsupportedVersion || c == .badName {

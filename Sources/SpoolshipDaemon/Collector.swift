@@ -28,6 +28,9 @@ public struct CollectorConfig: Sendable {
     /// A listening socket passed by the service manager (socket activation); `listen` is then
     /// only a label.
     public var inheritedListener: Int32?
+    /// The agents that may connect, with their secrets (`--agents FILE`); nil accepts any
+    /// well-formed agent id without credentials.
+    public var agents: [String: [UInt8]]?
 
     public init(listen: Endpoint, dataDir: String) {
         self.listen = listen
@@ -83,7 +86,11 @@ public final class Collector: @unchecked Sendable {
     public func run() {
         let address = config.inheritedListener != nil ? "socket from systemd, port \(port)" : Endpoint(host: config.listen.host, port: port).description
         logger.info("listening", metadata: ["address": "\(address)", "data_dir": "\(config.dataDir)"])
-        logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (credentials come with --agents)")
+        if let a = config.agents {
+            logger.info("agents must authenticate", metadata: ["agents": "\(a.count)"])
+        } else {
+            logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (give --agents FILE to require credentials)")
+        }
         heartbeats.beat("accept")
         heartbeats.startWatchdog(logger: logger) { [self] in statusLine(address: address) }
         if !stopping.isOpen { Systemd.ready(status: statusLine(address: address)) }
@@ -140,6 +147,7 @@ public final class Collector: @unchecked Sendable {
             c.handshakeTimeout = next.handshakeTimeout
             c.idleTimeout = next.idleTimeout
             c.checkpointBytes = next.checkpointBytes
+            if (next.agents == nil) != (c.agents == nil) { ignored.append("agents (turning authentication on or off)") } else { c.agents = next.agents }
             // partial-max-age is used at start only: the next start takes it.
             return ignored
         }
@@ -333,7 +341,38 @@ final class CollectorConnection: @unchecked Sendable {
             throw Refusal(code: .badName, message: "\(error)")
         }
         logger[metadataKey: "agent.id"] = "\(hello.agentID)"
+        if let agents = collector.config.agents {
+            try authenticate(hello, agents: agents)
+        }
         return try collector.dataDir.agent(hello.agentID, logger: logger)
+    }
+
+    /// The collector's side of the mutual challenge-response (Auth): nothing is written for
+    /// an agent before it has proved it holds its secret.
+    private func authenticate(_ hello: Hello, agents: [String: [UInt8]]) throws {
+        guard let secret = agents[hello.agentID] else {
+            logger.error("authentication failed", metadata: ["reason": "unknown agent id"])
+            throw Refusal(code: .authentication, message: "agent \(hello.agentID) is not known to this collector")
+        }
+        guard hello.auth.count == Auth.nonceSize else {
+            logger.error("authentication failed", metadata: ["reason": "no credentials in HELLO"])
+            throw Refusal(code: .authentication, message: "agent \(hello.agentID) sent no credentials; this collector requires them (give the agent --secret-file)")
+        }
+        let nonce = Auth.nonce()
+        try send([.challenge(nonce: nonce, proof: Auth.collectorProof(secret: secret, agentID: hello.agentID, agentNonce: hello.auth, collectorNonce: nonce))])
+        let frame = try readFrame()
+        if case .error(_, _, let message) = frame {
+            logger.error("authentication failed", metadata: ["reason": "the agent could not verify this collector: \(message)"])
+            throw Refusal(code: .authentication, message: "authentication failed for agent \(hello.agentID): \(message)")
+        }
+        guard case .auth(let proof) = frame else {
+            throw Refusal(code: .protocolViolation, message: "expected AUTH, got \(frame.type)")
+        }
+        let expected = Auth.agentProof(secret: secret, agentID: hello.agentID, agentNonce: hello.auth, collectorNonce: nonce)
+        guard Auth.same(proof, expected) else {
+            logger.error("authentication failed", metadata: ["reason": "wrong proof (wrong secret, or a replayed handshake)"])
+            throw Refusal(code: .authentication, message: "authentication failed for agent \(hello.agentID)")
+        }
     }
 
     private func readFrame() throws -> Frame {

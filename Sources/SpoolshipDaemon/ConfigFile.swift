@@ -122,6 +122,7 @@ public struct CollectorFileConfig {
     public var checkpointBytes: UInt64?
     public var partialMaxAge: Double?
     public var logLevel: String?
+    public var agents: String?
 
     public init() {}
 
@@ -140,6 +141,7 @@ public struct CollectorFileConfig {
         c.checkpointBytes = try top.bytes("checkpoint-bytes")
         c.partialMaxAge = try top.seconds("partial-max-age")
         c.logLevel = try top.logLevel()
+        c.agents = try top.string("agents")
         try top.rejectUnknown()
         return c
     }
@@ -160,6 +162,7 @@ public struct AgentFileConfig {
     public var ioTimeout: Double?
     public var timeout: Double?
     public var logLevel: String?
+    public var secretFile: String?
     /// Defaults for log spools that do not set their own.
     public var rotateSize: UInt64?
     public var rotateAge: Double?
@@ -187,6 +190,7 @@ public struct AgentFileConfig {
         c.ioTimeout = try top.seconds("io-timeout")
         c.timeout = try top.seconds("timeout")
         c.logLevel = try top.logLevel()
+        c.secretFile = try top.string("secret-file")
         c.rotateSize = try top.bytes("rotate-size")
         c.rotateAge = try top.seconds("rotate-age")
         for (i, t) in try top.tables("spool").enumerated() {

@@ -212,3 +212,25 @@ public enum Files {
         return fd
     }
 }
+
+/// A file with secrets that others may read, or that cannot be read.
+public struct SecretFileError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+extension Files {
+    /// Reads a file that holds secrets, refusing it when its group or others have any access:
+    /// the message names the file, its mode and the fix.
+    public static func readPrivateFile(_ path: String, what: String) throws -> String {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw SecretFileError(description: "\(what) \(path): \(String(cString: strerror(Glibc.errno)))")
+        }
+        let mode = st.st_mode & 0o777
+        if mode & 0o077 != 0 {
+            throw SecretFileError(description: "\(what) \(path) is readable by group or others (mode \(String(mode, radix: 8))); it holds secrets: run chmod 600 \(path)")
+        }
+        let fd = try open(path, O_RDONLY)
+        return String(decoding: try readAll(fd), as: UTF8.self)
+    }
+}

@@ -59,6 +59,9 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
 
+    @Option(help: "This agent's secret, on one line, in a file of mode 0600 (the collector's --agents lists it).")
+    var secretFile: String?
+
     func parsedSpools() throws -> [SpoolConfig] {
         let blobs = try spool.map { s in
             guard let eq = s.firstIndex(of: "="), eq != s.startIndex, s.index(after: eq) != s.endIndex else {
@@ -115,6 +118,15 @@ struct AgentCommand: ParsableCommand {
         c.once = once
         c.timeout = timeout ?? file.timeout ?? 300
         c.ioTimeout = ioTimeout ?? file.ioTimeout ?? 30
+        if let path = secretFile ?? file.secretFile {
+            do {
+                c.secret = try AgentSecrets.parseSecret(try Files.readPrivateFile(path, what: "secret file"))
+            } catch let e as AgentSecrets.ParseError {
+                throw ValidationError("secret file \(path): \(e)")
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
         guard c.timeout > 0, c.ioTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         return c
     }

@@ -45,6 +45,9 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
 
+    @Option(help: "The agents that may connect: one 'AGENT-ID SECRET' pair a line, mode 0600. Without it, any agent id is accepted.")
+    var agents: String?
+
     /// The file's settings, then the flags over them. `inherited` is a socket from systemd.
     func resolved(inherited: Int32?) throws -> (CollectorConfig, Logger.Level) {
         var file = CollectorFileConfig()
@@ -73,6 +76,15 @@ struct CollectorCommand: ParsableCommand {
         c.idleTimeout = idleTimeout ?? file.idleTimeout ?? c.idleTimeout
         c.checkpointBytes = checkpointBytes ?? file.checkpointBytes.map { Int64(clamping: $0) } ?? c.checkpointBytes
         c.partialMaxAge = partialMaxAge ?? file.partialMaxAge ?? c.partialMaxAge
+        if let path = agents ?? file.agents {
+            do {
+                c.agents = try AgentSecrets.parse(try Files.readPrivateFile(path, what: "agents file"))
+            } catch let e as AgentSecrets.ParseError {
+                throw ValidationError("agents file \(path): \(e)")
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
         guard c.handshakeTimeout > 0, c.idleTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         guard c.checkpointBytes > 0 else { throw ValidationError("--checkpoint-bytes must be positive") }
         guard c.partialMaxAge > 0 else { throw ValidationError("--partial-max-age must be positive") }

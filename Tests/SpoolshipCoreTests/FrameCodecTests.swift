@@ -5,6 +5,8 @@ import Testing
 let sampleFrames: [Frame] = [
     .hello(Hello(agentID: "web-1")),
     .hello(Hello(version: 7, agentID: "a", auth: [1, 2, 3])),
+    .challenge(nonce: Array(repeating: 7, count: 32), proof: Array(repeating: 9, count: 32)),
+    .auth(proof: [1, 2, 3, 4]),
     .welcome(Welcome(collectorID: "collector-ä", maxFrameBody: 65536, maxSegmentSize: UInt64.max, window: 512)),
     .offer(Offer(tag: 1, kind: .blob, key: SegmentKey(spool: "inbox", name: "report 2026.csv", size: 0, crc: 0))),
     .offer(Offer(tag: UInt64.max, kind: .log, key: SegmentKey(spool: "s", name: String(repeating: "n", count: 255), size: UInt64.max, crc: UInt32.max))),
