@@ -147,6 +147,7 @@ public final class Collector: @unchecked Sendable {
             c.handshakeTimeout = next.handshakeTimeout
             c.idleTimeout = next.idleTimeout
             c.checkpointBytes = next.checkpointBytes
+            c.maxConnections = next.maxConnections
             if (next.agents == nil) != (c.agents == nil) { ignored.append("agents (turning authentication on or off)") } else { c.agents = next.agents }
             // partial-max-age is used at start only: the next start takes it.
             return ignored
@@ -322,7 +323,10 @@ final class CollectorConnection: @unchecked Sendable {
     // MARK: handshake
 
     private func handshake() throws -> AgentStore {
-        guard let pre = try socket.receiveExactly(Wire.preamble.count) else {
+        // The whole handshake (preamble, HELLO and AUTH) within the handshake deadline.
+        frameDeadline = monotonicNow() + config.handshakeTimeout
+        defer { frameDeadline = nil }
+        guard let pre = try socket.receiveExactly(Wire.preamble.count, deadline: frameDeadline) else {
             throw SyscallError(call: "recv", path: "\(socket.peer) (closed before hello)", errno: ECONNRESET)
         }
         guard pre == Wire.preamble else {
@@ -375,13 +379,19 @@ final class CollectorConnection: @unchecked Sendable {
         }
     }
 
+    /// During the handshake, when the whole of it must have arrived.
+    private var frameDeadline: Double?
+
     private func readFrame() throws -> Frame {
-        guard let header = try socket.receiveExactly(Wire.headerSize) else {
+        guard let header = try socket.receiveExactly(Wire.headerSize, deadline: frameDeadline) else {
             throw SyscallError(call: "recv", path: "\(socket.peer) (closed)", errno: ECONNRESET)
         }
         do {
             let (type, length) = try FrameCodec.parseHeader(header, maxBody: config.maxFrameBody)
-            let body = length == 0 ? [] : (try socket.receiveExactly(length) ?? [])
+            // Once its header is in, a frame's body must follow within the idle deadline
+            // (the handshake's own deadline if sooner): no trickling.
+            let bodyDeadline = min(frameDeadline ?? .infinity, monotonicNow() + config.idleTimeout)
+            let body = length == 0 ? [] : (try socket.receiveExactly(length, deadline: bodyDeadline) ?? [])
             guard body.count == length else { throw SyscallError(call: "recv", path: "\(socket.peer) (closed mid-frame)", errno: ECONNRESET) }
             return try FrameCodec.parseBody(type, body[...])
         } catch let e as FrameError {

@@ -123,6 +123,7 @@ public struct CollectorFileConfig {
     public var partialMaxAge: Double?
     public var logLevel: String?
     public var agents: String?
+    public var maxConnections: Int?
 
     public init() {}
 
@@ -142,6 +143,7 @@ public struct CollectorFileConfig {
         c.partialMaxAge = try top.seconds("partial-max-age")
         c.logLevel = try top.logLevel()
         c.agents = try top.string("agents")
+        c.maxConnections = try top.int("max-connections", in: 1...1_000_000)
         try top.rejectUnknown()
         return c
     }

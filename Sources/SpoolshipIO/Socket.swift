@@ -193,8 +193,12 @@ public final class Socket: @unchecked Sendable {
     }
 
     /// Sets the receive and send deadlines (seconds; 0 = none).
+    /// The receive deadline set last by `setTimeouts` (a read with a deadline puts it back).
+    private var receiveTimeout: Double = 0
+
     public func setTimeouts(receive: Double, send: Double) {
         func tv(_ s: Double) -> timeval { timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1e6)) }
+        receiveTimeout = receive
         var r = tv(receive), w = tv(send)
         setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &r, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd.raw, SOL_SOCKET, SO_SNDTIMEO, &w, socklen_t(MemoryLayout<timeval>.size))
@@ -232,10 +236,27 @@ public final class Socket: @unchecked Sendable {
     }
 
     /// Reads exactly `count` bytes; nil when the peer closed before the first byte.
-    public func receiveExactly(_ count: Int) throws -> [UInt8]? {
+    public func receiveExactly(_ count: Int, deadline: Double? = nil) throws -> [UInt8]? {
         var out = [UInt8](repeating: 0, count: count)
         var done = 0
+        defer {
+            if deadline != nil {
+                let r = receiveTimeout
+                var tv = timeval(tv_sec: Int(r), tv_usec: Int((r - Double(Int(r))) * 1e6))
+                setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            }
+        }
         while done < count {
+            if let d = deadline {
+                // A deadline for the whole read, not for each recv: a peer that sends one
+                // byte a second does not keep the read alive.
+                var ts = timespec()
+                clock_gettime(CLOCK_MONOTONIC, &ts)
+                let left = d - (Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
+                if left <= 0 { throw SyscallError(call: "recv", path: "\(peer) (deadline passed)", errno: ETIMEDOUT) }
+                var tv = timeval(tv_sec: Int(left), tv_usec: max(1000, Int((left - Double(Int(left))) * 1e6)))
+                setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            }
             let n = out.withUnsafeMutableBytes { Glibc.recv(fd.raw, $0.baseAddress! + done, count - done, 0) }
             if n > 0 { done += n; continue }
             if n == 0 {

@@ -45,6 +45,9 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
 
+    @Option(help: "Connections open at once; more are reset (default 4096).")
+    var maxConnections: Int?
+
     @Option(help: "The agents that may connect: one 'AGENT-ID SECRET' pair a line, mode 0600. Without it, any agent id is accepted.")
     var agents: String?
 
@@ -76,6 +79,8 @@ struct CollectorCommand: ParsableCommand {
         c.idleTimeout = idleTimeout ?? file.idleTimeout ?? c.idleTimeout
         c.checkpointBytes = checkpointBytes ?? file.checkpointBytes.map { Int64(clamping: $0) } ?? c.checkpointBytes
         c.partialMaxAge = partialMaxAge ?? file.partialMaxAge ?? c.partialMaxAge
+        c.maxConnections = maxConnections ?? file.maxConnections ?? c.maxConnections
+        guard c.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         if let path = agents ?? file.agents {
             do {
                 c.agents = try AgentSecrets.parse(try Files.readPrivateFile(path, what: "agents file"))

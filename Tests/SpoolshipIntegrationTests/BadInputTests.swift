@@ -193,3 +193,63 @@ final class RawClient {
         _ = out
     }
 }
+
+/// Row 16 of RELIABILITY.md: connections that say nothing, or one byte a second, are dropped
+/// at the handshake deadline (a deadline for the whole handshake, not for each read), and a
+/// real agent ships meanwhile; the collector's descriptors come back down.
+@Suite(.serialized) struct SlowPeerTests {
+    @Test func silentAndTricklingConnections_areDroppedAtTheDeadline_whileARealAgentShips() throws {
+        let c = try Cluster("slow-peers")
+        defer { c.remove() }
+        try c.startCollector(extra: ["--handshake-timeout", "2"])
+        guard let collector = c.collector else { throw TestFailure("no collector") }
+        let baseline = openDescriptors(collector.pid)
+        let started = Harness.monotonicNow()
+        var silent: [Socket] = []
+        for _ in 0..<50 { silent.append(try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)) }
+        // One byte a second: a valid preamble and HELLO, trickled.
+        var hello = FrameWriter()
+        hello.append(.hello(Hello(agentID: "slow")))
+        let trickle = Wire.preamble + hello.bytes
+        let trickler = try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)
+        let lock = NSLock()
+        var droppedAt: Double?
+        func tricklerDropped() -> Double? { lock.lock(); defer { lock.unlock() }; return droppedAt }
+        let t = Thread {
+            // After the last byte, keep probing: a closed connection fails a send.
+            for b in trickle + [UInt8](repeating: 0, count: 30) {
+                do { try trickler.sendAll([b]) } catch { lock.lock(); droppedAt = Harness.monotonicNow(); lock.unlock(); return }
+                usleep(1_000_000)  // the byte rate is what is under test
+            }
+        }
+        t.start()
+        // A real agent ships while they hang on.
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<20 { try p.add("f\(i)", size: 20_000, seed: UInt64(i), into: spool) }
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]), timeout: 60)
+        #expect(status == 0, "\(out)")
+        #expect(try p.identical(in: c.committed()).count == 20)
+        // Every silent connection is closed by the collector, within twice the deadline.
+        var closedAt: [Double] = []
+        var stillOpen = 0
+        for s in silent {
+            s.setTimeouts(receive: 10, send: 10)
+            var closed: Bool
+            do { closed = try s.receive(max: 16).isEmpty } catch let e as SyscallError { closed = e.errno != ETIMEDOUT }
+            if closed { closedAt.append(Harness.monotonicNow() - started) } else { stillOpen += 1 }
+        }
+        #expect(stillOpen == 0, "\(stillOpen) silent connection(s) still open")
+        #expect(closedAt.allSatisfy { $0 < 2 * 2 + 1 }, "silent connections dropped within 2x the 2 s deadline: \(closedAt.max() ?? -1)")
+        #expect(Harness.waitUntil(timeout: 40) { tricklerDropped() != nil }, "the one-byte-a-second client was dropped")
+        if let at = tricklerDropped() {
+            print("slow peers: 50 silent dropped by \(String(format: "%.1f", closedAt.max() ?? -1)) s, the trickler by \(String(format: "%.1f", at - started)) s (deadline 2 s)")
+            // The collector closes at the 2 s deadline; the client's next sends then fail.
+            #expect(at - started < 2 * 2 + 3, "the trickler was dropped at the deadline, not after its 20 bytes")
+        }
+        // Back down: the 51 connections' descriptors are gone; the real agent's store keeps a
+        // few (its ledger and directory handles).
+        #expect(Harness.waitUntil(timeout: 10) { openDescriptors(collector.pid) <= baseline + 8 }, "descriptors: \(baseline) at start, \(openDescriptors(collector.pid)) now")
+        #expect(collector.output.contains("Connection timed out") || collector.output.contains("deadline passed"))
+    }
+}
