@@ -58,6 +58,9 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     /// The collector could not make the segment durable (fsync or write error): it discarded
     /// the partial; offer the segment again.
     case ioError = 101
+    /// The collector has no room for this segment above its free-space reserve: keep it and
+    /// offer it again later (the connection goes on).
+    case noSpaceRetry = 102
 
     public var closesConnection: Bool { rawValue < 100 }
 
@@ -74,6 +77,7 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .stalled: return "stalled"
         case .checksumMismatch: return "checksum mismatch"
         case .ioError: return "I/O error"
+        case .noSpaceRetry: return "no space for this segment; retry later"
         }
     }
 }

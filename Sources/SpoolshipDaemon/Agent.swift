@@ -139,6 +139,9 @@ public final class Agent: @unchecked Sendable {
     var connectedTo: String?
     /// The connection's socket, which a stop shuts down.
     var currentSocket: Socket?
+    /// Segments the collector had no room for, with when to offer each again, and the wait
+    /// that doubles at each refusal (1 s to 30 s).
+    var deferred: [UInt64: (until: Double, wait: Double)] = [:]
     var heartbeats: Heartbeats { Heartbeats.shared }
     /// Threads of this agent still running (under `state`): a stop waits for them, so that
     /// a new agent in the same process (a reload) never shares the state dir with them.
@@ -376,6 +379,7 @@ public final class Agent: @unchecked Sendable {
         defer { state.unlock() }
         for (id, stored) in ids {
             guard var s = segments[id], !s.acked else { continue }
+            deferred[id] = nil
             s.acked = true
             s.stored = stored
             segments[id] = s
@@ -651,6 +655,25 @@ public final class Agent: @unchecked Sendable {
                 if !state.wait(until: min(until, Date(timeIntervalSinceNow: 1))) && Date() >= until { break }
             }
             state.unlock()
+        }
+    }
+
+    /// The collector has no room for this segment now: offer it again after a wait that
+    /// doubles at each refusal, up to 30 s. Not progress.
+    func offerLater(_ id: UInt64) {
+        state.withLock {
+            let wait = min(30, (deferred[id]?.wait ?? 0.5) * 2)
+            deferred[id] = (monotonicNow() + wait * Double.random(in: 0.75...1.0), wait)
+        }
+    }
+
+    /// Moves the segments whose wait is over back to the offer queue. Under `state`.
+    func releaseDeferred() {
+        guard !deferred.isEmpty else { return }
+        let now = monotonicNow()
+        for (id, d) in deferred where d.until <= now && toOffer.firstIndex(of: id) == nil {
+            if segments[id] != nil { toOffer.append(id) }
+            deferred[id]?.until = .infinity
         }
     }
 

@@ -142,6 +142,7 @@ final class AgentSession: @unchecked Sendable {
                     state.unlock()
                     return
                 }
+                agent.releaseDeferred()
                 let canOffer = inflight.count < window && !agent.toOffer.isEmpty
                 if canOffer || !sendQueue.isEmpty { break }
                 let idle = monotonicNow() - lastSent
@@ -293,6 +294,13 @@ final class AgentSession: @unchecked Sendable {
             break
         case .error(let code, let tag, let message):
             let c = ErrorCode(rawValue: code)
+            if tag != 0, c == .noSpaceRetry {
+                // No room at the collector for now: keep the file, offer it again later.
+                logger.warning("collector has no space for a segment; offering it again later", metadata: ["error": "\(message)"])
+                let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
+                if let id = id { agent.offerLater(id) }
+                return
+            }
             if tag != 0, let c = c, !c.closesConnection {
                 // One segment failed at the collector: offer it again (re-sealed if its
                 // checksum did not match).

@@ -28,6 +28,9 @@ public struct CollectorConfig: Sendable {
     /// A listening socket passed by the service manager (socket activation); `listen` is then
     /// only a label.
     public var inheritedListener: Int32?
+    /// Free space on the data dir's file system that incoming segments may not use: an offer
+    /// that would eat into it is refused with "no space" (the agent retries with backoff).
+    public var freeSpaceReserve: UInt64 = 256 << 20
     /// The agents that may connect, with their secrets (`--agents FILE`); nil accepts any
     /// well-formed agent id without credentials.
     public var agents: [String: [UInt8]]?
@@ -148,6 +151,7 @@ public final class Collector: @unchecked Sendable {
             c.idleTimeout = next.idleTimeout
             c.checkpointBytes = next.checkpointBytes
             c.maxConnections = next.maxConnections
+            c.freeSpaceReserve = next.freeSpaceReserve
             if (next.agents == nil) != (c.agents == nil) { ignored.append("agents (turning authentication on or off)") } else { c.agents = next.agents }
             // partial-max-age is used at start only: the next start takes it.
             return ignored
@@ -486,6 +490,21 @@ final class CollectorConnection: @unchecked Sendable {
             }
             if held > 0 {
                 logger.info("resuming segment", metadata: ["spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "offset": "\(held)"])
+            }
+        }
+        // The free-space reserve: accept only what fits beside it, counting what the offers
+        // already answered on this connection still have to bring.
+        if config.freeSpaceReserve > 0, let free = Files.freeBytes(config.dataDir) {
+            let needed = o.key.size - UInt64(held)
+            let coming = transfers.values.reduce(UInt64(0)) { $0 + ($1.key.size - UInt64(max(0, min(Int64($1.key.size), $1.written)))) }
+            if free < config.freeSpaceReserve + needed + coming {
+                try? fd?.close()
+                logger.warning("refusing a segment: not enough free space above the reserve", metadata: [
+                    "spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "bytes.free": "\(free)", "bytes.needed": "\(needed + coming)", "bytes.reserve": "\(config.freeSpaceReserve)"])
+                // For this segment only: the connection and the transfers under way go on.
+                try send([.error(code: ErrorCode.noSpaceRetry.rawValue, tag: o.tag,
+                                 message: "no space on the collector: \(free) bytes free, \(needed + coming) needed, \(config.freeSpaceReserve) kept in reserve; retry later")])
+                return
             }
         }
         transfers[o.tag] = Transfer(tag: o.tag, key: o.key, label: label, fd: fd, held: held)

@@ -124,6 +124,7 @@ public struct CollectorFileConfig {
     public var logLevel: String?
     public var agents: String?
     public var maxConnections: Int?
+    public var freeSpaceReserve: UInt64?
 
     public init() {}
 
@@ -144,6 +145,7 @@ public struct CollectorFileConfig {
         c.logLevel = try top.logLevel()
         c.agents = try top.string("agents")
         c.maxConnections = try top.int("max-connections", in: 1...1_000_000)
+        c.freeSpaceReserve = try top.bytes("free-space-reserve")
         try top.rejectUnknown()
         return c
     }

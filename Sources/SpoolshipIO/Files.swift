@@ -213,6 +213,16 @@ public enum Files {
     }
 }
 
+extension Files {
+    /// Bytes available to unprivileged writers on the file system of `path` (statvfs); nil
+    /// when it cannot be told.
+    public static func freeBytes(_ path: String) -> UInt64? {
+        var s = statvfs()
+        guard statvfs(path, &s) == 0 else { return nil }
+        return UInt64(s.f_bavail) * UInt64(s.f_frsize)
+    }
+}
+
 /// A file with secrets that others may read, or that cannot be read.
 public struct SecretFileError: Error, CustomStringConvertible {
     public var description: String

@@ -45,6 +45,9 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
 
+    @Option(help: ArgumentHelp("Free space on the data dir's file system that segments may not use (suffixes K, M, G; 0: none; default 256M).", valueName: "bytes"))
+    var freeSpaceReserve: String?
+
     @Option(help: "Connections open at once; more are reset (default 4096).")
     var maxConnections: Int?
 
@@ -80,6 +83,12 @@ struct CollectorCommand: ParsableCommand {
         c.checkpointBytes = checkpointBytes ?? file.checkpointBytes.map { Int64(clamping: $0) } ?? c.checkpointBytes
         c.partialMaxAge = partialMaxAge ?? file.partialMaxAge ?? c.partialMaxAge
         c.maxConnections = maxConnections ?? file.maxConnections ?? c.maxConnections
+        if let r = freeSpaceReserve {
+            guard let b = r == "0" ? 0 : ByteSize.parse(r) else { throw ValidationError("--free-space-reserve must be a size such as 0, 512M or 2G; got '\(r)'") }
+            c.freeSpaceReserve = b
+        } else if let b = file.freeSpaceReserve {
+            c.freeSpaceReserve = b
+        }
         guard c.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         if let path = agents ?? file.agents {
             do {

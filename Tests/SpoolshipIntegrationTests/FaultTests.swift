@@ -242,3 +242,55 @@ import Testing
         print("kill -9 \(victim): \(kills) kills")
     }
 }
+
+/// Row 10 of RELIABILITY.md: the collector's data dir on a small tmpfs. Offers that would eat
+/// into the free-space reserve are refused with "no space"; the agent keeps its files and
+/// retries with backoff; once a consumer frees space, everything arrives, once.
+@Suite(.serialized) struct FullDiskTests {
+    @Test func dataDirFills_agentBacksOff_spaceFreed_everythingArrivesOnce() throws {
+        let c = try Cluster("full-data-dir")
+        defer { c.remove() }
+        try FileManager.default.createDirectory(at: c.dataDir, withIntermediateDirectories: true)
+        #expect(Process.run("mount", ["-t", "tmpfs", "-o", "size=40m", "spoolship-full", c.dataDir.path]) == 0, "the tests run as root and mount a small tmpfs")
+        defer { _ = Process.run("umount", ["-l", c.dataDir.path]) }
+        try c.startCollector(extra: ["--free-space-reserve", "8M"])
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<8 { try p.add("f\(i).bin", size: 8 << 20, seed: UInt64(100 + i), into: spool) }
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        defer { agent.stop() }
+        let dest = c.committed()
+        // The disk fills: some files commit, then the collector refuses the rest.
+        #expect(Harness.waitUntil(timeout: 60) { (c.collector?.output ?? "").contains("refusing a segment: not enough free space above the reserve") }, "\(c.collector?.output ?? "")")
+        #expect(Harness.waitUntil(timeout: 30) { agent.output.contains("collector has no space for a segment; offering it again later") }, "\(agent.output)")
+        var taken: Set<String> = []
+        // Nothing acknowledged is missing: a file gone from the spool is committed, whole
+        // (or was taken away by the consumer below).
+        func checkInvariant() throws {
+            let left = Set(Harness.files(in: spool))
+            for n in p.names where !left.contains(n) && !taken.contains(n) {
+                let there = FileManager.default.fileExists(atPath: dest.appendingPathComponent(n).path)
+                #expect(there, "\(n) left the spool, so it must be committed:\n\(agent.output.suffix(1500))\n\(c.collector?.output.suffix(1500) ?? "")")
+                if there { #expect(try Harness.sameContents(p.originals.appendingPathComponent(n), dest.appendingPathComponent(n)), "\(n) committed whole") }
+            }
+        }
+        try checkInvariant()
+        // What fits commits; the rest waits in the spool.
+        #expect(Harness.waitUntil(timeout: 60) { Harness.files(in: dest).count >= 2 }, "\(agent.output.suffix(1500))")
+        let firstBatch = Harness.files(in: dest)
+        #expect(firstBatch.count < 8 && !Harness.files(in: spool).isEmpty, "some committed, some waiting: \(firstBatch)")
+        // A consumer takes the committed files away; the agent's retries then get through.
+        let done = try Harness.waitUntil(timeout: 120) {
+            try checkInvariant()
+            for n in Harness.files(in: dest) where !taken.contains(n) {
+                #expect(try Harness.sameContents(p.originals.appendingPathComponent(n), dest.appendingPathComponent(n)))
+                try FileManager.default.removeItem(at: dest.appendingPathComponent(n))
+                taken.insert(n)
+            }
+            return taken.count == 8 && Harness.files(in: spool).isEmpty
+        }
+        #expect(done, "all 8 arrived once space came back: \(taken.sorted())\n\(agent.output.suffix(2000))")
+        #expect(c.partials().isEmpty)
+        print("full data dir: \(firstBatch.count) of 8 fitted at first; all 8 arrived as space was freed")
+    }
+}
