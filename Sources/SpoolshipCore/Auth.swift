@@ -91,6 +91,9 @@ public enum AgentSecrets {
         guard s.count >= minimumSecretLength else {
             throw ParseError(line: 1, message: "the secret is shorter than \(minimumSecretLength) characters")
         }
+        guard !s.contains("#") else {
+            throw ParseError(line: 1, message: "the secret contains '#', which the collector's agents file reads as the start of a comment")
+        }
         return Array(s.utf8)
     }
 }

@@ -363,7 +363,7 @@ final class CollectorConnection: @unchecked Sendable {
             throw Refusal(code: .authentication, message: "agent \(hello.agentID) is not known to this collector")
         }
         guard hello.auth.count == Auth.nonceSize else {
-            logger.error("authentication failed", metadata: ["reason": "no credentials in HELLO"])
+            logger.error("authentication failed", metadata: ["reason": "no credentials in HELLO (or a nonce of the wrong size)"])
             throw Refusal(code: .authentication, message: "agent \(hello.agentID) sent no credentials; this collector requires them (give the agent --secret-file)")
         }
         let nonce = Auth.nonce()

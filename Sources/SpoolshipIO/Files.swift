@@ -238,9 +238,13 @@ extension Files {
         }
         let mode = st.st_mode & 0o777
         if mode & 0o077 != 0 {
-            throw SecretFileError(description: "\(what) \(path) is readable by group or others (mode \(String(mode, radix: 8))); it holds secrets: run chmod 600 \(path)")
+            throw SecretFileError(description: "\(what) \(path) is open to group or others (mode \(String(mode, radix: 8))); it holds secrets: run chmod 600 \(path)")
         }
-        let fd = try open(path, O_RDONLY)
-        return String(decoding: try readAll(fd), as: UTF8.self)
+        do {
+            let fd = try open(path, O_RDONLY)
+            return String(decoding: try readAll(fd), as: UTF8.self)
+        } catch {
+            throw SecretFileError(description: "\(what) \(path): \(error)")
+        }
     }
 }

@@ -111,12 +111,12 @@ import Testing
         let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--agents", agents.path],
                            log: c.nextLog("collector"))
         #expect(d.wait(timeout: 30).map { $0 != 0 } == true)
-        #expect(d.output.contains("agents file \(agents.path) is readable by group or others (mode 640)") && d.output.contains("chmod 600 \(agents.path)"), "\(d.output)")
+        #expect(d.output.contains("agents file \(agents.path) is open to group or others (mode 640)") && d.output.contains("chmod 600 \(agents.path)"), "\(d.output)")
         let secret = try privateFile(c, "secret", Self.secret + "\n", mode: 0o644)
         let spool = try c.spool()
         let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: 1, extra: ["--secret-file", secret.path]), timeout: 30)
         #expect(status != 0)
-        #expect(out.contains("secret file \(secret.path) is readable by group or others (mode 644)") && out.contains("chmod 600"), "\(out)")
+        #expect(out.contains("secret file \(secret.path) is open to group or others (mode 644)") && out.contains("chmod 600"), "\(out)")
         let bad = try privateFile(c, "agents-bad", "web-1 short\n")
         let d2 = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--agents", bad.path],
                             log: c.nextLog("collector"))

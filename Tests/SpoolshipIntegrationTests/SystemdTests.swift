@@ -213,6 +213,25 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: c.dataDir.path), "nothing started")
     }
 
+    /// etc/collector.toml, the documented example, is a valid config: a collector starts from it
+    /// (its data dir and address swapped for test ones).
+    @Test func theExampleCollectorConfig_isValid() throws {
+        let c = try Cluster("systemd-example-collector")
+        defer { c.remove() }
+        let example = PackagingTests.repo.appendingPathComponent("etc/collector.toml")
+        var text = try String(contentsOf: example, encoding: .utf8)
+        #expect(text.contains("\"/srv/spoolship\"") && text.contains("\"0.0.0.0:7070\""))
+        text = text.replacingOccurrences(of: "\"/srv/spoolship\"", with: "\"\(c.dataDir.path)\"")
+            .replacingOccurrences(of: "\"0.0.0.0:7070\"", with: "\"127.0.0.1:0\"")
+        let f = try c.writeConfig(text, name: "collector.toml")
+        let portFile = c.root.appendingPathComponent("port")
+        let d = try Daemon("spoolship-collector", ["--config", f.path, "--port-file", portFile.path], log: c.nextLog("collector"))
+        defer { d.stop() }
+        #expect(Harness.readPortFile(portFile, timeout: 30) != nil, "\(d.output)")
+        d.kill(SIGTERM)
+        #expect(d.wait(timeout: 30) == 0, "\(d.output)")
+    }
+
     /// Under journald the daemons log to the journal with structured fields. The collector
     /// runs in a private mount namespace where the test's own datagram socket is mounted
     /// over /run/systemd/journal, with JOURNAL_STREAM naming its standard error.
