@@ -1,0 +1,113 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Rows 8, 9 and 10 of RELIABILITY.md, with faults injected in the real daemons: an fdatasync
+/// that fails on the collector (an LD_PRELOAD shim), a disk that fills in the middle of a segment (a small
+/// tmpfs), the agent killed in the middle of removing an acknowledged file (strace).
+@Suite(.serialized) struct DiskFaultTests {
+    /// strace with -f follows every thread; the injected call is the Nth fdatasync of the
+    /// process, whichever thread makes it.
+    /// Row 9: the collector's first fdatasync of a partial fails with EIO (an LD_PRELOAD
+    /// shim, Tests/FaultShim, built here with cc). That partial is poisoned: no
+    /// acknowledgement for it, it is discarded, and the agent sends the segment again into a
+    /// new file. Everything arrives intact, once, and other segments are not held up.
+    @Test(arguments: [1, 2])
+    func fdatasyncFailsOnTheCollector_thePartialIsPoisoned_andTheSegmentRefetched(nth: Int) throws {
+        let c = try Cluster("disk-eio-\(nth)")
+        defer { c.remove() }
+        let shim = c.root.appendingPathComponent("fail_fdatasync.so")
+        let source = PackagingTests.repo.appendingPathComponent("Tests/FaultShim/fail_fdatasync.c").path
+        #expect(Process.run("cc", ["-shared", "-fPIC", "-O2", "-o", shim.path, source, "-ldl"]) == 0, "cc builds the shim")
+        let portFile = c.root.appendingPathComponent("collector.port")
+        let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path,
+                                                   "--port-file", portFile.path, "--checkpoint-bytes", "1048576"],
+                           log: c.nextLog("collector"),
+                           env: ["LD_PRELOAD": shim.path, "SPSH_FAIL_MATCH": "/.spoolship/partial/", "SPSH_FAIL_NTH": "\(nth)"])
+        defer { d.stop() }
+        guard let port = Harness.readPortFile(portFile, timeout: 30) else { throw TestFailure("collector did not start: \(d.output)") }
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("big.bin", size: 8 << 20, seed: 11, into: spool)
+        for i in 0..<5 { try p.add("small-\(i)", size: 10_000, seed: UInt64(i), into: spool) }
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: port, extra: ["--timeout", "60"]), timeout: 120)
+        #expect(status == 0, "\(out)\n\(d.output.suffix(3000))")
+        #expect(try p.identical(in: c.committed()).count == 6)
+        #expect(Harness.files(in: c.committed()).count == 6, "no duplicate")
+        let log = d.output
+        #expect(log.components(separatedBy: "fail_fdatasync: injected EIO").count == 2, "one failure injected:\n\(log.suffix(3000))")
+        #expect(log.contains("the partial is poisoned") || log.contains("commit failed; discarding the partial") || log.contains("partial could not be made durable"), "\(log.suffix(3000))")
+        #expect(out.contains("collector could not commit a segment; offering it again"), "the agent was told:\n\(out)")
+        #expect(c.partials().isEmpty)
+    }
+
+    /// Row 10, the disk filling in the middle of a segment (no reserve): the collector keeps
+    /// what was durable and says "no space"; the agent backs off; once space is freed the
+    /// transfer resumes from what the collector holds, and everything arrives once.
+    @Test func dataDirFullMidSegment_noSpace_thenResumesWhenFreed() throws {
+        let c = try Cluster("disk-enospc")
+        defer { c.remove() }
+        try FileManager.default.createDirectory(at: c.dataDir, withIntermediateDirectories: true)
+        #expect(Process.run("mount", ["-t", "tmpfs", "-o", "size=48m", "spoolship-enospc", c.dataDir.path]) == 0, "the tests run as root and mount a small tmpfs")
+        defer { _ = Process.run("umount", ["-l", c.dataDir.path]) }
+        // 24 MiB of the 48 taken by something else: the 32 MiB segment cannot fit.
+        let filler = c.dataDir.appendingPathComponent("filler")
+        try Harness.writeRandomFile(filler, size: 24 << 20, seed: 1)
+        try c.startCollector(extra: ["--free-space-reserve", "0", "--checkpoint-bytes", "4194304"])
+        let proxy = try c.startProxy()
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("big.bin", size: 32 << 20, seed: 12, into: spool)
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], target: proxy.port))
+        defer { agent.stop() }
+        #expect(Harness.waitUntil(timeout: 60) { (c.collector?.output ?? "").contains("no space left on the collector's disk") }, "\(c.collector?.output ?? "")")
+        #expect(Harness.waitUntil(timeout: 30) { agent.output.contains("no space left on the collector") }, "\(agent.output)")
+        let held = c.partials().count
+        #expect(held == 1, "the partial stays: what was durable is kept")
+        #expect(Harness.files(in: spool) == ["big.bin"], "the agent keeps its file")
+        // Space comes back.
+        try FileManager.default.removeItem(at: filler)
+        #expect(Harness.waitUntil(timeout: 90) { (try? p.identical(in: c.committed()).count) == 1 && Harness.files(in: spool).isEmpty }, "\(agent.output.suffix(2000))")
+        #expect(agent.output.contains("resuming segment"), "resumed from what the collector held:\n\(agent.output.suffix(2000))")
+        let ratio = Double(proxy.bytesFromClient) / Double(32 << 20)
+        print("ENOSPC mid-segment: bytes on the wire / payload = \(String(format: "%.3f", ratio))")
+        #expect(ratio < 1.9, "not sent again from 0 each time")
+        #expect(c.partials().isEmpty)
+    }
+
+    /// Row 8: the agent is killed (strace, SIGKILL on entering the call) as it puts an
+    /// acknowledged file aside, or as it unlinks it. Each restart finishes the
+    /// removal (deletion is idempotent), nothing is shipped twice, and no restart fails.
+    /// The first renameat2 of the agent is the reaper putting an acknowledged file aside, the
+    /// first unlinkat its removal.
+    @Test(arguments: ["renameat2", "unlinkat"])
+    func agentKilledWhileRemovingAnAcknowledgedFile_theRestartFinishesIt(call: String) throws {
+        let c = try Cluster("disk-reap-\(call)")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<5 { try p.add("f\(i)", size: 20_000, seed: UInt64(i), into: spool) }
+        let args = c.agentArgs(spools: [("spool", spool)]) + ["--once", "--timeout", "60"]
+        let exe = Harness.binDir.appendingPathComponent("spoolship-agent").path
+        let traced = try Daemon("/usr/bin/strace", ["-f", "-o", "/dev/null", "-e", "trace=\(call)", "-e", "inject=\(call):signal=KILL:when=1", exe] + args,
+                                log: c.nextLog("agent-traced"))
+        #expect(traced.wait(timeout: 60) != nil)
+        #expect(!traced.output.contains("all segments shipped"), "killed before the end:\n\(traced.output)")
+        #expect(!Harness.files(in: c.committed()).isEmpty, "killed after an acknowledgement, while removing its file")
+        #expect(!Harness.files(in: spool).isEmpty, "the killed run left files to remove")
+        // Restart until done: at most a few runs, each of them must start.
+        var runs = 0
+        var finished = false
+        while runs < 3 && !finished {
+            runs += 1
+            let (status, out) = try c.runOnce(args, timeout: 60)
+            #expect(out.contains("agent stopped") == false || status == 0, "restart \(runs) failed:\n\(out)")
+            finished = status == 0
+        }
+        #expect(finished)
+        #expect(try p.identical(in: c.committed()).count == 5)
+        #expect(Harness.files(in: c.committed()).count == 5, "nothing twice")
+        #expect(Harness.files(in: spool).isEmpty, "every acknowledged file removed, the aside names included")
+    }
+}
