@@ -87,7 +87,6 @@ public final class Collector: @unchecked Sendable {
 
     /// Accepts connections until `stop()`; returns once every connection has ended.
     public func run() {
-        let address = config.inheritedListener != nil ? "socket from systemd, port \(port)" : Endpoint(host: config.listen.host, port: port).description
         logger.info("listening", metadata: ["address": "\(address)", "data_dir": "\(config.dataDir)"])
         if let a = config.agents {
             logger.info("agents must authenticate", metadata: ["agents": "\(a.count)"])
@@ -95,8 +94,8 @@ public final class Collector: @unchecked Sendable {
             logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (give --agents FILE to require credentials)")
         }
         heartbeats.beat("accept")
-        heartbeats.startWatchdog(logger: logger) { [self] in statusLine(address: address) }
-        if !stopping.isOpen { Systemd.ready(status: statusLine(address: address)) }
+        heartbeats.startWatchdog(logger: logger) { [self] in statusLine }
+        if !stopping.isOpen { Systemd.ready(status: statusLine) }
         while !stopping.isOpen {
             heartbeats.beat("accept")
             let sock: Socket?
@@ -158,12 +157,13 @@ public final class Collector: @unchecked Sendable {
         }
     }
 
-    public var statusLine: String {
-        statusLine(address: config.inheritedListener != nil ? "socket from systemd, port \(port)" : Endpoint(host: config.listen.host, port: port).description)
+    /// Where it listens, for the log and the status line.
+    var address: String {
+        config.inheritedListener != nil ? "socket from systemd, port \(port)" : Endpoint(host: config.listen.host, port: port).description
     }
 
     /// The one-line summary for the service manager's STATUS=.
-    func statusLine(address: String) -> String {
+    public var statusLine: String {
         let agents = connections.withLock { $0.count }
         let t = committedTotals.withLock { $0 }
         if stopping.isOpen { return "stopping; \(agents) connection(s) finishing" }

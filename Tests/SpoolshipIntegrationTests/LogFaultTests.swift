@@ -151,13 +151,10 @@ import Testing
         while block.withUnsafeBytes({ write(filler, $0.baseAddress!, 4096) }) > 0 {}
         #expect(errno == ENOSPC)
         close(filler)
-        let config = try c.writeConfig("""
-            [[logs]]
-            name = "app"
-            dir = "\(spool.path)"
+        let args = try c.logSpoolArgs(spool, settings: """
             compress = true
             """)
-        let (status, out) = try c.runOnce(c.agentArgs(spools: []) + ["--config", config.path])
+        let (status, out) = try c.runOnce(args)
         #expect(status == 0, "\(out)")
         #expect(out.contains("cannot compress a rotated log file; shipping it uncompressed"), "\(out)")
         let r = try LogStreamCheck.verify(in: c.committed(spool: "app"), stream: "api.log")
@@ -170,16 +167,13 @@ import Testing
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        let config = try c.writeConfig("""
-            [[logs]]
-            name = "app"
-            dir = "\(spool.path)"
+        let args = try c.logSpoolArgs(spool, settings: """
             reopen = "command"
             command = "sleep 100"
             reopen-timeout = 1
             """)
         try writeRecords(c, spool.appendingPathComponent("api.log"), 100)
-        let (status, out) = try c.runOnce(c.agentArgs(spools: []) + ["--config", config.path])
+        let (status, out) = try c.runOnce(args)
         #expect(status == 0, "\(out)")
         #expect(out.contains("reopen command failed") && out.contains("still running after 1.0 s; killed"), "\(out)")
         #expect(try LogStreamCheck.verify(in: c.committed(spool: "app"), stream: "api.log").records == 100)

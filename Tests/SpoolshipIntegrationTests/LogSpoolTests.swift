@@ -52,23 +52,19 @@ import Testing
         // The producer reopens on SIGHUP only: a kill between a rename and the signal must
         // still get it to reopen after the restart.
         let pidFile = c.root.appendingPathComponent("producer.pid")
-        let config = try c.writeConfig("""
-            [[logs]]
-            name = "app"
-            dir = "\(spool.path)"
+        let args = try c.logSpoolArgs(spool, settings: """
             rotate-size = "256K"
             rotate-age = 1
             reopen = "signal"
             pid-file = "\(pidFile.path)"
             """)
-        let args = c.agentArgs(spools: []) + ["--config", config.path]
         var agent = try c.startAgent(args)
         let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 6, rate: 150_000,
                                        reopen: "signal", pidFile: pidFile)
         var kills = 0
         var rng = Harness.SplitMix64(seed: UInt64(Date().timeIntervalSince1970))
         while producer.daemon.isRunning && kills < 8 {
-            usleep(UInt32(200_000 + rng.next() % 400_000))
+            usleep(UInt32(200_000 + rng.next() % 400_000))  // a random moment to kill at: the fault, not a wait
             agent.kill(SIGKILL)
             #expect(agent.wait(timeout: 10) == 137)
             kills += 1
@@ -96,15 +92,11 @@ import Testing
         try c.startCollector()
         let spool = try c.spool()
         let pidFile = c.root.appendingPathComponent("producer.pid")
-        let config = try c.writeConfig("""
-            [[logs]]
-            name = "app"
-            dir = "\(spool.path)"
+        let args = try c.logSpoolArgs(spool, settings: """
             rotate-age = 0.5
             reopen = "signal"
             pid-file = "\(pidFile.path)"
             """)
-        let args = c.agentArgs(spools: []) + ["--config", config.path]
         let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 4, rate: 5000,
                                        reopen: "signal", pidFile: pidFile)
         let traced = try Daemon("/usr/bin/strace", ["-f", "-o", "/dev/null", "-e", "trace=\(call)", "-e", "inject=\(call):signal=KILL:when=1",
@@ -132,16 +124,13 @@ import Testing
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        let config = try c.writeConfig("""
-            [[logs]]
-            name = "app"
-            dir = "\(spool.path)"
+        let args = try c.logSpoolArgs(spool, settings: """
             rotate-size = "300K"
             rotate-age = 1
             compress = true
             compress-level = 1
             """)
-        let agent = try c.startAgent(c.agentArgs(spools: []) + ["--config", config.path])
+        let agent = try c.startAgent(args)
         defer { agent.stop() }
         let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 3, rate: 100_000)
         let written = try producer.finish()
@@ -162,16 +151,13 @@ import Testing
         try c.startCollector()
         let spool = try c.spool()
         let pidFile = c.root.appendingPathComponent("producer.pid")
-        let config = try c.writeConfig("""
-            [[logs]]
-            name = "app"
-            dir = "\(spool.path)"
+        let args = try c.logSpoolArgs(spool, settings: """
             rotate-age = 1
             reopen = "signal"
             pid-file = "\(pidFile.path)"
             signal = "HUP"
             """)
-        let agent = try c.startAgent(c.agentArgs(spools: []) + ["--config", config.path])
+        let agent = try c.startAgent(args)
         defer { agent.stop() }
         // After each SIGHUP, the producer writes 2 more seconds into the renamed file.
         let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 5, rate: 2000,
@@ -205,15 +191,12 @@ import Testing
         try c.startCollector()
         let spool = try c.spool()
         let pidFile = c.root.appendingPathComponent("producer.pid")
-        let config = try c.writeConfig("""
-            [[logs]]
-            name = "app"
-            dir = "\(spool.path)"
+        let args = try c.logSpoolArgs(spool, settings: """
             rotate-age = 0.5
             reopen = "command"
             command = "kill -HUP $(cat '\(pidFile.path)')"
             """)
-        let agent = try c.startAgent(c.agentArgs(spools: []) + ["--config", config.path])
+        let agent = try c.startAgent(args)
         defer { agent.stop() }
         let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("api.log"), seconds: 3, rate: 10_000,
                                        reopen: "signal", pidFile: pidFile)

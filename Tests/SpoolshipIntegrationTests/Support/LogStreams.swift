@@ -112,6 +112,13 @@ enum LogStreamCheck {
 }
 
 extension Cluster {
+    /// The agent's arguments for one log spool `app` on `spool`, with `settings` (lines of
+    /// its `[[logs]]` table) in a config file of its own.
+    func logSpoolArgs(_ spool: URL, settings: String) throws -> [String] {
+        let config = try writeConfig("[[logs]]\nname = \"app\"\ndir = \"\(spool.path)\"\n" + settings + "\n")
+        return agentArgs(spools: []) + ["--config", config.path]
+    }
+
     /// A config file for the agent, written into the cluster's directory.
     func writeConfig(_ text: String, name: String = "agent.toml") throws -> URL {
         let u = root.appendingPathComponent(name)
