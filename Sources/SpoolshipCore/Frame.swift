@@ -61,8 +61,13 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     /// The collector has no room for this segment above its free-space reserve: keep it and
     /// offer it again later (the connection goes on).
     case noSpaceRetry = 102
+    /// The agent already has as much unfinished data at the collector as it may (open offers
+    /// and left-over partials): keep the segment and offer it again later.
+    case partialLimit = 103
 
     public var closesConnection: Bool { rawValue < 100 }
+    /// Nothing is wrong with the segment; the collector cannot take it now.
+    public var retryLater: Bool { self == .noSpaceRetry || self == .partialLimit }
 
     public var description: String {
         switch self {
@@ -78,6 +83,7 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .checksumMismatch: return "checksum mismatch"
         case .ioError: return "I/O error"
         case .noSpaceRetry: return "no space for this segment; retry later"
+        case .partialLimit: return "too much unfinished data for this agent; retry later"
         }
     }
 }

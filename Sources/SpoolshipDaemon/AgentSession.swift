@@ -294,9 +294,9 @@ final class AgentSession: @unchecked Sendable {
             break
         case .error(let code, let tag, let message):
             let c = ErrorCode(rawValue: code)
-            if tag != 0, c == .noSpaceRetry {
+            if tag != 0, let c = c, c.retryLater {
                 // No room at the collector for now: keep the file, offer it again later.
-                logger.warning("collector has no space for a segment; offering it again later", metadata: ["error": "\(message)"])
+                logger.warning("collector cannot take a segment now; offering it again later", metadata: ["error.code": "\(c)", "error": "\(message)"])
                 let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
                 if let id = id { agent.offerLater(id) }
                 return

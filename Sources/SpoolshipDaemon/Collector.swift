@@ -31,6 +31,12 @@ public struct CollectorConfig: Sendable {
     /// Free space on the data dir's file system that incoming segments may not use: an offer
     /// that would eat into it is refused with "no space" (the agent retries with backoff).
     public var freeSpaceReserve: UInt64 = 256 << 20
+    /// What one agent's unfinished segments may take at the collector: the segments it has on
+    /// offer (at their full size) and the partials it left behind. Past it, left-over partials
+    /// are dropped oldest first, then offers are answered "retry later". 0: no limit.
+    public var maxPartialBytes: UInt64 = 64 << 30
+    /// The largest segment an agent may offer: the smaller of the two limits.
+    public var largestSegment: UInt64 { maxPartialBytes == 0 ? maxSegmentSize : min(maxSegmentSize, maxPartialBytes) }
     /// The agents that may connect, with their secrets (`--agents FILE`); nil accepts any
     /// well-formed agent id without credentials.
     public var agents: [String: [UInt8]]?
@@ -151,6 +157,8 @@ public final class Collector: @unchecked Sendable {
             c.checkpointBytes = next.checkpointBytes
             c.maxConnections = next.maxConnections
             c.freeSpaceReserve = next.freeSpaceReserve
+            c.maxPartialBytes = next.maxPartialBytes
+            c.maxFrameBody = next.maxFrameBody
             if (next.agents == nil) != (c.agents == nil) { ignored.append("agents (turning authentication on or off)") } else { c.agents = next.agents }
             // partial-max-age is used at start only: the next start takes it.
             return ignored
@@ -292,7 +300,7 @@ final class CollectorConnection: @unchecked Sendable {
             claimed = true
             splicer = try Splicer()
             let welcome = Welcome(collectorID: config.collectorID, maxFrameBody: UInt32(config.maxFrameBody),
-                                  maxSegmentSize: config.maxSegmentSize, window: config.window)
+                                  maxSegmentSize: config.largestSegment, window: config.window)
             try send([.welcome(welcome)])
             logger.info("agent connected", metadata: ["agent.id": "\(store.id)"])
             workerStarted = true
@@ -316,8 +324,14 @@ final class CollectorConnection: @unchecked Sendable {
         jobs.lock(); closing = true; jobs.broadcast(); jobs.unlock()
         if workerStarted { workerDone.wait(timeout: 3600) }
         for t in transfers.values {
+            let hadFile = t.fd != nil
             try? t.fd?.close()
-            if t.poisoned, let s = store { try? Files.unlink(s.partialDir, t.partialName, label: t.label) }
+            guard let s = store else { continue }
+            if t.poisoned {
+                _ = try? Files.unlink(s.partialDir, t.partialName, label: t.label)
+            } else if hadFile {
+                s.leave(t.partialName, bytes: UInt64(max(0, t.written)))
+            }
         }
         transfers.removeAll()
         if claimed, let s = store { s.release(me) }
@@ -434,8 +448,8 @@ final class CollectorConnection: @unchecked Sendable {
         } catch {
             throw Refusal(code: .badName, tag: o.tag, message: "\(error)")
         }
-        guard o.key.size <= config.maxSegmentSize else {
-            throw Refusal(code: .tooLarge, tag: o.tag, message: "segment \(o.key.spool)/\(o.key.name) claims \(o.key.size) bytes, more than the maximum of \(config.maxSegmentSize)")
+        guard o.key.size <= config.largestSegment else {
+            throw Refusal(code: .tooLarge, tag: o.tag, message: "segment \(o.key.spool)/\(o.key.name) claims \(o.key.size) bytes, more than the maximum of \(config.largestSegment)")
         }
         guard transfers[o.tag] == nil else {
             throw Refusal(code: .protocolViolation, tag: o.tag, message: "tag \(o.tag) offered twice")
@@ -446,6 +460,7 @@ final class CollectorConnection: @unchecked Sendable {
         // The same segment offered again under a new tag (the agent sealed it again): the
         // newer offer replaces the older one, and its partial is kept.
         for (oldTag, t) in transfers where t.key == o.key {
+            if t.fd != nil { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
             try? t.fd?.close()
             transfers[oldTag] = nil
         }
@@ -492,18 +507,40 @@ final class CollectorConnection: @unchecked Sendable {
                 logger.info("resuming segment", metadata: ["spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "offset": "\(held)"])
             }
         }
+        // From here this segment's partial counts as on offer (at the segment's full size),
+        // not as left over; if the offer is turned down, it is left over again.
+        store.adopt(pname)
+        func turnDown(_ code: ErrorCode, _ message: String) throws {
+            try? fd?.close()
+            if fd != nil { store.leave(pname, bytes: UInt64(held)) }
+            // For this segment only: the connection and the transfers under way go on.
+            try send([.error(code: code.rawValue, tag: o.tag, message: message)])
+        }
+        // The agent's partial limit: drop what it left behind, oldest first, before turning
+        // an offer down.
+        if config.maxPartialBytes > 0 {
+            let limit = config.maxPartialBytes
+            let onOffer = transfers.values.reduce(UInt64(0)) { $0 + $1.key.size }
+            var total = store.leftoverBytes + onOffer + o.key.size
+            if total > limit {
+                total -= min(total, store.dropLeftovers(freeing: total - limit, except: pname, logger: logger))
+            }
+            if total > limit {
+                logger.notice("deferring a segment: the agent's unfinished data would pass its partial limit", metadata: [
+                    "spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "bytes.unfinished": "\(total)", "bytes.limit": "\(limit)"])
+                try turnDown(.partialLimit, "agent \(store.id) has \(onOffer) bytes of segments on offer; with \(o.key.size) more it would pass the collector's limit of \(limit) bytes of unfinished data per agent; retry later")
+                return
+            }
+        }
         // The free-space reserve: accept only what fits beside it, counting what the offers
         // already answered on this connection still have to bring.
         if config.freeSpaceReserve > 0, let free = Files.freeBytes(config.dataDir) {
             let needed = o.key.size - UInt64(held)
             let coming = transfers.values.reduce(UInt64(0)) { $0 + ($1.key.size - UInt64(max(0, min(Int64($1.key.size), $1.written)))) }
             if free < config.freeSpaceReserve + needed + coming {
-                try? fd?.close()
                 logger.warning("refusing a segment: not enough free space above the reserve", metadata: [
                     "spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "bytes.free": "\(free)", "bytes.needed": "\(needed + coming)", "bytes.reserve": "\(config.freeSpaceReserve)"])
-                // For this segment only: the connection and the transfers under way go on.
-                try send([.error(code: ErrorCode.noSpaceRetry.rawValue, tag: o.tag,
-                                 message: "no space on the collector: \(free) bytes free, \(needed + coming) needed, \(config.freeSpaceReserve) kept in reserve; retry later")])
+                try turnDown(.noSpaceRetry, "no space on the collector: \(free) bytes free, \(needed + coming) needed, \(config.freeSpaceReserve) kept in reserve; retry later")
                 return
             }
         }

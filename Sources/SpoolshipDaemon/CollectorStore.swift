@@ -90,6 +90,11 @@ final class AgentStore: @unchecked Sendable {
 
     var broken: String? { ledgerLock.lock(); defer { ledgerLock.unlock() }; return _broken }
     private var ownerKill: (() -> Void)?
+    /// Partial files no transfer has open (left by a connection that ended before their
+    /// segments were complete), by name: their size and when they were left. Counted against
+    /// the agent's partial limit, and dropped oldest first to make room. Only the connection
+    /// that owns the store touches it (see `claim`).
+    private(set) var leftovers: [String: (bytes: UInt64, since: Double)] = [:]
 
     var agentPath: String { "\(dataDir.path)/\(id)" }
     var partialPath: String { "\(dataDir.path)/.spoolship/partial/\(id)" }
@@ -124,6 +129,40 @@ final class AgentStore: @unchecked Sendable {
             try Files.truncate(ledgerFD, Int64(contents.goodBytes))
             try Files.fdatasync(ledgerFD)
         }
+        let fm = FileManager.default
+        for name in (try? fm.contentsOfDirectory(atPath: partialPath)) ?? [] where name.hasSuffix(".part") {
+            guard let st = try Files.statAt(partialDir, name, label: "\(partialPath)/\(name)"), (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            leftovers[name] = (UInt64(st.st_size), Double(st.st_mtim.tv_sec))
+        }
+    }
+
+    // MARK: partial data, for the per-agent limit
+
+    var leftoverBytes: UInt64 { leftovers.values.reduce(0) { $0 + $1.bytes } }
+
+    /// A transfer has opened this partial: it no longer counts as left over.
+    func adopt(_ partialName: String) { leftovers[partialName] = nil }
+
+    /// A connection ended with this partial unfinished.
+    func leave(_ partialName: String, bytes: UInt64) {
+        leftovers[partialName] = (bytes, Date().timeIntervalSince1970)
+    }
+
+    /// Removes left-over partials, oldest first, until at least `bytes` are freed or none is
+    /// left; returns what was freed. Losing one costs only a resend: its agent still has the
+    /// segment.
+    func dropLeftovers(freeing bytes: UInt64, except keep: String, logger: Logger) -> UInt64 {
+        var freed: UInt64 = 0
+        for (name, info) in leftovers.sorted(by: { $0.value.since < $1.value.since }) where name != keep {
+            guard freed < bytes else { break }
+            let label = "\(partialPath)/\(name)"
+            _ = try? Files.unlink(partialDir, name, label: label)
+            leftovers[name] = nil
+            freed += info.bytes
+            logger.notice("dropped a left-over partial to stay within the agent's partial limit", metadata: [
+                "path": "\(label)", "bytes": "\(info.bytes)"])
+        }
+        return freed
     }
 
     // MARK: ownership: one connection per agent at a time, the newest wins

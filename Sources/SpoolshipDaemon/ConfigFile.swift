@@ -125,6 +125,8 @@ public struct CollectorFileConfig {
     public var agents: String?
     public var maxConnections: Int?
     public var freeSpaceReserve: UInt64?
+    public var maxPartialBytes: UInt64?
+    public var maxFrameBody: UInt64?
 
     public init() {}
 
@@ -146,6 +148,8 @@ public struct CollectorFileConfig {
         c.agents = try top.string("agents")
         c.maxConnections = try top.int("max-connections", in: 1...1_000_000)
         c.freeSpaceReserve = try top.bytes("free-space-reserve")
+        c.maxPartialBytes = try top.bytes("max-partial-bytes")
+        c.maxFrameBody = try top.bytes("max-frame-body")
         try top.rejectUnknown()
         return c
     }

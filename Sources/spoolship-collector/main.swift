@@ -48,6 +48,12 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Free space on the data dir's file system that segments may not use (suffixes K, M, G; 0: none; default 256M).", valueName: "bytes"))
     var freeSpaceReserve: String?
 
+    @Option(help: ArgumentHelp("Unfinished data one agent may have here: segments on offer and partials it left (suffixes K, M, G; 0: no limit; default 64G). Past it, its left-over partials are dropped oldest first, then its offers wait.", valueName: "bytes"))
+    var maxPartialBytes: String?
+
+    @Option(help: ArgumentHelp("Largest frame body a peer may send, from 1K to 16M (default 64K). Segment data is not framed this way and is not limited by it.", valueName: "bytes"))
+    var maxFrameBody: String?
+
     @Option(help: "Connections open at once; more are reset (default 4096).")
     var maxConnections: Int?
 
@@ -88,6 +94,21 @@ struct CollectorCommand: ParsableCommand {
             c.freeSpaceReserve = b
         } else if let b = file.freeSpaceReserve {
             c.freeSpaceReserve = b
+        }
+        if let r = maxPartialBytes {
+            guard let b = r == "0" ? 0 : ByteSize.parse(r) else { throw ValidationError("--max-partial-bytes must be a size such as 0, 16G or 512M; got '\(r)'") }
+            c.maxPartialBytes = b
+        } else if let b = file.maxPartialBytes {
+            c.maxPartialBytes = b
+        }
+        if let r = maxFrameBody {
+            guard let b = ByteSize.parse(r) else { throw ValidationError("--max-frame-body must be a size such as 64K or 1M; got '\(r)'") }
+            c.maxFrameBody = Int(clamping: b)
+        } else if let b = file.maxFrameBody {
+            c.maxFrameBody = Int(clamping: b)
+        }
+        guard (1024...(16 << 20)).contains(c.maxFrameBody) else {
+            throw ValidationError("max-frame-body must be from 1K to 16M; got \(c.maxFrameBody) bytes")
         }
         guard c.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         if let path = agents ?? file.agents {

@@ -76,7 +76,7 @@ final class RawClient {
     @Test func hostileInput_isRefusedWithANamedError_andWritesNothing() throws {
         let c = try Cluster("bad-input")
         defer { c.remove() }
-        c.collectorArgs = ["--max-segment-size", "\(1 << 20)"]
+        c.collectorArgs = ["--max-segment-size", "\(1 << 20)", "--max-frame-body", "8K"]
         let port = try c.startCollector()
         let outside = c.root.appendingPathComponent("outside")
         try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
@@ -98,7 +98,7 @@ final class RawClient {
         try check("HTTP request", .protocolViolation, contains: "HTTP") { try $0.send(Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8)) }
         try check("TLS client hello", .protocolViolation, contains: "TLS") { try $0.send([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]) }
         // Absurd lengths, before and after the hello.
-        for n: UInt32 in [UInt32.max, 1 << 31, 65537] {
+        for n: UInt32 in [UInt32.max, 1 << 31, 65537, 8193] {  // 8193: one past --max-frame-body
             let len: [UInt8] = [UInt8(n >> 24), UInt8(n >> 16 & 0xff), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)]
             try check("length \(n) in hello", .tooLarge, contains: "exceeds the maximum") { try $0.send(Wire.preamble + len + [FrameType.hello.rawValue]) }
             try check("length \(n) after hello", .tooLarge, contains: "exceeds the maximum") { c in _ = try c.hello(); try c.send(len + [FrameType.offer.rawValue]) }

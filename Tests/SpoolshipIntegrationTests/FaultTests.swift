@@ -262,7 +262,7 @@ import Testing
         let dest = c.committed()
         // The disk fills: some files commit, then the collector refuses the rest.
         #expect(Harness.waitUntil(timeout: 60) { (c.collector?.output ?? "").contains("refusing a segment: not enough free space above the reserve") }, "\(c.collector?.output ?? "")")
-        #expect(Harness.waitUntil(timeout: 30) { agent.output.contains("collector has no space for a segment; offering it again later") }, "\(agent.output)")
+        #expect(Harness.waitUntil(timeout: 30) { agent.output.contains("collector cannot take a segment now; offering it again later") }, "\(agent.output)")
         var taken: Set<String> = []
         // Nothing acknowledged is missing: a file gone from the spool is committed, whole
         // (or was taken away by the consumer below).
@@ -292,5 +292,42 @@ import Testing
         #expect(done, "all 8 arrived once space came back: \(taken.sorted())\n\(agent.output.suffix(2000))")
         #expect(c.partials().isEmpty)
         print("full data dir: \(firstBatch.count) of 8 fitted at first; all 8 arrived as space was freed")
+    }
+
+    @Test func partialLimitPerAgent_dropsLeftoversFirst_thenDefersOffers_andEverythingArrives() throws {
+        let c = try Cluster("partial-limit")
+        defer { c.remove() }
+        // Three partials agent-1 left behind earlier (their segments are gone from its spool).
+        let pdir = c.dataDir.appendingPathComponent(".spoolship/partial/agent-1")
+        try FileManager.default.createDirectory(at: pdir, withIntermediateDirectories: true)
+        for i in 0..<3 {
+            try Harness.writeRandomFile(pdir.appendingPathComponent(String(repeating: "\(i)", count: 32) + ".part"), size: 6 << 20, seed: UInt64(i))
+        }
+        try c.startCollector(extra: ["--max-partial-bytes", "20M", "--free-space-reserve", "0"])
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<10 { try p.add("f\(i).bin", size: 8 << 20, seed: UInt64(200 + i), into: spool) }
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        defer { agent.stop() }
+        let dest = c.committed()
+        func partialBytes() -> Int {
+            Harness.files(in: pdir).reduce(0) { sum, n in
+                sum + ((try? FileManager.default.attributesOfItem(atPath: pdir.appendingPathComponent(n).path))?[.size] as? Int ?? 0)
+            }
+        }
+        var most = 0
+        let done = Harness.waitUntil(timeout: 180) {
+            most = max(most, partialBytes())
+            return Harness.files(in: spool).isEmpty && Harness.files(in: dest).count == 10
+        }
+        let log = c.collector?.output ?? ""
+        #expect(done, "all 10 files arrived:\n\(agent.output.suffix(2000))\n\(log.suffix(2000))")
+        #expect(try p.identical(in: dest).count == 10)
+        #expect(most <= 20 << 20, "the agent's partials never held more than the limit: at most \(most) bytes")
+        #expect(log.components(separatedBy: "dropped a left-over partial").count - 1 == 3, "the three left-overs were dropped first:\n\(log.suffix(3000))")
+        #expect(log.contains("deferring a segment: the agent's unfinished data would pass its partial limit"), "\(log.suffix(3000))")
+        #expect(agent.output.contains("collector cannot take a segment now; offering it again later"), "\(agent.output.suffix(2000))")
+        #expect(c.partials().isEmpty)
+        print("partial limit: the agent's partials held at most \(most) bytes against a 20 MiB limit; 3 left-overs dropped; 10 of 10 arrived")
     }
 }
