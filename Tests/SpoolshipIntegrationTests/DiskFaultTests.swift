@@ -2,12 +2,60 @@ import Foundation
 import Glibc
 import Testing
 
-/// Rows 8, 9 and 10 of RELIABILITY.md, with faults injected in the real daemons: an fdatasync
+/// Rows 8 to 11 of RELIABILITY.md, with faults injected in the real daemons: an fdatasync
 /// that fails on the collector (an LD_PRELOAD shim), a disk that fills in the middle of a segment (a small
-/// tmpfs), the agent killed in the middle of removing an acknowledged file (strace).
+/// tmpfs), the agent killed in the middle of removing an acknowledged file (strace), and
+/// sendfile and splice interrupted, cut short or timing out (another shim).
 @Suite(.serialized) struct DiskFaultTests {
-    /// strace with -f follows every thread; the injected call is the Nth fdatasync of the
-    /// process, whichever thread makes it.
+    /// Row 11: on both sides, sendfile and splice fail with EINTR before moving anything, move
+    /// a random part of what was asked, or (on the socket) fail with EAGAIN as a socket
+    /// deadline does. The first two are retried in place; EAGAIN ends the connection, and the
+    /// agent reconnects and resumes. Every file arrives identical.
+    @Test func sendfileAndSplice_interruptedShortOrTimedOut_areRetried_andEveryFileArrives() throws {
+        let c = try Cluster("short-io")
+        defer { c.remove() }
+        let shim = try c.buildShim("short_io")
+        let seed = UInt64(Date().timeIntervalSince1970)
+        print("short io: seed \(seed)")
+        func env(_ seed: UInt64) -> [String: String] {
+            ["LD_PRELOAD": shim, "SPSH_IO_SEED": "\(seed)", "SPSH_IO_EINTR": "5", "SPSH_IO_SHORT": "3", "SPSH_IO_EAGAIN": "60"]
+        }
+        try c.startCollector(extra: ["--checkpoint-bytes", "4194304"], env: env(seed))
+        let spool = try c.spool()
+        var p = try c.payload()
+        var rng = Harness.SplitMix64(seed: seed)
+        for i in 0..<30 { try p.add(String(format: "f%02d", i), size: Int(rng.next() % 3_000_000), seed: seed &+ UInt64(i), into: spool) }
+        try p.add("big.bin", size: 48 << 20, seed: seed &+ 100, into: spool)
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], extra: ["--timeout", "60"]), timeout: 240, env: env(seed &+ 1))
+        // A graceful stop, so that the shim reports its counts at exit.
+        c.collector?.kill(SIGTERM)
+        #expect(c.collector?.wait(timeout: 30) == 0, "the collector stops cleanly")
+        let log = c.collector?.output ?? ""
+        #expect(status == 0, "\(out.suffix(3000))\n\(log.suffix(3000))")
+        #expect(try p.identical(in: c.committed()).count == 31)
+        #expect(Harness.files(in: c.committed()).count == 31, "no duplicate")
+        #expect(c.partials().isEmpty)
+        // The faults happened, on both sides: each count line is there with non-zero figures.
+        func counts(_ text: String, _ call: String) -> [String: Int] {
+            guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("short_io: \(call) ") }) else { return [:] }
+            var d: [String: Int] = [:]
+            for kv in line.split(separator: " ").dropFirst(2) {
+                let parts = kv.split(separator: "=")
+                if parts.count == 2 { d[String(parts[0])] = Int(parts[1]) }
+            }
+            return d
+        }
+        let sent = counts(out, "sendfile"), spliced = counts(log, "splice")
+        print("short io: agent sendfile \(sent); collector splice \(spliced)")
+        #expect((sent["eintr"] ?? 0) > 0 && (sent["short"] ?? 0) > 0, "agent side: \(sent)\n\(out.suffix(2000))")
+        #expect((spliced["eintr"] ?? 0) > 0 && (spliced["short"] ?? 0) > 0, "collector side: \(spliced)\n\(log.suffix(2000))")
+        let timeouts = (sent["eagain"] ?? 0) + (spliced["eagain"] ?? 0)
+        #expect(timeouts > 0, "at least one timeout was injected")
+        // EINTR and short calls are retried in place: only a timeout costs a connection.
+        let connections = out.components(separatedBy: "connected to collector").count - 1
+        #expect(connections >= 1 && connections <= 1 + timeouts, "\(connections) connections for \(timeouts) injected timeouts:\n\(out.suffix(3000))")
+    }
+
     /// Row 9: the collector's first fdatasync of a partial fails with EIO (an LD_PRELOAD
     /// shim, Tests/FaultShim, built here with cc). That partial is poisoned: no
     /// acknowledgement for it, it is discarded, and the agent sends the segment again into a
@@ -16,16 +64,10 @@ import Testing
     func fdatasyncFailsOnTheCollector_thePartialIsPoisoned_andTheSegmentRefetched(nth: Int) throws {
         let c = try Cluster("disk-eio-\(nth)")
         defer { c.remove() }
-        let shim = c.root.appendingPathComponent("fail_fdatasync.so")
-        let source = PackagingTests.repo.appendingPathComponent("Tests/FaultShim/fail_fdatasync.c").path
-        #expect(Process.run("cc", ["-shared", "-fPIC", "-O2", "-o", shim.path, source, "-ldl"]) == 0, "cc builds the shim")
-        let portFile = c.root.appendingPathComponent("collector.port")
-        let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path,
-                                                   "--port-file", portFile.path, "--checkpoint-bytes", "1048576"],
-                           log: c.nextLog("collector"),
-                           env: ["LD_PRELOAD": shim.path, "SPSH_FAIL_MATCH": "/.spoolship/partial/", "SPSH_FAIL_NTH": "\(nth)"])
-        defer { d.stop() }
-        guard let port = Harness.readPortFile(portFile, timeout: 30) else { throw TestFailure("collector did not start: \(d.output)") }
+        let shim = try c.buildShim("fail_fdatasync")
+        let port = try c.startCollector(extra: ["--checkpoint-bytes", "1048576"],
+                                        env: ["LD_PRELOAD": shim, "SPSH_FAIL_MATCH": "/.spoolship/partial/", "SPSH_FAIL_NTH": "\(nth)"])
+        let d = c.collector!
         let spool = try c.spool()
         var p = try c.payload()
         try p.add("big.bin", size: 8 << 20, seed: 11, into: spool)

@@ -46,11 +46,11 @@ final class Cluster: @unchecked Sendable {
     /// Starts the collector (on `port` if given: a restart keeps its address) and waits for it
     /// to report its port.
     @discardableResult
-    func startCollector(port fixed: UInt16? = nil, extra: [String] = []) throws -> UInt16 {
+    func startCollector(port fixed: UInt16? = nil, extra: [String] = [], env: [String: String] = [:]) throws -> UInt16 {
         let portFile = root.appendingPathComponent("collector.port")
         try? FileManager.default.removeItem(at: portFile)
         let args = ["--config", emptyConfig.path, "--listen", "127.0.0.1:\(fixed ?? 0)", "--data-dir", dataDir.path, "--port-file", portFile.path] + collectorArgs + extra
-        let d = try Daemon("spoolship-collector", args, log: nextLog("collector"))
+        let d = try Daemon("spoolship-collector", args, log: nextLog("collector"), env: env)
         collector = d
         guard let p = Harness.readPortFile(portFile, timeout: 30) else {
             throw TestFailure("collector did not start: \(d.output)")
@@ -66,13 +66,13 @@ final class Cluster: @unchecked Sendable {
         return a + extra
     }
 
-    func startAgent(_ args: [String]) throws -> Daemon {
-        try Daemon("spoolship-agent", args, log: nextLog("agent"))
+    func startAgent(_ args: [String], env: [String: String] = [:]) throws -> Daemon {
+        try Daemon("spoolship-agent", args, log: nextLog("agent"), env: env)
     }
 
     /// Runs an agent with --once to the end; returns its exit status and output.
-    func runOnce(_ args: [String], timeout: Double = 300) throws -> (Int32?, String) {
-        let d = try startAgent(args + ["--once"])
+    func runOnce(_ args: [String], timeout: Double = 300, env: [String: String] = [:]) throws -> (Int32?, String) {
+        let d = try startAgent(args + ["--once"], env: env)
         let status = d.wait(timeout: timeout)
         if status == nil { d.stop() }
         return (status, d.output)
@@ -84,6 +84,16 @@ final class Cluster: @unchecked Sendable {
 
     func partials(agent: String = "agent-1") -> [String] {
         Harness.files(in: dataDir.appendingPathComponent(".spoolship/partial/\(agent)"))
+    }
+
+    /// Builds the LD_PRELOAD shim Tests/FaultShim/NAME.c with cc; returns the library's path.
+    func buildShim(_ name: String) throws -> String {
+        let lib = root.appendingPathComponent("\(name).so").path
+        let source = PackagingTests.repo.appendingPathComponent("Tests/FaultShim/\(name).c").path
+        guard Process.run("cc", ["-shared", "-fPIC", "-O2", "-o", lib, source, "-ldl"]) == 0 else {
+            throw TestFailure("cc could not build the shim \(source)")
+        }
+        return lib
     }
 
     func remove() {
