@@ -73,9 +73,21 @@ let package = Package(
         .executableTarget(
             name: "log-producer",
             path: "Tests/LogProducer"),
+        // The fuzz target (make fuzz) and the code it runs, which the tests also replay.
+        .target(
+            name: "SpoolshipFuzzing",
+            dependencies: ["SpoolshipCore"],
+            path: "Tests/FuzzTarget"),
+        .target(
+            name: "CSpoolshipFuzzDriver",
+            path: "Tests/FuzzDriver"),
+        .executableTarget(
+            name: "spoolship-fuzz",
+            dependencies: ["SpoolshipFuzzing", "CSpoolshipFuzzDriver"],
+            path: "Tests/Fuzz"),
         .testTarget(
             name: "SpoolshipCoreTests",
-            dependencies: ["SpoolshipCore"]),
+            dependencies: ["SpoolshipCore", "SpoolshipFuzzing"]),
         .testTarget(
             name: "SpoolshipIntegrationTests",
             dependencies: ["SpoolshipCore", "SpoolshipIO"],

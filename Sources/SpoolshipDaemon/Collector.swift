@@ -350,50 +350,23 @@ final class CollectorConnection: @unchecked Sendable {
         guard pre == Wire.preamble else {
             throw Refusal(code: .protocolViolation, message: FrameError.badPreamble(pre).description)
         }
-        let frame = try readFrame()
-        guard case .hello(let hello) = frame else {
-            throw Refusal(code: .protocolViolation, message: "expected HELLO, got \(frame.type)")
-        }
-        guard hello.version == Wire.version else {
-            throw Refusal(code: .unsupportedVersion, message: "protocol version \(hello.version) is not supported; this collector speaks version \(Wire.version)")
-        }
-        do {
-            try Names.validateIdentifier(hello.agentID, what: "agent id")
-        } catch {
-            throw Refusal(code: .badName, message: "\(error)")
-        }
-        logger[metadataKey: "agent.id"] = "\(hello.agentID)"
-        if let agents = collector.config.agents {
-            try authenticate(hello, agents: agents)
-        }
-        return try collector.dataDir.agent(hello.agentID, logger: logger)
-    }
-
-    /// The collector's side of the mutual challenge-response (Auth): nothing is written for
-    /// an agent before it has proved it holds its secret.
-    private func authenticate(_ hello: Hello, agents: [String: [UInt8]]) throws {
-        guard let secret = agents[hello.agentID] else {
-            logger.error("authentication failed", metadata: ["reason": "unknown agent id"])
-            throw Refusal(code: .authentication, message: "agent \(hello.agentID) is not known to this collector")
-        }
-        guard hello.auth.count == Auth.nonceSize else {
-            logger.error("authentication failed", metadata: ["reason": "no credentials in HELLO (or a nonce of the wrong size)"])
-            throw Refusal(code: .authentication, message: "agent \(hello.agentID) sent no credentials; this collector requires them (give the agent --secret-file)")
-        }
-        let nonce = Auth.nonce()
-        try send([.challenge(nonce: nonce, proof: Auth.collectorProof(secret: secret, agentID: hello.agentID, agentNonce: hello.auth, collectorNonce: nonce))])
-        let frame = try readFrame()
-        if case .error(_, _, let message) = frame {
-            logger.error("authentication failed", metadata: ["reason": "the agent could not verify this collector: \(message)"])
-            throw Refusal(code: .authentication, message: "authentication failed for agent \(hello.agentID): \(message)")
-        }
-        guard case .auth(let proof) = frame else {
-            throw Refusal(code: .protocolViolation, message: "expected AUTH, got \(frame.type)")
-        }
-        let expected = Auth.agentProof(secret: secret, agentID: hello.agentID, agentNonce: hello.auth, collectorNonce: nonce)
-        guard Auth.same(proof, expected) else {
-            logger.error("authentication failed", metadata: ["reason": "wrong proof (wrong secret, or a replayed handshake)"])
-            throw Refusal(code: .authentication, message: "authentication failed for agent \(hello.agentID)")
+        // The rest is the state machine's (CollectorHandshake): this only reads and sends.
+        var machine = CollectorHandshake(agents: collector.config.agents)
+        while true {
+            let frame = try readFrame()
+            let step: CollectorHandshake.Step
+            do {
+                step = try machine.receive(frame)
+            } catch let r as HandshakeRefusal {
+                if let id = machine.agentID { logger[metadataKey: "agent.id"] = "\(id)" }
+                if let reason = r.logReason { logger.error("authentication failed", metadata: ["reason": "\(reason)"]) }
+                throw Refusal(code: r.code, message: r.message)
+            }
+            if let id = machine.agentID { logger[metadataKey: "agent.id"] = "\(id)" }
+            switch step {
+            case .send(let frames): try send(frames)
+            case .accepted(let id): return try collector.dataDir.agent(id, logger: logger)
+            }
         }
     }
 
