@@ -29,6 +29,8 @@ cp Tests/FuzzCorpus/* "$work/corpus/"
 before=$(ls "$work/crashes" | wc -l)
 echo "fuzz: ${seconds}s from $(ls Tests/FuzzCorpus | wc -l) corpus inputs"
 set +e
+# Swift's own crash backtracer would take the signal before libFuzzer could save the input.
+export SWIFT_BACKTRACE=enable=no
 # -timeout: an input that takes over 10 s is a hang. -rss_limit_mb: memory is bounded too.
 "$fuzzer" "$work/corpus" -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
   -artifact_prefix="$work/crashes/" -print_final_stats=1 2>&1 | tee "$work/last-run.log" | grep -E "^#[0-9]+ *(INITED|DONE|pulse)|stat::|ERROR|==[0-9]+==|Done" 

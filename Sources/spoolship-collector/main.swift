@@ -110,6 +110,9 @@ struct CollectorCommand: ParsableCommand {
         guard (1024...(16 << 20)).contains(c.maxFrameBody) else {
             throw ValidationError("max-frame-body must be from 1K to 16M; got \(c.maxFrameBody) bytes")
         }
+        guard c.maxSegmentSize > 0 && c.maxSegmentSize <= 1 << 62 else {
+            throw ValidationError("max-segment-size must be from 1 byte to 4 EiB (2^62 bytes); got \(c.maxSegmentSize)")
+        }
         guard c.maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
         if let path = agents ?? file.agents {
             do {

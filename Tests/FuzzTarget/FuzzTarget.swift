@@ -31,6 +31,7 @@ public enum FuzzTarget {
     static let secret = Array(repeating: UInt8(0x5a), count: 32)
     static let nonce = Array(repeating: UInt8(0xa5), count: Auth.nonceSize)
     static let maxBody = 8192
+    static let maxSegment: UInt64 = 1 << 40
 
     @discardableResult
     public static func run(_ input: [UInt8]) -> Reach {
@@ -109,6 +110,8 @@ public enum FuzzTarget {
                 guard (try? Names.validateIdentifier(o.key.spool, what: "spool name")) != nil,
                       (try? Names.validateSegmentName(o.key.name)) != nil
                 else { return reach.union(.refused) }
+                // The collector's largest segment (max-segment-size is at most 2^62).
+                guard o.key.size <= maxSegment else { return reach.union(.refused) }
                 let partial = o.key.partialFileName
                 precondition(partial.count == 37 && !partial.contains("/"), "partial name \(partial)")
                 offers[o.tag] = o.key
@@ -195,6 +198,13 @@ public enum FuzzTarget {
             "seed-auth-session": [2] + Wire.preamble + frames([.hello(Hello(agentID: "fuzz-agent", auth: agentNonce)), .auth(proof: proof)]) + afterHello,
             "seed-auth-wrong-proof": [2] + Wire.preamble + frames([.hello(Hello(agentID: "fuzz-agent", auth: agentNonce)), .auth(proof: Array(repeating: 0, count: 32))]),
             "seed-agent-reads-collector": [1 | (3 << 2)] + Wire.preamble + collectorFrames,
+            // The first crash make fuzz found (in this target, not in the daemons): a DATA
+            // length beyond Int for an offer of 2^63 bytes. The collector itself now refuses
+            // a max-segment-size above 2^62, so its own Int64 conversions cannot trap.
+            "regress-offer-of-2^63-bytes": [0] + Wire.preamble + frames([
+                .hello(Hello(agentID: "fuzz-agent")),
+                .offer(Offer(tag: 1, kind: .blob, key: SegmentKey(spool: "s", name: "x", size: 1 << 63, crc: 0))),
+                .data(tag: 1, offset: 0, length: 1 << 63)]),
         ]
     }
 }
