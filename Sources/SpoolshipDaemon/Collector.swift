@@ -165,6 +165,14 @@ public final class Collector: @unchecked Sendable {
         }
     }
 
+    /// After a reload: an agent removed from the agents file loses the connection it has (it
+    /// would be refused at its next handshake anyway). A changed secret does not close it, so
+    /// that a secret can be changed on the collector first and on the agent next.
+    public func closeRevokedConnections() {
+        guard let agents = config.agents else { return }
+        for c in connections.withLock({ Array($0.values) }) { c.closeIfRevoked(agents) }
+    }
+
     /// Where it listens, for the log and the status line.
     var address: String {
         config.inheritedListener != nil ? "socket from systemd, port \(port)" : Endpoint(host: config.listen.host, port: port).description
@@ -256,6 +264,8 @@ final class CollectorConnection: @unchecked Sendable {
     private var closing = false
     /// The collector's own preamble goes before its first frame, WELCOME or ERROR.
     private var sentPreamble = false
+    /// The agent that authenticated on this connection (nil without --agents).
+    private let authenticated = Locked<String?>(nil)
 
     enum Job {
         case checkpoint(Transfer)
@@ -272,6 +282,12 @@ final class CollectorConnection: @unchecked Sendable {
     }
 
     func kill() { socket.shutdown() }
+
+    func closeIfRevoked(_ agents: [String: [UInt8]]) {
+        guard let id = authenticated.withLock({ $0 }), agents[id] == nil else { return }
+        logger.warning("closing the connection of an agent removed from the agents file", metadata: ["agent.id": "\(id)"])
+        kill()
+    }
 
     func send(_ frames: [Frame]) throws {
         var w = FrameWriter()
@@ -365,7 +381,9 @@ final class CollectorConnection: @unchecked Sendable {
             if let id = machine.agentID { logger[metadataKey: "agent.id"] = "\(id)" }
             switch step {
             case .send(let frames): try send(frames)
-            case .accepted(let id): return try collector.dataDir.agent(id, logger: logger)
+            case .accepted(let id):
+                if collector.config.agents != nil { authenticated.withLock { $0 = id } }
+                return try collector.dataDir.agent(id, logger: logger)
             }
         }
     }

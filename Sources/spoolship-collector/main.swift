@@ -176,6 +176,7 @@ struct CollectorCommand: ParsableCommand {
             let (next, level) = try resolved(inherited: inherited)
             SpoolshipLogging.setLevel(level)
             let ignored = collector.reload(next)
+            collector.closeRevokedConnections()
             if !ignored.isEmpty {
                 logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
             }

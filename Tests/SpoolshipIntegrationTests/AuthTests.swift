@@ -142,5 +142,20 @@ import Testing
         let (s2, o2) = try c.runOnce(args, timeout: 60)
         #expect(s2 == 0, "\(o2)")
         #expect(try p.identical(in: c.committed(agent: "newcomer")).count == 1)
+
+        // Revoked: web-1 is connected when it leaves the file; its connection is closed at
+        // the reload, and its reconnection refused.
+        let webSpool = try c.spool("web")
+        let webSecret = try privateFile(c, "secret-web", Self.secret + "\n")
+        let web = try c.startAgent(c.agentArgs(id: "web-1", state: "state-web", spools: [("spool", webSpool)], extra: ["--secret-file", webSecret.path]))
+        defer { web.stop() }
+        #expect(Harness.waitUntil(timeout: 30) { web.output.contains("connected to collector") }, "\(web.output)")
+        try "newcomer newcomer-secret-0123456789\n".write(to: agents, atomically: true, encoding: .utf8)
+        #expect(chmod(agents.path, 0o600) == 0)
+        c.collector?.kill(SIGHUP)
+        #expect(Harness.waitUntil(timeout: 30) { (c.collector?.output ?? "").contains("closing the connection of an agent removed from the agents file") },
+                "\(c.collector?.output.suffix(2000) ?? "")")
+        #expect(web.wait(timeout: 60) == 1, "the revoked agent is refused at its next handshake and stops:\n\(web.output.suffix(2000))")
+        #expect(web.output.contains("is not known to this collector"), "\(web.output.suffix(2000))")
     }
 }

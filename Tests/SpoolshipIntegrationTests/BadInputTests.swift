@@ -201,17 +201,21 @@ final class RawClient {
     @Test func silentAndTricklingConnections_areDroppedAtTheDeadline_whileARealAgentShips() throws {
         let c = try Cluster("slow-peers")
         defer { c.remove() }
-        try c.startCollector(extra: ["--handshake-timeout", "2"])
+        // Row 16: 1,000 silent connections against a limit of 500: half are reset at once,
+        // the rest dropped at the deadline; descriptors stay bounded by the limit.
+        try c.startCollector(extra: ["--handshake-timeout", "2", "--max-connections", "500"])
         guard let collector = c.collector else { throw TestFailure("no collector") }
         let baseline = openDescriptors(collector.pid)
         let started = Harness.monotonicNow()
-        var silent: [Socket] = []
-        for _ in 0..<50 { silent.append(try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)) }
-        // One byte a second: a valid preamble and HELLO, trickled.
+        // One byte a second: a valid preamble and HELLO, trickled (connected first, so that
+        // it holds one of the 500 places).
         var hello = FrameWriter()
         hello.append(.hello(Hello(agentID: "slow")))
         let trickle = Wire.preamble + hello.bytes
         let trickler = try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)
+        var silent: [Socket] = []
+        for _ in 0..<1000 { silent.append(try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)) }
+        var peakDescriptors = openDescriptors(collector.pid)
         let lock = NSLock()
         var droppedAt: Double?
         func tricklerDropped() -> Double? { lock.lock(); defer { lock.unlock() }; return droppedAt }
@@ -227,27 +231,37 @@ final class RawClient {
         let spool = try c.spool()
         var p = try c.payload()
         for i in 0..<20 { try p.add("f\(i)", size: 20_000, seed: UInt64(i), into: spool) }
-        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]), timeout: 60)
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]) + ["--once"])
+        defer { agent.stop() }
+        // Meanwhile: when each silent connection is closed or reset by the collector (it
+        // becomes readable: EOF or an error), and the collector's descriptors.
+        var fds = silent.map { pollfd(fd: $0.fd.raw, events: Int16(POLLIN), revents: 0) }
+        var closedAt: [Double?] = Array(repeating: nil, count: silent.count)
+        while (agent.isRunning || closedAt.contains(where: { $0 == nil })) && Harness.monotonicNow() - started < 60 {
+            peakDescriptors = max(peakDescriptors, openDescriptors(collector.pid))
+            _ = poll(&fds, nfds_t(fds.count), 20)  // also the loop's pace
+            for i in fds.indices where fds[i].revents != 0 && closedAt[i] == nil {
+                closedAt[i] = Harness.monotonicNow() - started
+                fds[i].fd = -1  // poll ignores it from now on
+            }
+        }
+        let status = agent.wait(timeout: 1), out = agent.output
         #expect(status == 0, "\(out)")
         #expect(try p.identical(in: c.committed()).count == 20)
         // Every silent connection is closed by the collector, within twice the deadline.
-        var closedAt: [Double] = []
-        var stillOpen = 0
-        for s in silent {
-            s.setTimeouts(receive: 10, send: 10)
-            var closed: Bool
-            do { closed = try s.receive(max: 16).isEmpty } catch let e as SyscallError { closed = e.errno != ETIMEDOUT }
-            if closed { closedAt.append(Harness.monotonicNow() - started) } else { stillOpen += 1 }
-        }
+        let stillOpen = closedAt.filter { $0 == nil }.count
+        let closed = closedAt.compactMap { $0 }
         #expect(stillOpen == 0, "\(stillOpen) silent connection(s) still open")
-        #expect(closedAt.allSatisfy { $0 < 2 * 2 + 1 }, "silent connections dropped within 2x the 2 s deadline: \(closedAt.max() ?? -1)")
+        #expect(closed.allSatisfy { $0 < 2 * 2 }, "silent connections dropped within 2x the 2 s deadline: \(closed.max() ?? -1)")
         #expect(Harness.waitUntil(timeout: 40) { tricklerDropped() != nil }, "the one-byte-a-second client was dropped")
         if let at = tricklerDropped() {
-            print("slow peers: 50 silent dropped by \(String(format: "%.1f", closedAt.max() ?? -1)) s, the trickler by \(String(format: "%.1f", at - started)) s (deadline 2 s)")
+            print("slow peers: 1000 silent (limit 500, peak \(peakDescriptors) collector descriptors) (\(closed.filter { $0 < 1 }.count) reset at once) dropped by \(String(format: "%.1f", closed.max() ?? -1)) s, the trickler by \(String(format: "%.1f", at - started)) s (deadline 2 s)")
             // The collector closes at the 2 s deadline; the client's next sends then fail.
             #expect(at - started < 2 * 2 + 3, "the trickler was dropped at the deadline, not after its 20 bytes")
         }
-        // Back down: the 51 connections' descriptors are gone; the real agent's store keeps a
+        #expect(peakDescriptors <= baseline + 2 * 500 + 16, "descriptors bounded by --max-connections: peak \(peakDescriptors), baseline \(baseline)")
+        #expect(collector.output.contains("too many connections; refusing"), "the connections past the limit were refused")
+        // Back down: the connections' descriptors are gone; the real agent's store keeps a
         // few (its ledger and directory handles).
         #expect(Harness.waitUntil(timeout: 10) { openDescriptors(collector.pid) <= baseline + 8 }, "descriptors: \(baseline) at start, \(openDescriptors(collector.pid)) now")
         #expect(collector.output.contains("Connection timed out") || collector.output.contains("deadline passed"))
