@@ -2,8 +2,9 @@
 # Installs what spoolship needs to build and test on Debian (run as root), then checks Swift.
 set -euo pipefail
 # systemd: systemd-analyze, systemd-socket-activate and systemd-sysusers for the tests;
-# gzip: zcat; util-linux: unshare and mount; dpkg-dev: dpkg-shlibdeps for packaging/build-deb.sh.
-packages=(libsystemd-dev zlib1g-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev)
+# gzip: zcat; util-linux: unshare and mount; dpkg-dev: dpkg-shlibdeps for packaging/build-deb.sh;
+# make: make fuzz, make soak.
+packages=(libsystemd-dev zlib1g-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
