@@ -5,10 +5,11 @@
 #                              seconds (or 10m, 1h); inputs that reach new code are merged
 #                              into Tests/FuzzCorpus, which the suite replays
 #   make soak [DURATION=20m]   agents and a collector under resets and kill -9 (SoakTests)
+#   make bench [ARGS=--quick]  spoolship against bare C and rsync (bench/bench.sh)
 
 DURATION ?=
 
-.PHONY: fuzz soak test
+.PHONY: fuzz soak test bench
 fuzz:
 	bash scripts/fuzz.sh $(or $(DURATION),60)
 
@@ -17,3 +18,7 @@ soak:
 
 test:
 	bash scripts/test.sh
+
+# make bench [ARGS=--quick]: the benchmark of issue 6 (bench/bench.sh); results in bench/out.
+bench:
+	bash bench/bench.sh $(ARGS)

@@ -11,7 +11,9 @@
 #
 #   bash bench/logs.sh [SECONDS] [BATCH]    (defaults 10 and 1: one write(2) per record)
 #
-# WORK (default /var/tmp/spoolship-logs-bench) must be on a real disk file system.
+# WORK (default /var/tmp/spoolship-logs-bench) must be on a real disk file system. BIN: the
+# binaries to use instead of a fresh release build. The last line, "RESULT key=value ...", is
+# for bench/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -19,8 +21,10 @@ batch=${2:-1}
 work=${WORK:-/var/tmp/spoolship-logs-bench}
 source scripts/setup.sh
 python3 -c "import numpy" 2>/dev/null || pip install -q numpy
-swift build -c release >/dev/null
-bin=$(swift build -c release --show-bin-path)
+if [ -n "${BIN:-}" ]; then bin=$BIN; else
+  swift build -c release >/dev/null
+  bin=$(swift build -c release --show-bin-path)
+fi
 rm -rf "$work"; mkdir -p "$work/spool"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -48,13 +52,16 @@ for _ in $(seq 12000); do
   sleep 0.01
 done
 t2=$(date +%s.%N)
+a2=$(ticks "$agent"); c2=$(ticks "$collector")
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+ahwm=$(hwm "$agent"); chwm=$(hwm "$collector")
 sleep 0.2  # let the watcher print the last commit
 hz=$(getconf CLK_TCK)
-python3 - "$work" "$t0" "$t1" "$t2" "$a0" "$a1" "$c0" "$c1" "$hz" "$behind" "$batch" <<'PY'
+python3 - "$work" "$t0" "$t1" "$t2" "$a0" "$a1" "$c0" "$c1" "$hz" "$behind" "$batch" "$a2" "$c2" "$ahwm" "$chwm" <<'PY'
 import os, sys, numpy as np
 work = sys.argv[1]
 t0, t1, t2 = map(float, sys.argv[2:5])
-a0, a1, c0, c1, hz, behind, batch = map(int, sys.argv[5:12])
+a0, a1, c0, c1, hz, behind, batch, a2, c2, ahwm, chwm = map(int, sys.argv[5:16])
 prod = open(f"{work}/producer.txt").read().split("\n")
 last = [l for l in prod if l.startswith("records ")][-1].split()
 records, nbytes, secs = int(last[1]), int(last[3]), float(last[5])
@@ -87,4 +94,8 @@ print(f"segments: {len(names)} (rotation every second), every record once and in
 print(f"CPU share while the producer ran ({wall:.2f} s): agent {(a1-a0)/hz/wall*100:.1f}%, collector {(c1-c0)/hz/wall*100:.1f}% of one core")
 print(f"behind when the producer stopped: {behind/1e6:.1f} MB; drained {t2-t1:.2f} s later")
 print(f"record written -> segment committed: median {np.median(lat):.3f} s, p99 {np.percentile(lat, 99):.3f} s, max {lat.max():.3f} s")
+# For bench/bench.sh: CPU from the producer's start to the drain, over the bytes shipped.
+print(f"RESULT seconds={t2 - t0:.3f} bytes={nbytes} records_per_s={records/secs:.0f} agent_cpu_s={(a2-a0)/hz:.3f} "
+      f"collector_cpu_s={(c2-c0)/hz:.3f} agent_hwm_kb={ahwm} collector_hwm_kb={chwm} "
+      f"latency_median_s={np.median(lat):.3f} latency_p99_s={np.percentile(lat, 99):.3f}")
 PY

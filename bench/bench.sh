@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# make bench: spoolship against the bare syscalls (bench/baseline.c) and an rsync daemon, in one
+# run, on the same files, every transfer durable at the receiver where the row says so.
+#
+#   bash bench/bench.sh [--quick] [--only 1,2,3,4]
+#
+# Workloads (--quick: small sizes, to check that the benchmark runs and its output parses):
+#   1  one 1 GiB file (quick: 64 MiB)
+#   2  10,000 files of 4 KiB (quick: 300)
+#   3  200 agents at once into one collector, 50 files of 1 MiB each (quick: 4 agents x 5)
+#   4  a log producer at full speed, rotated every second, for 10 s (quick: 3 s)
+# Prints a table (wall time, throughput, CPU seconds per GiB on each side, peak RSS of each
+# side) and the ratios the targets of docs/PERFORMANCE.md are stated in; writes
+# bench/out/results.tsv, bench/out/results.md and bench/out/results.png.
+#
+# WORK (default /var/tmp/spoolship-bench) must be on a disk file system: tmpfs ignores fsync.
+# BIN: a directory with the spoolship binaries to use instead of a fresh release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+only="1,2,3,4"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1;;
+    --only) only="$2"; shift;;
+    *) echo "usage: bench/bench.sh [--quick] [--only 1,2,3,4]" >&2; exit 64;;
+  esac
+  shift
+done
+runs() { [[ ",$only," == *",$1,"* ]]; }
+
+work=${WORK:-/var/tmp/spoolship-bench}
+out=${OUT:-bench/out}
+source scripts/setup.sh
+need=()
+for p in rsync time gnuplot-nox bc; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -c "import numpy" 2>/dev/null || pip install -q numpy
+if [ -z "${BIN:-}" ]; then
+  swift build -c release >/dev/null
+  BIN=$(swift build -c release --show-bin-path)
+fi
+rm -rf "$work"; mkdir -p "$work" "$out"
+cc -O2 -Wall -o "$work/baseline" bench/baseline.c
+
+if [ "$quick" = 1 ]; then big_mib=64; small_n=300; agents=4; per_agent=5; log_s=3
+else big_mib=1024; small_n=10000; agents=200; per_agent=50; log_s=10; fi
+
+results="$out/results.tsv"
+printf 'workload\tsystem\twall_s\trate\tunit\tsend_cpu_s_per_gib\trecv_cpu_s_per_gib\tsend_rss_mib\trecv_rss_mib\textra\n' > "$results"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+calc() { echo "scale=6; $*" | bc -l; }
+# TIMEFMT for /usr/bin/time: wall, user+sys CPU, peak RSS in KiB.
+timefmt='%e %U %S %M'
+# row WORKLOAD SYSTEM WALL BYTES FILES SEND_CPU RECV_CPU SEND_RSS_KB RECV_RSS_KB [EXTRA]
+row() {
+  local gib rate unit
+  gib=$(calc "$4 / 1073741824")
+  if [ "$1" = 2 ]; then
+    rate=$(calc "$5 / $3"); unit="files/s"
+  else
+    rate=$(calc "$4 / $3 / 1000000"); unit="MB/s"
+  fi
+  printf '%s\t%s\t%.3f\t%.1f\t%s\t%.3f\t%.3f\t%.1f\t%.1f\t%s\n' "$1" "$2" "$3" "$rate" "$unit" \
+    "$(calc "$6 / $gib")" "$(calc "$7 / $gib")" "$(calc "$8 / 1024")" "$(calc "$9 / 1024")" "${10:-}" >> "$results"
+}
+cpu_of() { awk '{print $2 + $3}' "$1"; }   # a /usr/bin/time output file
+rss_of() { awk '{print $4}' "$1"; }
+wall_of() { awk '{print $1}' "$1"; }
+fresh() { rm -rf "$@"; sync; }  # the previous round's files go before the sync, not during a run
+
+# The collector, under /usr/bin/time so that its CPU and peak RSS are known when it stops.
+start_collector() {
+  rm -f "$work/port"
+  /usr/bin/time -f "$timefmt" -o "$work/collector.time" \
+    "$BIN/spoolship-collector" --config "$work/empty.toml" --listen 127.0.0.1:0 --data-dir "$work/data" \
+      --port-file "$work/port" --log-level warning --max-connections 1000 &
+  collector_time=$!; pids+=("$collector_time")
+  for _ in $(seq 1000); do [ -s "$work/port" ] && break; sleep 0.01; done
+  port=$(cat "$work/port")
+}
+stop_collector() { pkill -TERM -P "$collector_time"; wait "$collector_time" || true; }
+: > "$work/empty.toml"
+
+# An rsync daemon on 127.0.0.1, likewise under /usr/bin/time (its per-connection children are
+# counted in its CPU, and in its peak RSS as the largest of them).
+rsync_port=$((20000 + RANDOM % 20000))
+cat > "$work/rsyncd.conf" <<EOF
+use chroot = no
+[bench]
+path = $work/rsync-dst
+read only = no
+uid = root
+gid = root
+EOF
+start_rsyncd() {
+  mkdir -p "$work/rsync-dst"
+  /usr/bin/time -f "$timefmt" -o "$work/rsyncd.time" rsync --daemon --no-detach --config="$work/rsyncd.conf" --port="$rsync_port" &
+  rsyncd_time=$!; pids+=("$rsyncd_time")
+  for _ in $(seq 500); do rsync "rsync://127.0.0.1:$rsync_port/" >/dev/null 2>&1 && break; sleep 0.01; done
+}
+stop_rsyncd() { pkill -TERM -P "$rsyncd_time"; wait "$rsyncd_time" || true; }
+
+# rsync_row WORKLOAD LABEL SRC BYTES FILES [--fsync]
+rsync_row() {
+  local w=$1 label=$2 src=$3 bytes=$4 files=$5; shift 5
+  fresh "$work/rsync-dst"
+  start_rsyncd
+  /usr/bin/time -f "$timefmt" -o "$work/rsync.time" rsync -a "$@" "$src/" "rsync://127.0.0.1:$rsync_port/bench/"
+  stop_rsyncd
+  [ "$(find "$work/rsync-dst" -type f | wc -l)" = "$files" ] || { echo "bench: rsync did not copy every file" >&2; exit 1; }
+  row "$w" "$label" "$(wall_of "$work/rsync.time")" "$bytes" "$files" "$(cpu_of "$work/rsync.time")" \
+    "$(cpu_of "$work/rsyncd.time")" "$(rss_of "$work/rsync.time")" "$(rss_of "$work/rsyncd.time")"
+}
+
+# spoolship_row WORKLOAD LABEL SPOOL BYTES FILES: one agent --once (archiving its files, as the
+# baselines do not delete their sources either) into a fresh collector.
+spoolship_row() {
+  local w=$1 label=$2 spool=$3 bytes=$4 files=$5
+  fresh "$work/data" "$work/state" "$work/archive"
+  start_collector
+  /usr/bin/time -f "$timefmt" -o "$work/agent.time" \
+    "$BIN/spoolship-agent" --config "$work/empty.toml" --collector "127.0.0.1:$port" --agent-id bench \
+      --state-dir "$work/state" --spool "bench=$spool" --archive-dir "$work/archive" --once --log-level warning
+  stop_collector
+  [ "$(ls "$work/data/bench/bench" | wc -l)" = "$files" ] || { echo "bench: spoolship did not commit every file" >&2; exit 1; }
+  row "$w" "$label" "$(wall_of "$work/agent.time")" "$bytes" "$files" "$(cpu_of "$work/agent.time")" \
+    "$(cpu_of "$work/collector.time")" "$(rss_of "$work/agent.time")" "$(rss_of "$work/collector.time")"
+  # Put the files back for the next system.
+  mv "$work/archive/bench/"* "$spool/" 2>/dev/null || mv "$work/archive/"*/* "$spool/"
+}
+
+# ---- Workload 1: one big file ----
+if runs 1; then
+  echo "bench: workload 1, one file of $big_mib MiB"
+  mkdir -p "$work/w1"
+  head -c $((big_mib << 20)) /dev/urandom > "$work/w1/big.bin"
+  bytes=$((big_mib << 20))
+  for mode in zc rw; do
+    for s in sync nosync; do
+      fresh "$work/dst.bin"
+      line=$("$work/baseline" "$mode" "$work/w1/big.bin" "$work/dst.bin" $([ $s = sync ] && echo sync))
+      get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+      label="C $mode"; [ $s = nosync ] || label="$label + fdatasync"
+      row 1 "$label" "$(get wall_s)" "$bytes" 1 "$(get sender_cpu_s)" "$(get receiver_cpu_s)" "$(get sender_maxrss_kb)" "$(get receiver_maxrss_kb)"
+    done
+  done
+  rsync_row 1 "rsync --fsync" "$work/w1" "$bytes" 1 --fsync
+  rsync_row 1 "rsync" "$work/w1" "$bytes" 1
+  spoolship_row 1 "spoolship" "$work/w1" "$bytes" 1
+  cmp "$work/w1/big.bin" "$work/data/bench/bench/big.bin"
+  rm -rf "$work/w1" "$work/dst.bin" "$work/rsync-dst"
+fi
+
+# ---- Workload 2: many small files ----
+if runs 2; then
+  echo "bench: workload 2, $small_n files of 4 KiB"
+  mkdir -p "$work/w2"
+  python3 - "$work/w2" "$small_n" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(os.urandom(4096))
+PY
+  bytes=$((small_n * 4096))
+  rsync_row 2 "rsync --fsync" "$work/w2" "$bytes" "$small_n" --fsync
+  rsync_row 2 "rsync" "$work/w2" "$bytes" "$small_n"
+  spoolship_row 2 "spoolship" "$work/w2" "$bytes" "$small_n"
+  rm -rf "$work/w2" "$work/rsync-dst"
+fi
+
+# ---- Workload 3: many agents at once ----
+if runs 3; then
+  echo "bench: workload 3, $agents agents x $per_agent files of 1 MiB"
+  mkdir -p "$work/w3src"
+  for i in $(seq "$per_agent"); do head -c $((1 << 20)) /dev/urandom > "$work/w3src/f$i"; done
+  for a in $(seq "$agents"); do
+    mkdir -p "$work/w3/a$a"
+    ln "$work/w3src/"* "$work/w3/a$a/"   # hard links: 50 MiB of sources, page-cached, for all
+  done
+  fresh "$work/data" "$work/w3state" "$work/w3archive"
+  start_collector
+  t0=$(now)
+  apids=()
+  for a in $(seq "$agents"); do
+    /usr/bin/time -f "$timefmt" -o "$work/w3/a$a.time" \
+      "$BIN/spoolship-agent" --config "$work/empty.toml" --collector "127.0.0.1:$port" --agent-id "a$a" \
+        --state-dir "$work/w3state/a$a" --spool "bench=$work/w3/a$a" --archive-dir "$work/w3archive/a$a" \
+        --once --log-level warning --timeout 600 &
+    apids+=("$!")
+  done
+  failed=0
+  for p in "${apids[@]}"; do wait "$p" || failed=1; done
+  t1=$(now)
+  collector_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$(pgrep -P "$collector_time")/status")
+  stop_collector
+  [ "$failed" = 0 ] || { echo "bench: an agent of workload 3 failed" >&2; exit 1; }
+  python3 - "$work" "$agents" "$per_agent" > "$work/w3.check" <<'PY'
+import hashlib, os, sys
+work, agents, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+want = {f"f{i}": hashlib.sha256(open(f"{work}/w3src/f{i}", "rb").read()).digest() for i in range(1, per + 1)}
+bad = [f"a{a}/{n}" for a in range(1, agents + 1) for n, h in want.items()
+       if not os.path.exists(p := f"{work}/data/a{a}/bench/{n}") or hashlib.sha256(open(p, "rb").read()).digest() != h]
+print(len(bad))
+PY
+  [ "$(cat "$work/w3.check")" = 0 ] || { echo "bench: workload 3: $(cat "$work/w3.check") files not identical" >&2; exit 1; }
+  walls=$(for a in $(seq "$agents"); do wall_of "$work/w3/a$a.time"; done | sort -g)
+  fastest=$(echo "$walls" | head -1); slowest=$(echo "$walls" | tail -1)
+  agent_cpu=$(for a in $(seq "$agents"); do cpu_of "$work/w3/a$a.time"; done | paste -sd+ | bc -l)
+  agent_rss=$(for a in $(seq "$agents"); do rss_of "$work/w3/a$a.time"; done | sort -g | tail -1)
+  bytes=$((agents * per_agent << 20))
+  row 3 "spoolship, $agents agents" "$(calc "$t1 - $t0")" "$bytes" $((agents * per_agent)) "$agent_cpu" \
+    "$(cpu_of "$work/collector.time")" "$agent_rss" "$collector_hwm" \
+    "slowest/fastest=$(calc "$slowest / $fastest" | xargs printf '%.2f') fastest_s=$fastest slowest_s=$slowest identical=all"
+  rm -rf "$work/w3" "$work/w3src" "$work/w3state" "$work/w3archive" "$work/data"
+fi
+
+# ---- Workload 4: a log producer at full speed, rotated every second ----
+if runs 4; then
+  echo "bench: workload 4, a log producer for $log_s s, rotation every second"
+  WORK="$work/w4" BIN="$BIN" bash bench/logs.sh "$log_s" > "$work/w4.out"
+  cat "$work/w4.out"
+  r=$(grep '^RESULT ' "$work/w4.out")
+  get() { echo "$r" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+  row 4 "spoolship, log spool" "$(get seconds)" "$(get bytes)" 1 "$(get agent_cpu_s)" "$(get collector_cpu_s)" \
+    "$(get agent_hwm_kb)" "$(get collector_hwm_kb)" "records_per_s=$(get records_per_s) latency_median_s=$(get latency_median_s) latency_p99_s=$(get latency_p99_s)"
+fi
+
+python3 bench/report.py "$results" "$out"

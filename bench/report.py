@@ -1,0 +1,92 @@
+"""Turns bench/bench.sh's results.tsv into the printed table, the ratios to the baselines of
+the same run (with the targets of docs/PERFORMANCE.md), results.md and results.png."""
+import csv
+import os
+import subprocess
+import sys
+
+results, out = sys.argv[1], sys.argv[2]
+rows = list(csv.DictReader(open(results), delimiter="\t"))
+if not rows:
+    sys.exit("bench: no results")
+
+
+def find(workload, system):
+    for r in rows:
+        if r["workload"] == workload and r["system"] == system:
+            return r
+    return None
+
+
+def num(r, key):
+    return float(r[key])
+
+
+names = {"1": "1 GiB file", "2": "small files", "3": "many agents", "4": "log spool"}
+header = ["workload", "system", "wall s", "rate", "CPU s/GiB send", "CPU s/GiB recv", "RSS MiB send", "RSS MiB recv", "notes"]
+table = [[f"{r['workload']} {names.get(r['workload'], '')}", r["system"], r["wall_s"], f"{r['rate']} {r['unit']}",
+          r["send_cpu_s_per_gib"], r["recv_cpu_s_per_gib"], r["send_rss_mib"], r["recv_rss_mib"], r["extra"]] for r in rows]
+widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+print()
+for line in [header] + table:
+    print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+
+# The ratios, each with its target: (label, value, target, higher is better).
+checks = []
+ss1, zc, rs1 = find("1", "spoolship"), find("1", "C zc + fdatasync"), find("1", "rsync --fsync")
+if ss1 and zc:
+    checks.append(("1: spoolship / C sendfile+splice+fdatasync, throughput", num(ss1, "rate") / num(zc, "rate"), 0.9, True))
+    checks.append(("1: spoolship / C, CPU per GiB on the sending side", num(ss1, "send_cpu_s_per_gib") / num(zc, "send_cpu_s_per_gib"), 1.3, False))
+    checks.append(("1: spoolship / C, CPU per GiB on the receiving side", num(ss1, "recv_cpu_s_per_gib") / num(zc, "recv_cpu_s_per_gib"), 1.3, False))
+if ss1 and rs1:
+    checks.append(("1: spoolship / rsync --fsync, throughput", num(ss1, "rate") / num(rs1, "rate"), 1.5, True))
+ss2, rs2f, rs2 = find("2", "spoolship"), find("2", "rsync --fsync"), find("2", "rsync")
+if ss2 and rs2f:
+    checks.append(("2: spoolship / rsync --fsync, files per second", num(ss2, "rate") / num(rs2f, "rate"), 5.0, True))
+if ss2 and rs2:
+    checks.append(("2: spoolship / rsync without --fsync, files per second", num(ss2, "rate") / num(rs2, "rate"), 1.0, True))
+ss3 = next((r for r in rows if r["workload"] == "3"), None)
+if ss3:
+    if ss1:
+        checks.append(("3: many agents / workload 1, throughput", num(ss3, "rate") / num(ss1, "rate"), 0.8, True))
+    checks.append(("3: collector peak RSS, MiB", num(ss3, "recv_rss_mib"), 150, False))
+    extra = dict(kv.split("=", 1) for kv in ss3["extra"].split() if "=" in kv)
+    checks.append(("3: slowest / fastest agent", float(extra["slowest/fastest"]), 3.0, False))
+
+lines = []
+if checks:
+    print()
+    for label, value, target, higher in checks:
+        ok = value >= target if higher else value <= target
+        line = f"{label}: {value:.2f} (target {'>=' if higher else '<='} {target:g}) {'met' if ok else 'NOT met'}"
+        lines.append(line)
+        print(line)
+
+with open(os.path.join(out, "results.md"), "w") as f:
+    f.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+    for line in table:
+        f.write("| " + " | ".join(str(x) for x in line) + " |\n")
+    if lines:
+        f.write("\n" + "\n".join(f"- {l}" for l in lines) + "\n")
+
+# The plot: throughput of each system, one panel per workload (files/s for workload 2).
+panels = sorted({r["workload"] for r in rows})
+script = [f"set terminal pngcairo size {420 * len(panels)},420 font ',9'", f"set output '{os.path.join(out, 'results.png')}'",
+          f"set multiplot layout 1,{len(panels)}", "set style fill solid 0.8", "set boxwidth 0.6", "set yrange [0:*]",
+          "set xtics rotate by -35", "unset key", "set grid ytics"]
+for w in panels:
+    data = os.path.join(out, f"plot-{w}.dat")
+    with open(data, "w") as f:
+        for i, r in enumerate(x for x in rows if x["workload"] == w):
+            f.write(f'{i} "{r["system"]}" {r["rate"]}\n')
+    unit = next(r["unit"] for r in rows if r["workload"] == w)
+    script += [f"set title 'workload {w}: {names.get(w, '')}'", f"set ylabel '{unit}'",
+               f"plot '{data}' using 1:3:xtic(2) with boxes lc rgb '#4a7ab5'"]
+script.append("unset multiplot")
+try:
+    subprocess.run(["gnuplot"], input="\n".join(script), text=True, check=True)
+    for w in panels:
+        os.remove(os.path.join(out, f"plot-{w}.dat"))
+    print(f"\nwrote {out}/results.tsv, results.md and results.png")
+except (OSError, subprocess.CalledProcessError) as e:
+    print(f"\nwrote {out}/results.tsv and results.md; no plot ({e})")
