@@ -5,7 +5,7 @@ import PackageDescription
 //   SpoolshipCore   pure logic: wire codec, names, segment keys, record logs. No syscalls.
 //   SpoolshipIO     the Linux data path: fd owners, sendfile/splice/inotify/fsync wrappers.
 //   SpoolshipDaemon the agent and the collector, built from the two above.
-//   C targets       libsystemd and zlib (system libraries), and a _GNU_SOURCE shim for
+//   C targets       libsystemd, zlib and ISA-L (system libraries), and a _GNU_SOURCE shim for
 //                   the calls Swift's Glibc module hides (splice, pipe2, openat2, renameat2).
 let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 
@@ -30,12 +30,15 @@ let package = Package(
         .systemLibrary(
             name: "CSpoolshipZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(
+            name: "CSpoolshipISAL", pkgConfig: "libisal",
+            providers: [.apt(["libisal-dev"])]),
         .target(
             name: "CSpoolshipLinux",
             cSettings: [.define("_GNU_SOURCE")]),
         .target(
             name: "SpoolshipCore",
-            dependencies: ["CSpoolshipZlib", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["CSpoolshipZlib", "CSpoolshipISAL", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "SpoolshipIO",
             dependencies: ["SpoolshipCore", "CSpoolshipLinux", "CSpoolshipZlib"],

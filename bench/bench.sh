@@ -2,14 +2,15 @@
 # make bench: spoolship against the bare syscalls (bench/baseline.c) and an rsync daemon, in one
 # run, on the same files, every transfer durable at the receiver where the row says so.
 #
-#   bash bench/bench.sh [--quick] [--only 1,2,3,4]
+#   bash bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N]
 #
 # Workloads (--quick: small sizes, to check that the benchmark runs and its output parses):
 #   1  one 1 GiB file (quick: 64 MiB)
 #   2  10,000 files of 4 KiB (quick: 300)
 #   3  200 agents at once into one collector, 50 files of 1 MiB each (quick: 4 agents x 5)
 #   4  a log producer at full speed, rotated every second, for 10 s (quick: 3 s)
-# Prints a table (wall time, throughput, CPU seconds per GiB on each side, peak RSS of each
+# Workloads 1 and 2 run N rounds (default 3), the systems taking turns within each round; the
+# table shows each system's median round by wall time. Prints a table (wall time, throughput, CPU seconds per GiB on each side, peak RSS of each
 # side) and the ratios the targets of docs/PERFORMANCE.md are stated in; writes
 # bench/out/results.tsv, bench/out/results.md and bench/out/results.png.
 #
@@ -19,11 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
 only="1,2,3,4"
+rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1;;
     --only) only="$2"; shift;;
-    *) echo "usage: bench/bench.sh [--quick] [--only 1,2,3,4]" >&2; exit 64;;
+    --rounds) rounds="$2"; shift;;
+    *) echo "usage: bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N]" >&2; exit 64;;
   esac
   shift
 done
@@ -143,6 +146,7 @@ if runs 1; then
   mkdir -p "$work/w1"
   head -c $((big_mib << 20)) /dev/urandom > "$work/w1/big.bin"
   bytes=$((big_mib << 20))
+  for round in $(seq "$rounds"); do
   for mode in zc rw; do
     for s in sync nosync; do
       fresh "$work/dst.bin"
@@ -156,6 +160,7 @@ if runs 1; then
   rsync_row 1 "rsync" "$work/w1" "$bytes" 1
   spoolship_row 1 "spoolship" "$work/w1" "$bytes" 1
   cmp "$work/w1/big.bin" "$work/data/bench/bench/big.bin"
+  done
   rm -rf "$work/w1" "$work/dst.bin" "$work/rsync-dst"
 fi
 
@@ -171,9 +176,11 @@ for i in range(n):
         f.write(os.urandom(4096))
 PY
   bytes=$((small_n * 4096))
-  rsync_row 2 "rsync --fsync" "$work/w2" "$bytes" "$small_n" --fsync
-  rsync_row 2 "rsync" "$work/w2" "$bytes" "$small_n"
-  spoolship_row 2 "spoolship" "$work/w2" "$bytes" "$small_n"
+  for round in $(seq "$rounds"); do
+    rsync_row 2 "rsync --fsync" "$work/w2" "$bytes" "$small_n" --fsync
+    rsync_row 2 "rsync" "$work/w2" "$bytes" "$small_n"
+    spoolship_row 2 "spoolship" "$work/w2" "$bytes" "$small_n"
+  done
   rm -rf "$work/w2" "$work/rsync-dst"
 fi
 

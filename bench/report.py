@@ -6,9 +6,17 @@ import subprocess
 import sys
 
 results, out = sys.argv[1], sys.argv[2]
-rows = list(csv.DictReader(open(results), delimiter="\t"))
-if not rows:
+raw = list(csv.DictReader(open(results), delimiter="\t"))
+if not raw:
     sys.exit("bench: no results")
+# Several rounds of a system: keep its median round by wall time, and say what the others took.
+rows = []
+for key in dict.fromkeys((r["workload"], r["system"]) for r in raw):
+    same = sorted((r for r in raw if (r["workload"], r["system"]) == key), key=lambda r: float(r["wall_s"]))
+    pick = dict(same[(len(same) - 1) // 2])
+    if len(same) > 1:
+        pick["extra"] = (pick["extra"] + f" median of {len(same)}: " + "/".join(r["wall_s"] for r in same) + " s").strip()
+    rows.append(pick)
 
 
 def find(workload, system):

@@ -4,7 +4,7 @@ set -euo pipefail
 # systemd: systemd-analyze, systemd-socket-activate and systemd-sysusers for the tests;
 # gzip: zcat; util-linux: unshare and mount; dpkg-dev: dpkg-shlibdeps for packaging/build-deb.sh;
 # make: make fuzz, make soak.
-packages=(libsystemd-dev zlib1g-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make)
+packages=(libsystemd-dev zlib1g-dev libisal-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,3 +1,4 @@
+import CSpoolshipISAL
 import CSpoolshipZlib
 
 /// CRC-32 (ISO-HDLC, the one zlib and gzip use) computed incrementally.
@@ -9,19 +10,26 @@ public struct CRC32: Sendable, Equatable {
 
     public init(value: UInt32 = 0) { self.value = value }
 
+    /// With ISA-L's `crc32_gzip_refl`, the same CRC as zlib's `crc32` (a unit test checks
+    /// them against each other) at about three times the speed.
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        value = crc32_gzip_refl(value, base.assumingMemoryBound(to: UInt8.self), UInt64(bytes.count))
+    }
+
+    /// zlib's CRC-32, which ISA-L's must equal (for the tests).
+    public static func zlib(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return 0 }
         var p = base.assumingMemoryBound(to: Bytef.self)
         var left = bytes.count
-        var c = UInt(value)
-        // zlib's length argument is a 32-bit uInt: feed it in slices.
-        while left > 0 {
+        var c: UInt = 0
+        while left > 0 {  // zlib's length is a 32-bit uInt: in slices
             let n = min(left, 1 << 30)
             c = crc32(c, p, uInt(n))
             p += n
             left -= n
         }
-        value = UInt32(truncatingIfNeeded: c)
+        return UInt32(truncatingIfNeeded: c)
     }
 
     public mutating func update<C: Collection>(_ bytes: C) where C.Element == UInt8 {
