@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -81,4 +82,8 @@ int spsh_spawn_shell(const char *command, int *pid_out) {
     posix_spawnattr_destroy(&attr);
     if (rc == 0) *pid_out = pid;
     return rc;
+}
+
+int spsh_fix_mmap_threshold(int bytes) {
+    return mallopt(M_MMAP_THRESHOLD, bytes);
 }

@@ -143,6 +143,7 @@ struct AgentCommand: ParsableCommand {
         guard let level = Logger.Level.parse(logLevel ?? fileLevel ?? "info") else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel ?? "")'")
         }
+        Processes.fixMallocMmapThreshold()
         SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
         logger[metadataKey: "agent.id"] = "\(current.agentID)"

@@ -145,6 +145,7 @@ struct CollectorCommand: ParsableCommand {
         }
         let inherited = sockets.first
         let (config, level) = try resolved(inherited: inherited)
+        Processes.fixMallocMmapThreshold()
         SpoolshipLogging.bootstrap(level: level)
         let logger = Logger(label: "spoolship-collector")
         let stop = StopRequest()

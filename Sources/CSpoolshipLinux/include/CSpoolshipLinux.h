@@ -30,3 +30,7 @@ ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count);
 /// Starts `/bin/sh -c command` in a process group of its own, with stdin from /dev/null, an
 /// empty signal mask and default signal dispositions. Returns 0 and the pid, or an errno value.
 int spsh_spawn_shell(const char *command, int *pid_out);
+/// Fixes glibc's mmap threshold at `bytes` (M_MMAP_THRESHOLD): larger allocations are always
+/// mapped and unmapped, instead of the threshold growing after the first free and the
+/// buffers of hundreds of threads staying resident in malloc's arenas. Returns mallopt's result.
+int spsh_fix_mmap_threshold(int bytes);
