@@ -81,12 +81,14 @@ with open(os.path.join(out, "results.md"), "w") as f:
 panels = sorted({r["workload"] for r in rows})
 script = [f"set terminal pngcairo size {420 * len(panels)},420 font ',9'", f"set output '{os.path.join(out, 'results.png')}'",
           f"set multiplot layout 1,{len(panels)}", "set style fill solid 0.8", "set boxwidth 0.6", "set yrange [0:*]",
-          "set xtics rotate by -35", "unset key", "set grid ytics"]
+          "set xtics rotate by -35", "unset key", "set grid ytics", "set termoption noenhanced"]
 for w in panels:
     data = os.path.join(out, f"plot-{w}.dat")
+    these = [x for x in rows if x["workload"] == w]
     with open(data, "w") as f:
-        for i, r in enumerate(x for x in rows if x["workload"] == w):
+        for i, r in enumerate(these):
             f.write(f'{i} "{r["system"]}" {r["rate"]}\n')
+    script.append(f"set xrange [-0.8:{max(len(these), 2) - 0.2}]")
     unit = next(r["unit"] for r in rows if r["workload"] == w)
     script += [f"set title 'workload {w}: {names.get(w, '')}'", f"set ylabel '{unit}'",
                f"plot '{data}' using 1:3:xtic(2) with boxes lc rgb '#4a7ab5'"]
