@@ -83,7 +83,7 @@ fresh() { rm -rf "$@"; sync; }  # the previous round's files go before the sync,
 start_collector() {
   rm -f "$work/port"
   /usr/bin/time -f "$timefmt" -o "$work/collector.time" \
-    "$BIN/spoolship-collector" --config "$work/empty.toml" --listen 127.0.0.1:0 --data-dir "$work/data" \
+    "$BIN/spoolship-collector" --config "$work/empty.toml" --listen 127.0.0.1:0 --data-dir "$data" \
       --port-file "$work/port" --log-level warning --max-connections 1000 &
   collector_time=$!; pids+=("$collector_time")
   for _ in $(seq 1000); do [ -s "$work/port" ] && break; sleep 0.01; done
@@ -92,19 +92,22 @@ start_collector() {
 stop_collector() { pkill -TERM -P "$collector_time"; wait "$collector_time" || true; }
 : > "$work/empty.toml"
 
+# Where each system writes. With keep=1 (workload 2) every transfer writes into a new
+# directory and the outputs are deleted only after the workload: a file system that has just
+# deleted thousands of inodes spends its time skipping them when it allocates new ones (ext4's
+# recently_deleted), which would make every row pay for the previous one's clean-up.
+data="$work/data"; rdst="$work/rsync-dst"; keep=0; n=0
+next_output() { # next_output VAR BASE
+  n=$((n + 1))
+  if [ "$keep" = 1 ]; then printf -v "$1" '%s-%d' "$2" "$n"; else printf -v "$1" '%s' "$2"; fresh "$2"; fi
+}
+
 # An rsync daemon on 127.0.0.1, likewise under /usr/bin/time (its per-connection children are
 # counted in its CPU, and in its peak RSS as the largest of them).
 rsync_port=$((20000 + RANDOM % 20000))
-cat > "$work/rsyncd.conf" <<EOF
-use chroot = no
-[bench]
-path = $work/rsync-dst
-read only = no
-uid = root
-gid = root
-EOF
 start_rsyncd() {
-  mkdir -p "$work/rsync-dst"
+  printf 'use chroot = no\n[bench]\npath = %s\nread only = no\nuid = root\ngid = root\n' "$rdst" > "$work/rsyncd.conf"
+  mkdir -p "$rdst"
   /usr/bin/time -f "$timefmt" -o "$work/rsyncd.time" rsync --daemon --no-detach --config="$work/rsyncd.conf" --port="$rsync_port" &
   rsyncd_time=$!; pids+=("$rsyncd_time")
   for _ in $(seq 500); do rsync "rsync://127.0.0.1:$rsync_port/" >/dev/null 2>&1 && break; sleep 0.01; done
@@ -114,11 +117,12 @@ stop_rsyncd() { pkill -TERM -P "$rsyncd_time"; wait "$rsyncd_time" || true; }
 # rsync_row WORKLOAD LABEL SRC BYTES FILES [--fsync]
 rsync_row() {
   local w=$1 label=$2 src=$3 bytes=$4 files=$5; shift 5
-  fresh "$work/rsync-dst"
+  next_output rdst "$work/rsync-dst"
+  sync
   start_rsyncd
   /usr/bin/time -f "$timefmt" -o "$work/rsync.time" rsync -a "$@" "$src/" "rsync://127.0.0.1:$rsync_port/bench/"
   stop_rsyncd
-  [ "$(find "$work/rsync-dst" -type f | wc -l)" = "$files" ] || { echo "bench: rsync did not copy every file" >&2; exit 1; }
+  [ "$(find "$rdst" -type f | wc -l)" = "$files" ] || { echo "bench: rsync did not copy every file" >&2; exit 1; }
   row "$w" "$label" "$(wall_of "$work/rsync.time")" "$bytes" "$files" "$(cpu_of "$work/rsync.time")" \
     "$(cpu_of "$work/rsyncd.time")" "$(rss_of "$work/rsync.time")" "$(rss_of "$work/rsyncd.time")"
 }
@@ -127,13 +131,14 @@ rsync_row() {
 # baselines do not delete their sources either) into a fresh collector.
 spoolship_row() {
   local w=$1 label=$2 spool=$3 bytes=$4 files=$5
-  fresh "$work/data" "$work/state" "$work/archive"
+  next_output data "$work/data"
+  fresh "$work/state" "$work/archive"
   start_collector
   /usr/bin/time -f "$timefmt" -o "$work/agent.time" \
     "$BIN/spoolship-agent" --config "$work/empty.toml" --collector "127.0.0.1:$port" --agent-id bench \
       --state-dir "$work/state" --spool "bench=$spool" --archive-dir "$work/archive" --once --log-level warning
   stop_collector
-  [ "$(ls "$work/data/bench/bench" | wc -l)" = "$files" ] || { echo "bench: spoolship did not commit every file" >&2; exit 1; }
+  [ "$(ls "$data/bench/bench" | wc -l)" = "$files" ] || { echo "bench: spoolship did not commit every file" >&2; exit 1; }
   row "$w" "$label" "$(wall_of "$work/agent.time")" "$bytes" "$files" "$(cpu_of "$work/agent.time")" \
     "$(cpu_of "$work/collector.time")" "$(rss_of "$work/agent.time")" "$(rss_of "$work/collector.time")"
   # Put the files back for the next system.
@@ -159,7 +164,7 @@ if runs 1; then
   rsync_row 1 "rsync --fsync" "$work/w1" "$bytes" 1 --fsync
   rsync_row 1 "rsync" "$work/w1" "$bytes" 1
   spoolship_row 1 "spoolship" "$work/w1" "$bytes" 1
-  cmp "$work/w1/big.bin" "$work/data/bench/bench/big.bin"
+  cmp "$work/w1/big.bin" "$data/bench/bench/big.bin"
   done
   rm -rf "$work/w1" "$work/dst.bin" "$work/rsync-dst"
 fi
@@ -176,12 +181,14 @@ for i in range(n):
         f.write(os.urandom(4096))
 PY
   bytes=$((small_n * 4096))
+  keep=1
   for round in $(seq "$rounds"); do
     rsync_row 2 "rsync --fsync" "$work/w2" "$bytes" "$small_n" --fsync
     rsync_row 2 "rsync" "$work/w2" "$bytes" "$small_n"
     spoolship_row 2 "spoolship" "$work/w2" "$bytes" "$small_n"
   done
-  rm -rf "$work/w2" "$work/rsync-dst"
+  keep=0
+  rm -rf "$work/w2" "$work"/rsync-dst* "$work"/data*; sync
 fi
 
 # ---- Workload 3: many agents at once ----
@@ -193,7 +200,8 @@ if runs 3; then
     mkdir -p "$work/w3/a$a"
     ln "$work/w3src/"* "$work/w3/a$a/"   # hard links: 50 MiB of sources, page-cached, for all
   done
-  fresh "$work/data" "$work/w3state" "$work/w3archive"
+  data="$work/data"
+  fresh "$data" "$work/w3state" "$work/w3archive"
   start_collector
   t0=$(now)
   apids=()
@@ -227,7 +235,7 @@ PY
   row 3 "spoolship, $agents agents" "$(calc "$t1 - $t0")" "$bytes" $((agents * per_agent)) "$agent_cpu" \
     "$(cpu_of "$work/collector.time")" "$agent_rss" "$collector_hwm" \
     "slowest/fastest=$(calc "$slowest / $fastest" | xargs printf '%.2f') fastest_s=$fastest slowest_s=$slowest identical=all"
-  rm -rf "$work/w3" "$work/w3src" "$work/w3state" "$work/w3archive" "$work/data"
+  rm -rf "$work/w3" "$work/w3src" "$work/w3state" "$work/w3archive" "$data"
 fi
 
 # ---- Workload 4: a log producer at full speed, rotated every second ----

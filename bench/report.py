@@ -66,7 +66,7 @@ if checks:
     print()
     for label, value, target, higher in checks:
         ok = value >= target if higher else value <= target
-        line = f"{label}: {value:.2f} (target {'>=' if higher else '<='} {target:g}) {'met' if ok else 'NOT met'}"
+        line = f"{label}: {value:.3f} (target {'>=' if higher else '<='} {target:g}) {'met' if ok else 'NOT met'}"
         lines.append(line)
         print(line)
 
