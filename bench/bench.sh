@@ -55,7 +55,9 @@ else big_mib=1024; small_n=10000; agents=200; per_agent=50; log_s=10; fi
 results="$out/results.tsv"
 printf 'workload\tsystem\twall_s\trate\tunit\tsend_cpu_s_per_gib\trecv_cpu_s_per_gib\tsend_rss_mib\trecv_rss_mib\textra\n' > "$results"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# pids are /usr/bin/time's, which does not pass signals on: stop its child first.
+cleanup() { for p in "${pids[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+forget() { local keep=() p; for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
 trap cleanup EXIT
 
 now() { date +%s.%N; }
@@ -74,9 +76,10 @@ row() {
   printf '%s\t%s\t%.3f\t%.1f\t%s\t%.3f\t%.3f\t%.1f\t%.1f\t%s\n' "$1" "$2" "$3" "$rate" "$unit" \
     "$(calc "$6 / $gib")" "$(calc "$7 / $gib")" "$(calc "$8 / 1024")" "$(calc "$9 / 1024")" "${10:-}" >> "$results"
 }
-cpu_of() { awk '{print $2 + $3}' "$1"; }   # a /usr/bin/time output file
-rss_of() { awk '{print $4}' "$1"; }
-wall_of() { awk '{print $1}' "$1"; }
+# A /usr/bin/time output file: its last line (a first line says so if the command failed).
+cpu_of() { tail -1 "$1" | awk '{print $2 + $3}'; }
+rss_of() { tail -1 "$1" | awk '{print $4}'; }
+wall_of() { tail -1 "$1" | awk '{print $1}'; }
 fresh() { rm -rf "$@"; sync; }  # the previous round's files go before the sync, not during a run
 
 # The collector, under /usr/bin/time so that its CPU and peak RSS are known when it stops.
@@ -89,7 +92,7 @@ start_collector() {
   for _ in $(seq 1000); do [ -s "$work/port" ] && break; sleep 0.01; done
   port=$(cat "$work/port")
 }
-stop_collector() { pkill -TERM -P "$collector_time"; wait "$collector_time" || true; }
+stop_collector() { pkill -TERM -P "$collector_time"; wait "$collector_time" || true; forget "$collector_time"; }
 : > "$work/empty.toml"
 
 # Where each system writes. With keep=1 (workload 2) every transfer writes into a new
@@ -112,7 +115,7 @@ start_rsyncd() {
   rsyncd_time=$!; pids+=("$rsyncd_time")
   for _ in $(seq 500); do rsync "rsync://127.0.0.1:$rsync_port/" >/dev/null 2>&1 && break; sleep 0.01; done
 }
-stop_rsyncd() { pkill -TERM -P "$rsyncd_time"; wait "$rsyncd_time" || true; }
+stop_rsyncd() { pkill -TERM -P "$rsyncd_time"; wait "$rsyncd_time" || true; forget "$rsyncd_time"; }
 
 # rsync_row WORKLOAD LABEL SRC BYTES FILES [--fsync]
 rsync_row() {

@@ -215,6 +215,7 @@ final class Transfer: @unchecked Sendable {
     var lastCheckpointTime: Double
     var checkpointPending = false
     private var _poisoned = false
+    private var _retired = false
 
     init(tag: UInt64, key: SegmentKey, label: String, fd: OwnedFD?, held: Int64) {
         self.tag = tag
@@ -236,6 +237,11 @@ final class Transfer: @unchecked Sendable {
     var poisoned: Bool {
         get { lock.lock(); defer { lock.unlock() }; return _poisoned }
         set { lock.lock(); _poisoned = newValue; lock.unlock() }
+    }
+    /// Replaced by a newer offer of the same segment (which uses the same partial file).
+    var retired: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return _retired }
+        set { lock.lock(); _retired = newValue; lock.unlock() }
     }
 }
 
@@ -382,7 +388,15 @@ final class CollectorConnection: @unchecked Sendable {
             switch step {
             case .send(let frames): try send(frames)
             case .accepted(let id):
-                if collector.config.agents != nil { authenticated.withLock { $0 = id } }
+                if collector.config.agents != nil {
+                    authenticated.withLock { $0 = id }
+                    // A reload that removed this agent while it was proving itself did not see
+                    // this connection yet: look again, now that a reload would.
+                    if let agents = collector.config.agents, agents[id] == nil {
+                        logger.error("authentication failed", metadata: ["reason": "removed from the agents file during the handshake"])
+                        throw Refusal(code: .authentication, message: "agent \(id) is not known to this collector")
+                    }
+                }
                 return try collector.dataDir.agent(id, logger: logger)
             }
         }
@@ -452,7 +466,10 @@ final class CollectorConnection: @unchecked Sendable {
         // newer offer replaces the older one, and its partial is kept.
         for (oldTag, t) in transfers where t.key == o.key {
             if t.fd != nil { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
-            try? t.fd?.close()
+            // Retired, not closed: a checkpoint of it may be queued on the durability thread,
+            // and must neither sync a closed descriptor nor unlink the name the new offer uses.
+            // Its descriptor closes when the last reference goes.
+            t.retired = true
             transfers[oldTag] = nil
         }
         if let broken = store.broken {
@@ -513,7 +530,9 @@ final class CollectorConnection: @unchecked Sendable {
             let limit = config.maxPartialBytes
             let onOffer = transfers.values.reduce(UInt64(0)) { $0 + $1.key.size }
             var total = store.leftoverBytes + onOffer + o.key.size
-            if total > limit {
+            // Left-overs are dropped only when that makes room: if the offers under way
+            // already fill the limit, they are kept for the resends they may still save.
+            if total > limit && onOffer + o.key.size <= limit {
                 total -= min(total, store.dropLeftovers(freeing: total - limit, except: pname, logger: logger))
             }
             if total > limit {
@@ -622,7 +641,7 @@ final class CollectorConnection: @unchecked Sendable {
     /// the file held before the fdatasync began, never more.
     private func checkpoint(_ t: Transfer) {
         defer { t.checkpointPending = false }
-        guard let store = store, let fd = t.fd, !t.poisoned else { return }
+        guard let store = store, let fd = t.fd, !t.poisoned, !t.retired else { return }
         let reached = t.written
         guard reached > t.synced else { return }
         do {
@@ -641,8 +660,9 @@ final class CollectorConnection: @unchecked Sendable {
             t.poisoned = true
             // R2: its name goes now, not at the end of the connection, so that no later offer
             // (after a crash, say) can find it, sync it again and trust it. The reader finishes
-            // the frame into the nameless file.
-            try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+            // the frame into the nameless file. (A retired transfer's file is the newer
+            // offer's: it is that one's to judge.)
+            if !t.retired { _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label) }
             return
         }
         // A failed send means the connection is going away; the partial stays good.

@@ -101,6 +101,9 @@ struct CollectorCommand: ParsableCommand {
         } else if let b = file.maxPartialBytes {
             c.maxPartialBytes = b
         }
+        guard c.maxPartialBytes <= 1 << 62 else {
+            throw ValidationError("max-partial-bytes must be at most 4 EiB (2^62 bytes); got \(c.maxPartialBytes)")
+        }
         if let r = maxFrameBody {
             guard let b = ByteSize.parse(r) else { throw ValidationError("--max-frame-body must be a size such as 64K or 1M; got '\(r)'") }
             c.maxFrameBody = Int(clamping: b)
