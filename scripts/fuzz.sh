@@ -7,14 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-duration="${1:-60}"
-case "$duration" in
-  *h) seconds=$(( ${duration%h} * 3600 ));;
-  *m) seconds=$(( ${duration%m} * 60 ));;
-  *s) seconds=${duration%s};;
-  *) seconds=$duration;;
-esac
-[[ "$seconds" =~ ^[0-9]+$ && "$seconds" -gt 0 ]] || { echo "fuzz: DURATION must be seconds or 10m/1h, got '$duration'" >&2; exit 64; }
+source scripts/duration.sh
+seconds=$(seconds_of fuzz "${1:-60}")
 
 # The whole build is instrumented; it lives apart from the normal build. lld, because gold
 # fails on the entry point SwiftPM gives the program.

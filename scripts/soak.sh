@@ -4,14 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-duration="${1:-20m}"
-case "$duration" in
-  *h) seconds=$(( ${duration%h} * 3600 ));;
-  *m) seconds=$(( ${duration%m} * 60 ));;
-  *s) seconds=${duration%s};;
-  *) seconds=$duration;;
-esac
-[[ "$seconds" =~ ^[0-9]+$ && "$seconds" -gt 0 ]] || { echo "soak: DURATION must be seconds or 20m/1h, got '$duration'" >&2; exit 64; }
+source scripts/duration.sh
+seconds=$(seconds_of soak "${1:-20m}")
 swift build --build-tests
 SPOOLSHIP_SOAK_SECONDS="$seconds" SPOOLSHIP_BIN_DIR="$(swift build --show-bin-path)" \
   exec swift test --skip-build --disable-xctest --filter SoakTests
