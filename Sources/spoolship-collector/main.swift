@@ -89,27 +89,12 @@ struct CollectorCommand: ParsableCommand {
         c.checkpointBytes = checkpointBytes ?? file.checkpointBytes.map { Int64(clamping: $0) } ?? c.checkpointBytes
         c.partialMaxAge = partialMaxAge ?? file.partialMaxAge ?? c.partialMaxAge
         c.maxConnections = maxConnections ?? file.maxConnections ?? c.maxConnections
-        if let r = freeSpaceReserve {
-            guard let b = r == "0" ? 0 : ByteSize.parse(r) else { throw ValidationError("--free-space-reserve must be a size such as 0, 512M or 2G; got '\(r)'") }
-            c.freeSpaceReserve = b
-        } else if let b = file.freeSpaceReserve {
-            c.freeSpaceReserve = b
-        }
-        if let r = maxPartialBytes {
-            guard let b = r == "0" ? 0 : ByteSize.parse(r) else { throw ValidationError("--max-partial-bytes must be a size such as 0, 16G or 512M; got '\(r)'") }
-            c.maxPartialBytes = b
-        } else if let b = file.maxPartialBytes {
-            c.maxPartialBytes = b
-        }
+        c.freeSpaceReserve = try size(freeSpaceReserve, "--free-space-reserve", zeroAllowed: true, example: "512M or 2G") ?? file.freeSpaceReserve ?? c.freeSpaceReserve
+        c.maxPartialBytes = try size(maxPartialBytes, "--max-partial-bytes", zeroAllowed: true, example: "16G or 512M") ?? file.maxPartialBytes ?? c.maxPartialBytes
         guard c.maxPartialBytes <= 1 << 62 else {
             throw ValidationError("max-partial-bytes must be at most 4 EiB (2^62 bytes); got \(c.maxPartialBytes)")
         }
-        if let r = maxFrameBody {
-            guard let b = ByteSize.parse(r) else { throw ValidationError("--max-frame-body must be a size such as 64K or 1M; got '\(r)'") }
-            c.maxFrameBody = Int(clamping: b)
-        } else if let b = file.maxFrameBody {
-            c.maxFrameBody = Int(clamping: b)
-        }
+        c.maxFrameBody = Int(clamping: try size(maxFrameBody, "--max-frame-body", zeroAllowed: false, example: "64K or 1M") ?? file.maxFrameBody ?? UInt64(c.maxFrameBody))
         guard (1024...(16 << 20)).contains(c.maxFrameBody) else {
             throw ValidationError("max-frame-body must be from 1K to 16M; got \(c.maxFrameBody) bytes")
         }
@@ -130,6 +115,17 @@ struct CollectorCommand: ParsableCommand {
         guard c.checkpointBytes > 0 else { throw ValidationError("--checkpoint-bytes must be positive") }
         guard c.partialMaxAge > 0 else { throw ValidationError("--partial-max-age must be positive") }
         return (c, level)
+    }
+
+    /// A size flag's value (suffixes K, M, G; "0" where zero turns the setting off), or nil
+    /// when the flag was not given.
+    private func size(_ text: String?, _ flag: String, zeroAllowed: Bool, example: String) throws -> UInt64? {
+        guard let t = text else { return nil }
+        if zeroAllowed && t == "0" { return 0 }
+        guard let b = ByteSize.parse(t) else {
+            throw ValidationError("\(flag) must be a size such as \(zeroAllowed ? "0, " : "")\(example); got '\(t)'")
+        }
+        return b
     }
 
     func validate() throws {
