@@ -121,6 +121,9 @@ public final class Agent: @unchecked Sendable {
     var incomplete: String?
     var fatal: String?
     var lastProgress = monotonicNow()
+    /// With `once`: the first scan of the spools is still sealing files (on its own thread,
+    /// while the first ones ship); the run is not over before it ends.
+    var scanning = false
     var lastError: String?
     /// Acknowledged segments waiting for the reaper.
     var reapQueue: [Segment] = []
@@ -283,10 +286,19 @@ public final class Agent: @unchecked Sendable {
             logger.error("cannot list spool", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)", "error": "\(error)"])
             return
         }
+        // Admitted a batch at a time, so that shipping starts while a large backlog is still
+        // being sealed.
         var sealed: [Segment] = []
-        for n in names { if let s = seal(spool: spool.name, name: n) { sealed.append(s) } }
+        for n in names {
+            if isStopped { return }
+            if let s = seal(spool: spool.name, name: n) { sealed.append(s) }
+            if sealed.count >= Self.admitBatch { admit(sealed); sealed.removeAll() }
+        }
         admit(sealed)
     }
+
+    /// How many sealed files a scan hands over to the shipper at a time.
+    static let admitBatch = 256
 
     /// Seals one file: checks that it is a complete regular file with a shippable name, and
     /// computes its checksum. Returns nil for what is not (yet) to be shipped.
@@ -585,9 +597,22 @@ public final class Agent: @unchecked Sendable {
     public func run() throws {
         Thread.current.name = "shipper"
         heartbeats.beat("shipper")
-        // With --once, everything there is now is sealed first. A daemon's watcher scans once
-        // its watches are set, so that readiness does not wait for a backlog to be read.
-        if config.once { scanAll() }
+        // With --once, everything there is now is sealed by a scanner thread, and shipping
+        // starts with its first batch; the run ends only after the scan. A daemon's watcher
+        // scans once its watches are set, so that readiness does not wait for a backlog.
+        if config.once {
+            state.withLock { scanning = true }
+            spawn("scanner") { [self] in
+                scanAll()
+                // A scan cut short by a stop has not seen everything: `scanning` stays set,
+                // so that the run does not report success.
+                state.withLock {
+                    if !stopped { scanning = false }
+                    lastProgress = monotonicNow()
+                    state.broadcast()
+                }
+            }
+        }
         for name in reopenAfterRecovery.sorted() {
             if let s = spoolConfig(name), let l = s.logs { reopenProducers(s, l) }
         }
@@ -730,17 +755,20 @@ public final class Agent: @unchecked Sendable {
         defer { state.unlock() }
         if let f = fatal { throw DaemonError(f) }
         if stopped {
+            if config.once && scanning {
+                throw DaemonError("stopped before every file in the spools was sealed; what is left ships on the next run")
+            }
             if config.once && !(segments.isEmpty && rotations.isEmpty) {
                 throw DaemonError("stopped with \(segments.count + rotations.count) segment(s) not yet shipped; they ship on the next run")
             }
             return ()
         }
         if config.once {
-            if segments.isEmpty && rotations.isEmpty {
+            if segments.isEmpty && rotations.isEmpty && !scanning {
                 if let why = incomplete { throw DaemonError("not everything could be shipped: \(why)") }
                 return ()
             }
-            if monotonicNow() - lastProgress > config.timeout {
+            if !scanning && monotonicNow() - lastProgress > config.timeout {
                 var pending = "\(segments.count) segment(s) still pending"
                 if !rotations.isEmpty { pending += " and \(rotations.count) rotated file(s) not sealed" }
                 throw DaemonError("no progress for \(Int(config.timeout)) s shipping to \(config.collector); \(pending); last error: \(lastError ?? "none")")
