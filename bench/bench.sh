@@ -42,7 +42,8 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-python3 -c "import numpy" 2>/dev/null || pip install -q numpy
+# numpy: for workload 4 (bench/logs.sh).
+if runs 4; then python3 -c "import numpy" 2>/dev/null || pip install -q numpy; fi
 if [ -z "${BIN:-}" ]; then
   swift build -c release >/dev/null
   BIN=$(swift build -c release --show-bin-path)
