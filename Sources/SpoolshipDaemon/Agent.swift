@@ -733,6 +733,29 @@ public final class Agent: @unchecked Sendable {
         journal.close()
     }
 
+    /// Segments and bytes acknowledged by the collector since start, of all those found so
+    /// far; `scanning` while `--once` may still find more.
+    public struct Progress: Sendable {
+        public var doneSegments = 0
+        public var doneBytes: UInt64 = 0
+        public var totalSegments = 0
+        public var totalBytes: UInt64 = 0
+        public var scanning = false
+    }
+
+    public func progress() -> Progress {
+        state.withLock {
+            var p = Progress(doneSegments: shippedSegments, doneBytes: shippedBytes,
+                             totalSegments: shippedSegments, totalBytes: shippedBytes, scanning: scanning)
+            for s in segments.values {
+                p.totalSegments += 1
+                p.totalBytes += s.size
+                if s.acked { p.doneSegments += 1; p.doneBytes += s.size }
+            }
+            return p
+        }
+    }
+
     /// The one-line summary for the service manager's STATUS=.
     public func statusLine() -> String {
         state.withLock {

@@ -51,7 +51,9 @@ struct LevelledStreamHandler: LogHandler {
     }
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
         guard level >= logLevel else { return }
-        inner.log(level: level, message: message, metadata: metadata, source: source, file: file, function: function, line: line)
+        TerminalProgress.aroundLogLine {
+            inner.log(level: level, message: message, metadata: metadata, source: source, file: file, function: function, line: line)
+        }
     }
 }
 

@@ -24,7 +24,7 @@ public func startThread(_ name: String, stackSize: Int = 1 << 20, _ body: @escap
 }
 
 /// Seconds on the monotonic clock.
-func monotonicNow() -> Double {
+public func monotonicNow() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

@@ -189,6 +189,22 @@ struct AgentCommand: ParsableCommand {
                 // A SIGHUP came while no agent was running: take it now.
                 startThread("reload") { [self] in reload(logger: logger, running: running, control: control) }
             }
+            // --once on a terminal: a progress bar on standard error until the run ends.
+            let bar = once ? TerminalProgress.startIfTerminal() : nil
+            let stopBar = DispatchSemaphore(value: 0)
+            let barEnded = DispatchSemaphore(value: 0)
+            if let bar = bar {
+                _ = startThread("progress") {
+                    let started = monotonicNow()
+                    repeat {
+                        bar.draw(Self.progressLine(agent.progress(), elapsed: monotonicNow() - started))
+                    } while stopBar.wait(timeout: .now() + 0.2) == .timedOut
+                    bar.draw(Self.progressLine(agent.progress(), elapsed: monotonicNow() - started), force: true)
+                    bar.finish(keep: true)
+                    barEnded.signal()
+                }
+            }
+            defer { if bar != nil { stopBar.signal(); barEnded.wait() } }
             do {
                 try agent.run()
             } catch {
@@ -220,6 +236,22 @@ struct AgentCommand: ParsableCommand {
         if once {
             logger.info("all segments shipped", metadata: ["segments": "\(shipped.segments)", "bytes": "\(shipped.bytes)"])
         }
+    }
+
+    /// `shipping [####      ] 12/300 segments, 45.0/120.0 MiB, 80.5 MiB/s, 2 s left`; while
+    /// the spools are still being scanned the totals may grow (`300+`) and no time is told.
+    static func progressLine(_ p: Agent.Progress, elapsed: Double) -> String {
+        let fraction = p.totalBytes > 0 ? Double(p.doneBytes) / Double(p.totalBytes)
+            : (p.totalSegments > 0 ? Double(p.doneSegments) / Double(p.totalSegments) : (p.scanning ? 0 : 1))
+        let more = p.scanning ? "+" : ""
+        let rate = elapsed > 0 ? Double(p.doneBytes) / elapsed : 0
+        var line = "shipping \(TerminalProgress.bar(fraction)) \(p.doneSegments)/\(p.totalSegments)\(more) segments, "
+            + "\(TerminalProgress.mib(p.doneBytes))/\(TerminalProgress.mib(p.totalBytes))\(more) MiB, "
+            + "\(TerminalProgress.mib(UInt64(rate))) MiB/s"
+        if !p.scanning && rate > 0 && p.doneBytes < p.totalBytes {
+            line += ", \(Int((Double(p.totalBytes - p.doneBytes) / rate).rounded(.up))) s left"
+        }
+        return line
     }
 
     /// SIGHUP: reads the config file and the flags again. A configuration that does not load

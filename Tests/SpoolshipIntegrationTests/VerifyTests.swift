@@ -85,3 +85,31 @@ import Testing
         #expect(s.output.contains("5 segment(s)"), "\(s.output)")
     }
 }
+
+/// `spoolship-agent --once` shows a progress bar on a terminal, and prints nothing extra
+/// without one.
+@Suite(.serialized) struct AgentProgressTests {
+    @Test func onceProgressBar_underAPseudoTerminal_andNotOtherwise() throws {
+        let c = try Cluster("once-progress")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<4 { try p.add("a\(i).bin", size: 1 << 20, seed: UInt64(40 + i), into: spool) }
+        // Without a terminal: no bar, and the files arrive.
+        let (s0, plain) = try c.runOnce(c.agentArgs(spools: [("spool", spool)]))
+        #expect(s0 == 0, "\(plain)")
+        #expect(!plain.contains("shipping ["), "no progress bar without a terminal:\n\(plain)")
+        #expect(try p.identical(in: c.committed()).count == 4)
+
+        // Under a pseudo-terminal (script(1)): the bar, ending at every segment and byte.
+        var q = try c.payload("originals-2")
+        for i in 0..<3 { try q.add("b\(i).bin", size: 1 << 20, seed: UInt64(50 + i), into: spool) }
+        let args = c.agentArgs(spools: [("spool", spool)]) + ["--once"]
+        let cmd = ([Harness.binDir.appendingPathComponent("spoolship-agent").path] + args).joined(separator: " ")
+        let s = try Daemon("/usr/bin/script", ["-qec", cmd, "/dev/null"], log: c.nextLog("agent-pty"))
+        #expect(s.wait(timeout: 120) == 0, "\(s.output)")
+        #expect(s.output.contains("shipping [##############################] 3/3 segments, 3.0/3.0 MiB"), "progress bar under a terminal:\n\(s.output)")
+        #expect(try q.identical(in: c.committed()).count == 3)
+    }
+}
