@@ -204,10 +204,14 @@ struct AgentCommand: ParsableCommand {
                     barEnded.signal()
                 }
             }
-            defer { if bar != nil { stopBar.signal(); barEnded.wait() } }
+            // Ended before the agent's last words, so that they do not land on the bar's line.
+            var barRunning = bar != nil
+            func endBar() { if barRunning { barRunning = false; stopBar.signal(); barEnded.wait() } }
+            defer { endBar() }
             do {
                 try agent.run()
             } catch {
+                endBar()
                 running.withLock { $0 = nil }
                 agent.close()
                 logger.critical("agent stopped", metadata: ["error": "\(error)"])
