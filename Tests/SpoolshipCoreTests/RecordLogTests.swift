@@ -81,4 +81,31 @@ import Testing
         let c = try RecordLog.parse(bytes, kind: StateRecord.kind, version: 1, as: StateRecord.self)
         #expect(c.records == records)
     }
+
+    /// The journal and the ledger write their records with a JSON writer of their own: it
+    /// must give JSONEncoder's bytes, so that files written before and after read the same.
+    @Test func ownJSONWriter_givesJSONEncodersBytes() throws {
+        let awkward = (0..<0x20).map { String(UnicodeScalar(UInt8($0))) }.joined() + "\"\\/ü€𝄞\u{7f}name"
+        var seal = StateRecord(op: .seal, id: .max)
+        seal.spool = "inbox"; seal.name = awkward; seal.kind = .log; seal.dev = 0; seal.ino = .max
+        seal.size = 4096; seal.crc = .max; seal.mtimeNs = .min
+        var ack = StateRecord(op: .ack, id: 7)
+        ack.stored = "a/b~1"
+        var rotate = StateRecord(op: .rotate, id: 9)
+        rotate.spool = "app"; rotate.name = "api.log"; rotate.seq = 12; rotate.dev = 3; rotate.ino = 4
+        let states = [seal, ack, StateRecord(op: .done, id: 0), rotate]
+        for r in states {
+            #expect(r.json() == Array(try RecordLog.encoder.encode(r)), "\(r)")
+        }
+        var ledger = entries
+        ledger.append(LedgerEntry(key: SegmentKey(spool: "s", name: awkward, size: .max, crc: 1), stored: awkward + "~2", time: .min))
+        for e in ledger {
+            #expect(e.json() == Array(try RecordLog.encoder.encode(e)), "\(e)")
+        }
+        let h = RecordLog.Header(kind: LedgerEntry.kind, version: 1)
+        #expect(h.json() == Array(try RecordLog.encoder.encode(h)))
+        // And what it writes reads back.
+        let bytes = RecordLog.headerLine(kind: StateRecord.kind, version: StateRecord.version) + states.flatMap { RecordLog.line($0) }
+        #expect(try RecordLog.parse(bytes, kind: StateRecord.kind, version: StateRecord.version, as: StateRecord.self).records == states)
+    }
 }
