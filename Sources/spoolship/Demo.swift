@@ -311,11 +311,14 @@ final class DemoRun {
         // The collector's ledger, as `spoolship verify` checks it.
         let report = try Verifier.verify(dataDir: data)
         let problems = report.corrupt + report.missing + report.unknown + report.damaged
-        out.line("  verify      \(report.checked) segments, \(report.bytes) bytes match the collector's ledger; \(problems.count) problems")
+        out.line("  verify      \(report.checked) segments, \(report.bytes) bytes match the collector's ledger; \(problems.count) problem\(problems.count == 1 ? "" : "s")")
         for p in problems { out.line("                \(p)") }
-        if !report.ok { failures.append("verify: \(problems.count) problem(s): \(problems.joined(separator: "; "))") }
         let expected = produced.blobs.count + segments.count
-        if report.checked != expected { failures.append("verify: \(report.checked) segments in the ledger, expected \(expected)") }
+        if !report.ok {
+            failures.append("verify: \(problems.count) problem(s): \(problems.joined(separator: "; "))")
+        } else if report.checked != expected {
+            failures.append("verify: the collector's ledger holds \(report.checked) segments, \(expected) were committed")
+        }
 
         // Nothing left behind on the agent's side.
         let left = spoolLeftovers()

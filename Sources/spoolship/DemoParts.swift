@@ -60,12 +60,17 @@ final class DemoDaemon: @unchecked Sendable {
     private let process = Process()
     private let relay: Thread
     private let relayed = Locked(0)
+    private let relayDone = Locked(false)
 
     init(_ name: String, executable: URL, arguments: [String], out: DemoOutput) throws {
         self.name = name
         let pipe = Pipe()
         process.executableURL = executable
         process.arguments = arguments
+        // Nothing of a service manager the demo may run under is for them.
+        var env = ProcessInfo.processInfo.environment
+        for k in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"] { env[k] = nil }
+        process.environment = env
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = pipe
         process.standardError = pipe
@@ -76,6 +81,7 @@ final class DemoDaemon: @unchecked Sendable {
         }
         let reading = pipe.fileHandleForReading
         let relayed = self.relayed
+        let relayDone = self.relayDone
         relay = startThread("demo-relay-\(name)") {
             var pending = Data()
             while true {
@@ -89,6 +95,7 @@ final class DemoDaemon: @unchecked Sendable {
                 }
             }
             if !pending.isEmpty { out.line("  [\(name)] " + String(decoding: pending, as: UTF8.self)) }
+            relayDone.withLock { $0 = true }
         }
     }
 
@@ -106,13 +113,16 @@ final class DemoDaemon: @unchecked Sendable {
 
     var exitedCleanly: Bool { !process.isRunning && process.terminationReason == .exit && process.terminationStatus == 0 }
 
-    /// Waits up to `timeout` seconds for the process to end; returns whether it did.
+    /// Waits up to `timeout` seconds for the process to end; returns whether it did. Its last
+    /// lines are relayed before this returns (or 2 s more have passed).
     func wait(timeout: Double) -> Bool {
         let deadline = monotonicNow() + timeout
         while process.isRunning {
             if monotonicNow() >= deadline { return false }
             usleep(20_000)
         }
+        let relayDeadline = monotonicNow() + 2
+        while !relayDone.withLock({ $0 }) && monotonicNow() < relayDeadline { usleep(5_000) }
         return true
     }
 
