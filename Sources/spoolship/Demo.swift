@@ -29,6 +29,7 @@ struct Demo: ParsableCommand {
     }
 
     func run() throws {
+        demoHandleSignals()
         let root = try DemoRun.prepare(dir: dir)
         let run = DemoRun(root: root, seconds: seconds)
         do {
@@ -148,6 +149,8 @@ final class DemoRun {
                 port = s.trimmingCharacters(in: .whitespacesAndNewlines)
             } else if !c.isRunning {
                 throw DaemonError("the collector did not start (\(c.ending))")
+            } else if demoInterrupted != 0 {
+                throw DaemonError("interrupted by \(demoInterrupted == SIGINT ? "SIGINT" : "SIGTERM")")
             } else if monotonicNow() >= portDeadline {
                 throw DaemonError("the collector wrote no port file within 30 s")
             } else {
@@ -232,6 +235,8 @@ final class DemoRun {
         let segs = committed.filter { $0.spool == "logs" }
         let (written, records) = shared.withLock { ($0.blobs.count, $0.recordTimes.count - 1) }
         out.setStatus("  \(clock())  so far: \(blobs.count)/\(written) blobs, \(segs.count) log segment\(segs.count == 1 ? "" : "s") committed; \(records) records written")
+        // First: a Ctrl-C on a terminal stops the daemons too.
+        if demoInterrupted != 0 { throw DaemonError("interrupted by \(demoInterrupted == SIGINT ? "SIGINT" : "SIGTERM")") }
         for d in [collector, agent].compactMap({ $0 }) where !d.isRunning {
             throw DaemonError("the \(d.name) stopped during the demo (\(d.ending))")
         }

@@ -132,13 +132,26 @@ final class DemoDaemon: @unchecked Sendable {
         return wait(timeout: timeout)
     }
 
-    /// SIGKILL if still running; for the demo's way out when something failed.
+    /// The demo's way out when something failed: SIGTERM, and SIGKILL if it is still running
+    /// 5 s later.
     func kill() {
-        if process.isRunning {
-            _ = Glibc.kill(process.processIdentifier, SIGKILL)
-            _ = wait(timeout: 10)
-        }
+        if stop(timeout: 5) { return }
+        _ = Glibc.kill(process.processIdentifier, SIGKILL)
+        _ = wait(timeout: 10)
     }
+}
+
+/// The signal (SIGINT or SIGTERM) that interrupted the demo, or 0.
+nonisolated(unsafe) var demoInterrupted: sig_atomic_t = 0
+
+/// On SIGINT or SIGTERM the demo stops what it started and says so, instead of dying and
+/// leaving an agent and a collector running. SIGPIPE is ignored: with its output gone
+/// (`spoolship demo | head`), it still runs to its end and stops them.
+func demoHandleSignals() {
+    demoInterrupted = 0  // initialised here, not first in the handler
+    signal(SIGPIPE, SIG_IGN)
+    signal(SIGINT) { demoInterrupted = $0 }
+    signal(SIGTERM) { demoInterrupted = $0 }
 }
 
 /// What the producers did, shared with the demo's main thread.
