@@ -46,6 +46,20 @@ import Testing
         #expect(Harness.files(in: dir.appendingPathComponent("logs/.spoolship")).isEmpty)
     }
 
+    /// On a terminal (a pseudo-terminal from util-linux script(1)), a status line under the
+    /// segment lines, erased before each of them; the demo passes all the same.
+    @Test func demo_onATerminal_drawsAStatusLine() throws {
+        let root = try Harness.tempDir("demo-pty")
+        defer { Harness.remove(root) }
+        let cmd = "\(Harness.binDir.appendingPathComponent("spoolship").path) demo --seconds 2 --dir \(root.appendingPathComponent("d").path)"
+        let s = try Daemon("/usr/bin/script", ["-qec", cmd, "/dev/null"], log: root.appendingPathComponent("pty.log"))
+        defer { s.stop() }
+        #expect(s.wait(timeout: 180) == 0, "\(s.output)")
+        #expect(s.output.contains("so far: "), "\(s.output)")
+        #expect(s.output.contains("\r\u{1B}[K    "), "the status line is erased before a line")
+        #expect(s.output.contains("demo passed"), "\(s.output)")
+    }
+
     /// A daemon that dies during the demo fails it, with a message that names it.
     @Test func demo_fails_whenTheCollectorDies() throws {
         let root = try Harness.tempDir("demo-fail")
