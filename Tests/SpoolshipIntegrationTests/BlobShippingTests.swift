@@ -176,15 +176,6 @@ import Testing
         #expect(Harness.files(in: spool).isEmpty)
     }
 
-    @Test func demo_runsToTheEnd_andSaysWhatItChecked() throws {
-        let root = try Harness.tempDir("demo")
-        defer { Harness.remove(root) }
-        let demo = try Daemon("spoolship", ["demo", "--dir", root.appendingPathComponent("d").path], log: root.appendingPathComponent("demo.log"))
-        #expect(demo.wait(timeout: 120) == 0, "\(demo.output)")
-        #expect(demo.output.contains("6/6 files byte-identical"))
-        #expect(demo.output.contains("demo passed"))
-    }
-
     @Test func once_givesUpWithAClearMessage_whenTheCollectorIsUnreachable() throws {
         let c = try Cluster("blob-unreachable")
         defer { c.remove() }
