@@ -98,6 +98,10 @@ public final class Agent: @unchecked Sendable {
     /// Replaced when a spool directory is removed and made again.
     var spoolDirs: [String: OwnedFD]
     var rotatedDirs: [String: OwnedFD] = [:]
+    /// The sealer's watch on the rotated directories; the rotator wakes it through this once
+    /// a rotation is recorded (the rename's own event comes before that, and would find
+    /// nothing to seal yet).
+    var sealerWatch: Inotify?
     /// Log spools: each stream's active file as last seen, by `spool/stream`.
     var streams: [String: StreamState] = [:]
     /// Log spools: the last sequence number given to each stream, by `spool/stream`.

@@ -295,8 +295,12 @@ extension Agent {
             streams[r.streamKey] = StreamState(expectNew: true)
             logger.debug("rotated", metadata: ["spool.name": "\(r.spool)", "stream": "\(r.stream)", "segment.name": "\(r.rawName)", "bytes": "\(r.sizeAtRotation)"])
         }
+        let sealer = done.isEmpty ? nil : sealerWatch
         state.broadcast()
         state.unlock()
+        // The sealer saw the rename before the rotation was recorded: it looks again now,
+        // instead of at its next timeout (half a second later).
+        sealer?.wake()
         if !done.isEmpty { reopenProducers(spool, settings) }
     }
 
@@ -343,6 +347,8 @@ extension Agent {
         do { ino = try Inotify() } catch {
             logger.warning("cannot watch the rotated directories; sealing polls instead", metadata: ["error": "\(error)"])
         }
+        state.withLock { sealerWatch = ino }
+        defer { state.withLock { sealerWatch = nil } }
         while !isStopped {
             heartbeats.beat("sealer")
             if let ino = ino {
@@ -555,6 +561,7 @@ extension Agent {
             return
         }
         nextID += 1
+        sealerWatch?.wake()
         logger.warning("log segment changed after it was sealed; sealing it again", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)"])
         segments[s.id] = nil
         byName["\(s.spool)/\(s.name)"] = nil

@@ -1,3 +1,4 @@
+import CSpoolshipLinux
 import Glibc
 
 /// Directory watches with inotify(7). Events are read in a buffer loop (a directory watch
@@ -12,10 +13,29 @@ public final class Inotify: @unchecked Sendable {
     }
 
     let fd: OwnedFD
+    /// A self-pipe: `wake()` makes a `read` under way return at once, for what another thread
+    /// knows before the kernel has anything to say.
+    private let wakeRead: OwnedFD
+    private let wakeWrite: OwnedFD
 
     public init() throws {
         let raw = try syscall("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK)) }
         fd = OwnedFD(raw, label: "inotify")
+        var fds: [Int32] = [-1, -1]
+        do {
+            _ = try syscall("pipe2") { spsh_pipe2(&fds, O_CLOEXEC | O_NONBLOCK) }
+        } catch {
+            try? fd.close()
+            throw error
+        }
+        wakeRead = OwnedFD(fds[0], label: "inotify wake pipe")
+        wakeWrite = OwnedFD(fds[1], label: "inotify wake pipe")
+    }
+
+    /// Ends the current (or next) `read` early, with whatever events are there.
+    public func wake() {
+        var b: UInt8 = 1
+        _ = Glibc.write(wakeWrite.raw, &b, 1)  // a full pipe is already a pending wake
     }
 
     /// The events a spool directory is watched for: a file closed after writing or moved in is
@@ -36,10 +56,16 @@ public final class Inotify: @unchecked Sendable {
 
     /// Waits up to `timeout` seconds for events; returns them (empty on timeout).
     public func read(timeout: Double) throws -> [Event] {
-        var pfd = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
-        let n = poll(&pfd, 1, Int32(timeout * 1000))
+        var pfds = [pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: wakeRead.raw, events: Int16(POLLIN), revents: 0)]
+        let n = poll(&pfds, 2, Int32(timeout * 1000))
         if n < 0 && Glibc.errno != EINTR { throw SyscallError(call: "poll", path: "inotify", errno: Glibc.errno) }
         if n <= 0 { return [] }
+        if pfds[1].revents != 0 {
+            var drain = [UInt8](repeating: 0, count: 64)
+            while Glibc.read(wakeRead.raw, &drain, drain.count) > 0 {}
+        }
+        if pfds[0].revents == 0 { return [] }
         var events: [Event] = []
         var buf = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
