@@ -58,11 +58,13 @@ public final class TerminalProgress: @unchecked Sendable {
         if p.lastDraw != -Double.infinity { write("\r\(p.line)\u{1B}[K") }
     }
 
-    private static func write(_ s: String) {
+    /// Writes all of `s` to `fd` (standard error by default) with write(2), retrying EINTR;
+    /// gives up quietly on a closed or broken output.
+    public static func write(_ s: String, fd: Int32 = STDERR_FILENO) {
         var bytes = Array(s.utf8)
         var off = 0
         while off < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.write(STDERR_FILENO, $0.baseAddress! + off, $0.count - off) }
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
             off += n

@@ -42,14 +42,7 @@ final class DemoOutput: @unchecked Sendable {
     }
 
     static func write(_ s: String, fd: Int32 = STDOUT_FILENO) {
-        let bytes = Array(s.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            off += n
-        }
+        TerminalProgress.write(s, fd: fd)
     }
 }
 
