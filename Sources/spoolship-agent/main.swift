@@ -147,6 +147,8 @@ struct AgentCommand: ParsableCommand {
         SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
         logger[metadataKey: "agent.id"] = "\(current.agentID)"
+        // The process's figures, kept across reloads.
+        let stats = AgentStats()
         // The running agent, and what the signal thread asks of the main loop.
         let running = Locked<Agent?>(nil)
         let control = Locked<ReloadControl>(ReloadControl())
@@ -171,7 +173,7 @@ struct AgentCommand: ParsableCommand {
             var agentLogger = logger
             agentLogger[metadataKey: "agent.id"] = "\(current.agentID)"
             do {
-                agent = try Agent(config: current, logger: agentLogger)
+                agent = try Agent(config: current, logger: agentLogger, stats: stats)
             } catch {
                 guard let old = previous else {
                     logger.critical("agent stopped", metadata: ["error": "\(error)"])
