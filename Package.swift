@@ -70,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "spoolship",
             dependencies: [
-                "SpoolshipDaemon",
+                "SpoolshipDaemon", "SpoolshipIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: v5),

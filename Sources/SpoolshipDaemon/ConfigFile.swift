@@ -102,6 +102,15 @@ func parseTOML(path: String) throws -> TOMLTable {
 }
 
 extension TableReader {
+    /// `control-socket`: a socket path, or "none".
+    mutating func controlSocket() throws -> String? {
+        let p = try string("control-socket")
+        if let p = p, p.isEmpty || (p != ControlSocketPath.off && p.utf8.count > 107) {
+            throw fail("control-socket", "a socket path of 1 to 107 bytes, or \"none\"")
+        }
+        return p
+    }
+
     mutating func logLevel() throws -> String? {
         let l = try string("log-level")
         if let l = l, !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(l) {
@@ -127,6 +136,7 @@ public struct CollectorFileConfig {
     public var freeSpaceReserve: UInt64?
     public var maxPartialBytes: UInt64?
     public var maxFrameBody: UInt64?
+    public var controlSocket: String?
 
     public init() {}
 
@@ -150,6 +160,7 @@ public struct CollectorFileConfig {
         c.freeSpaceReserve = try top.bytes("free-space-reserve")
         c.maxPartialBytes = try top.bytes("max-partial-bytes")
         c.maxFrameBody = try top.bytes("max-frame-body")
+        c.controlSocket = try top.controlSocket()
         try top.rejectUnknown()
         return c
     }
@@ -171,6 +182,7 @@ public struct AgentFileConfig {
     public var timeout: Double?
     public var logLevel: String?
     public var secretFile: String?
+    public var controlSocket: String?
     /// Defaults for log spools that do not set their own.
     public var rotateSize: UInt64?
     public var rotateAge: Double?
@@ -199,6 +211,7 @@ public struct AgentFileConfig {
         c.timeout = try top.seconds("timeout")
         c.logLevel = try top.logLevel()
         c.secretFile = try top.string("secret-file")
+        c.controlSocket = try top.controlSocket()
         c.rotateSize = try top.bytes("rotate-size")
         c.rotateAge = try top.seconds("rotate-age")
         for (i, t) in try top.tables("spool").enumerated() {

@@ -65,6 +65,8 @@ public final class AgentStats: @unchecked Sendable {
     }
 
     public struct Snapshot: Sendable {
+        /// When the stats were made: the process's start (wall clock), kept across reloads.
+        public var startedAt = Date().timeIntervalSince1970
         public var acknowledgedSegments: UInt64 = 0
         public var acknowledgedBytes: UInt64 = 0
         public var sentBytes: UInt64 = 0

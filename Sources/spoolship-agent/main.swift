@@ -62,6 +62,9 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "This agent's secret, on one line, in a file of mode 0600 (the collector's --agents lists it).")
     var secretFile: String?
 
+    @Option(help: ArgumentHelp("The control socket that spoolship status asks (default $RUNTIME_DIRECTORY/agent.sock, else /run/spoolship/agent.sock; none: no socket).", valueName: "path"))
+    var controlSocket: String?
+
     func parsedSpools() throws -> [SpoolConfig] {
         let blobs = try spool.map { s in
             guard let eq = s.firstIndex(of: "="), eq != s.startIndex, s.index(after: eq) != s.endIndex else {
@@ -131,10 +134,22 @@ struct AgentCommand: ParsableCommand {
         return c
     }
 
+    /// The control socket's path as configured (flag, then file); nil for the default.
+    func configuredControlSocket() throws -> String? {
+        if let p = controlSocket {
+            guard !p.isEmpty, p == ControlSocketPath.off || p.utf8.count <= Socket.maxUnixPath else {
+                throw ValidationError("--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got '\(p)'")
+            }
+            return p
+        }
+        return try configPath(given: config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).controlSocket } ?? nil
+    }
+
     var level: String { logLevel ?? "info" }
 
     func validate() throws {
         _ = try resolved()
+        _ = try configuredControlSocket()
     }
 
     func run() throws {
@@ -151,17 +166,34 @@ struct AgentCommand: ParsableCommand {
         let stats = AgentStats()
         // The running agent, and what the signal thread asks of the main loop.
         let running = Locked<Agent?>(nil)
-        let control = Locked<ReloadControl>(ReloadControl())
+        let started = Locked<AgentConfig>(current)
+        let reloads = Locked<ReloadControl>(ReloadControl())
         let once = self.once
         Signals.handle { [self] sig in
             if sig != SIGHUP {
-                control.withLock { $0.stop = true }
+                reloads.withLock { $0.stop = true }
                 running.withLock { $0 }?.stop()
                 return
             }
             guard !once else { return }
-            reload(logger: logger, running: running, control: control)
+            reload(logger: logger, running: running, control: reloads)
         }
+        // After Signals.handle: its thread must start with the signals blocked.
+        let control: ControlServer?
+        do {
+            control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "agent", logger: logger) { line in
+                ControlServer.answer(line, daemon: "agent") {
+                    let st = running.withLock { $0 }?.status()
+                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: "starting")
+                    return (try? StatusFormat.encoder().encode(st)) ?? Data()
+                }
+            }
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        defer { control?.stop() }
         // A loop may legitimately wait up to a connect plus an I/O deadline.
         Heartbeats.shared.startWatchdog(logger: logger, minimumStale: current.ioTimeout + current.connectTimeout) {
             running.withLock { $0 }?.statusLine() ?? "starting"
@@ -186,10 +218,11 @@ struct AgentCommand: ParsableCommand {
                 continue
             }
             running.withLock { $0 = agent }
-            if control.withLock({ $0.stop }) { agent.stop() }
-            if control.withLock({ c -> Bool in defer { c.reloadWaiting = false }; return c.reloadWaiting }) {
+            started.withLock { $0 = current }
+            if reloads.withLock({ $0.stop }) { agent.stop() }
+            if reloads.withLock({ c -> Bool in defer { c.reloadWaiting = false }; return c.reloadWaiting }) {
                 // A SIGHUP came while no agent was running: take it now.
-                startThread("reload") { [self] in reload(logger: logger, running: running, control: control) }
+                startThread("reload") { [self] in reload(logger: logger, running: running, control: reloads) }
             }
             // --once on a terminal: a progress bar on standard error until the run ends.
             let bar = once ? TerminalProgress.startIfTerminal() : nil
@@ -229,7 +262,7 @@ struct AgentCommand: ParsableCommand {
             agent.close()
             shipped.segments += agent.shippedSegments
             shipped.bytes += agent.shippedBytes
-            let (stop, next) = control.withLock { (c: inout ReloadControl) -> (Bool, AgentConfig?) in
+            let (stop, next) = reloads.withLock { (c: inout ReloadControl) -> (Bool, AgentConfig?) in
                 let r = (c.stop, c.next)
                 c.next = nil
                 return r

@@ -60,6 +60,20 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: "The agents that may connect: one 'AGENT-ID SECRET' pair a line, mode 0600. Without it, any agent id is accepted.")
     var agents: String?
 
+    @Option(help: ArgumentHelp("The control socket that spoolship status asks (default $RUNTIME_DIRECTORY/collector.sock, else /run/spoolship/collector.sock; none: no socket).", valueName: "path"))
+    var controlSocket: String?
+
+    /// The control socket's path as configured (flag, then file); nil for the default.
+    func configuredControlSocket() throws -> String? {
+        if let p = controlSocket {
+            guard !p.isEmpty, p == ControlSocketPath.off || p.utf8.count <= Socket.maxUnixPath else {
+                throw ValidationError("--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got '\(p)'")
+            }
+            return p
+        }
+        return try configPath(given: config, defaultPath: CollectorFileConfig.defaultPath).map { try CollectorFileConfig.load(path: $0).controlSocket } ?? nil
+    }
+
     /// The file's settings, then the flags over them. `inherited` is a socket from systemd.
     func resolved(inherited: Int32?) throws -> (CollectorConfig, Logger.Level) {
         var file = CollectorFileConfig()
@@ -132,6 +146,7 @@ struct CollectorCommand: ParsableCommand {
         // A socket from systemd counts as --listen (its variables are read, not consumed, here).
         let activated = ProcessInfo.processInfo.environment["LISTEN_FDS"] != nil
         _ = try resolved(inherited: activated ? 3 : nil)
+        _ = try configuredControlSocket()
     }
 
     func run() throws {
@@ -162,8 +177,18 @@ struct CollectorCommand: ParsableCommand {
             throw ExitCode(1)
         }
         running.withLock { $0 = collector }
+        let control: ControlServer?
+        do {
+            control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "collector", logger: logger) { line in
+                ControlServer.answer(line, daemon: "collector") { (try? StatusFormat.encoder().encode(collector.status())) ?? Data() }
+            }
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
         stop.onRequest { collector.stop() }
         collector.run()
+        control?.stop()
     }
 
     /// SIGHUP: reads the config file and the flags again. The log level, limits and timeouts
