@@ -111,6 +111,13 @@ extension TableReader {
         return p
     }
 
+    /// `metrics-listen` (HOST:PORT) and `metrics-port-file`.
+    mutating func metrics() throws -> (String?, String?) {
+        let l = try string("metrics-listen")
+        if let l = l, Endpoint(l) == nil { throw fail("metrics-listen", "HOST:PORT, got '\(l)'") }
+        return (l, try string("metrics-port-file"))
+    }
+
     mutating func logLevel() throws -> String? {
         let l = try string("log-level")
         if let l = l, !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(l) {
@@ -137,6 +144,8 @@ public struct CollectorFileConfig {
     public var maxPartialBytes: UInt64?
     public var maxFrameBody: UInt64?
     public var controlSocket: String?
+    public var metricsListen: String?
+    public var metricsPortFile: String?
 
     public init() {}
 
@@ -161,6 +170,7 @@ public struct CollectorFileConfig {
         c.maxPartialBytes = try top.bytes("max-partial-bytes")
         c.maxFrameBody = try top.bytes("max-frame-body")
         c.controlSocket = try top.controlSocket()
+        (c.metricsListen, c.metricsPortFile) = try top.metrics()
         try top.rejectUnknown()
         return c
     }
@@ -183,6 +193,8 @@ public struct AgentFileConfig {
     public var logLevel: String?
     public var secretFile: String?
     public var controlSocket: String?
+    public var metricsListen: String?
+    public var metricsPortFile: String?
     /// Defaults for log spools that do not set their own.
     public var rotateSize: UInt64?
     public var rotateAge: Double?
@@ -212,6 +224,7 @@ public struct AgentFileConfig {
         c.logLevel = try top.logLevel()
         c.secretFile = try top.string("secret-file")
         c.controlSocket = try top.controlSocket()
+        (c.metricsListen, c.metricsPortFile) = try top.metrics()
         c.rotateSize = try top.bytes("rotate-size")
         c.rotateAge = try top.seconds("rotate-age")
         for (i, t) in try top.tables("spool").enumerated() {

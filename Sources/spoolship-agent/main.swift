@@ -65,6 +65,12 @@ struct AgentCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The control socket that spoolship status asks (default $RUNTIME_DIRECTORY/agent.sock, else /run/spoolship/agent.sock; none: no socket).", valueName: "path"))
     var controlSocket: String?
 
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at /metrics and a health check at /healthz over HTTP on HOST:PORT (port 0: any free port).", valueName: "host:port"))
+    var metricsListen: String?
+
+    @Option(help: ArgumentHelp("Write the metrics listener's bound port to this file (for scripts and tests).", valueName: "file"))
+    var metricsPortFile: String?
+
     func parsedSpools() throws -> [SpoolConfig] {
         let blobs = try spool.map { s in
             guard let eq = s.firstIndex(of: "="), eq != s.startIndex, s.index(after: eq) != s.endIndex else {
@@ -134,6 +140,22 @@ struct AgentCommand: ParsableCommand {
         return c
     }
 
+    /// The metrics listener as configured (flags, then file): its address and port file, or
+    /// nil when there is none.
+    func configuredMetrics(file: (listen: String?, portFile: String?)) throws -> (Endpoint, String?)? {
+        guard let text = metricsListen ?? file.listen else {
+            if metricsPortFile != nil { throw ValidationError("--metrics-port-file needs --metrics-listen HOST:PORT") }
+            return nil
+        }
+        guard let e = Endpoint(text) else { throw ValidationError("--metrics-listen must be HOST:PORT, got '\(text)'") }
+        return (e, metricsPortFile ?? file.portFile)
+    }
+
+    func agentMetrics() throws -> (Endpoint, String?)? {
+        let f = try configPath(given: config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0) }
+        return try configuredMetrics(file: (f?.metricsListen, f?.metricsPortFile))
+    }
+
     /// The control socket's path as configured (flag, then file); nil for the default.
     func configuredControlSocket() throws -> String? {
         if let p = controlSocket {
@@ -150,6 +172,7 @@ struct AgentCommand: ParsableCommand {
     func validate() throws {
         _ = try resolved()
         _ = try configuredControlSocket()
+        _ = try agentMetrics()
     }
 
     func run() throws {
@@ -162,8 +185,12 @@ struct AgentCommand: ParsableCommand {
         SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
         logger[metadataKey: "agent.id"] = "\(current.agentID)"
-        // The process's figures, kept across reloads.
-        let stats = AgentStats()
+        // The process's figures, kept across reloads; counted in Prometheus metrics too with
+        // --metrics-listen.
+        let metrics = try agentMetrics()
+        let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
+        let stats = factory.map { AgentStats(factory: $0) } ?? AgentStats()
+        let gauges = factory.map { AgentGauges(factory: $0) }
         // The running agent, and what the signal thread asks of the main loop.
         let running = Locked<Agent?>(nil)
         let started = Locked<AgentConfig>(current)
@@ -194,6 +221,26 @@ struct AgentCommand: ParsableCommand {
             throw ExitCode(1)
         }
         defer { control?.stop() }
+        var metricsServer: MetricsServer?
+        if let (endpoint, portFile) = metrics, let factory = factory, let gauges = gauges {
+            let health = current.ioTimeout + current.connectTimeout
+            do {
+                metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
+                    gauges.update(running.withLock { $0 }?.status()
+                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: "starting"))
+                    return factory.registry.emitToBuffer()
+                }, health: {
+                    if reloads.withLock({ $0.stop }) { return "stopping" }
+                    return Heartbeats.shared.unhealthy(limit: health)
+                })
+            } catch {
+                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(endpoint): \(error)"])
+                FileHandle.standardError.write(Data("spoolship-agent: cannot listen for metrics on \(endpoint): \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            metricsServer?.start()
+        }
+        defer { metricsServer?.stop() }
         // A loop may legitimately wait up to a connect plus an I/O deadline.
         Heartbeats.shared.startWatchdog(logger: logger, minimumStale: current.ioTimeout + current.connectTimeout) {
             running.withLock { $0 }?.statusLine() ?? "starting"

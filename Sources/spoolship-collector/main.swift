@@ -63,6 +63,28 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The control socket that spoolship status asks (default $RUNTIME_DIRECTORY/collector.sock, else /run/spoolship/collector.sock; none: no socket).", valueName: "path"))
     var controlSocket: String?
 
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at /metrics and a health check at /healthz over HTTP on HOST:PORT (port 0: any free port).", valueName: "host:port"))
+    var metricsListen: String?
+
+    @Option(help: ArgumentHelp("Write the metrics listener's bound port to this file (for scripts and tests).", valueName: "file"))
+    var metricsPortFile: String?
+
+    /// The metrics listener as configured (flags, then file): its address and port file, or
+    /// nil when there is none.
+    func configuredMetrics(file: (listen: String?, portFile: String?)) throws -> (Endpoint, String?)? {
+        guard let text = metricsListen ?? file.listen else {
+            if metricsPortFile != nil { throw ValidationError("--metrics-port-file needs --metrics-listen HOST:PORT") }
+            return nil
+        }
+        guard let e = Endpoint(text) else { throw ValidationError("--metrics-listen must be HOST:PORT, got '\(text)'") }
+        return (e, metricsPortFile ?? file.portFile)
+    }
+
+    func collectorMetrics() throws -> (Endpoint, String?)? {
+        let f = try configPath(given: config, defaultPath: CollectorFileConfig.defaultPath).map { try CollectorFileConfig.load(path: $0) }
+        return try configuredMetrics(file: (f?.metricsListen, f?.metricsPortFile))
+    }
+
     /// The control socket's path as configured (flag, then file); nil for the default.
     func configuredControlSocket() throws -> String? {
         if let p = controlSocket {
@@ -147,6 +169,7 @@ struct CollectorCommand: ParsableCommand {
         let activated = ProcessInfo.processInfo.environment["LISTEN_FDS"] != nil
         _ = try resolved(inherited: activated ? 3 : nil)
         _ = try configuredControlSocket()
+        _ = try collectorMetrics()
     }
 
     func run() throws {
@@ -169,9 +192,11 @@ struct CollectorCommand: ParsableCommand {
             guard let collector = running.withLock({ $0 }) else { return }
             reload(collector, inherited: inherited, logger: logger)
         }
+        let metrics = try collectorMetrics()
+        let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
         let collector: Collector
         do {
-            collector = try Collector(config: config, logger: logger)
+            collector = try Collector(config: config, logger: logger, stats: factory.map { CollectorStats(factory: $0) } ?? CollectorStats())
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
@@ -186,8 +211,25 @@ struct CollectorCommand: ParsableCommand {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
+        var metricsServer: MetricsServer?
+        if let (endpoint, portFile) = metrics, let factory = factory {
+            let gauges = CollectorGauges(factory: factory)
+            do {
+                metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
+                    gauges.update(collector.status())
+                    return factory.registry.emitToBuffer()
+                }, health: {
+                    collector.isStopping ? "stopping" : Heartbeats.shared.unhealthy(limit: 10)
+                })
+            } catch {
+                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(endpoint): \(error)"])
+                throw ExitCode(1)
+            }
+            metricsServer?.start()
+        }
         stop.onRequest { collector.stop() }
         collector.run()
+        metricsServer?.stop()
         control?.stop()
     }
 
