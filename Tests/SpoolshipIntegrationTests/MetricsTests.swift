@@ -155,6 +155,7 @@ import Testing
         #expect(m.samples.filter { $0.key.hasPrefix("spoolship_collector_errors_total{") }.values.reduce(0, +) == 0)
 
         // The same figures as spoolship status: both read the same counters.
+        #expect(StatusTests.waitForListener(c.agentSocket().path) && StatusTests.waitForListener(c.collectorSocket.path))
         let agentStatus = try StatusTests.json(c.agentSocket())
         #expect(StatusTests.int(agentStatus, "totals.shipped_bytes").map(Double.init) == a.value(#"spoolship_agent_shipped_bytes_total{spool="spool"}"#))
         #expect(StatusTests.int(agentStatus, "totals.sent_bytes").map(Double.init) == a.value("spoolship_agent_sent_bytes_total"))

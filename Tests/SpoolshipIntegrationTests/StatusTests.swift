@@ -58,6 +58,12 @@ import Testing
         return cur as? String
     }
 
+    /// Waits until something listens at `path` (the control socket comes up just after the
+    /// port file is written).
+    static func waitForListener(_ path: String, timeout: Double = 30) -> Bool {
+        Harness.waitUntil(timeout: timeout) { (try? UnixClient(path)) != nil }
+    }
+
     @Test func midTransferAndAfter_statusAndJSONAgreeWithWhatWasShipped() throws {
         let c = try Cluster("status-flow")
         defer { c.remove() }
@@ -81,6 +87,7 @@ import Testing
         // segment in a partial file.
         #expect(Harness.waitUntil(timeout: 60) { proxy.bytesFromClient >= smallBytes + (4 << 20) }, "\(agent.output)")
         var mid: [String: Any] = [:]
+        #expect(Self.waitForListener(c.collectorSocket.path) && Self.waitForListener(c.agentSocket().path))
         #expect(try Harness.waitUntil(timeout: 30) {
             mid = try Self.json(c.collectorSocket)
             return Self.int(mid, "totals.partials") == 1 && (Self.int(mid, "totals.received_bytes") ?? 0) > smallBytes + (1 << 20)
@@ -166,6 +173,7 @@ import Testing
         // A directory that does not exist yet: the collector makes it, owner-only.
         let sock = c.root.appendingPathComponent("run/collector.sock")
         try c.startCollector(extra: ["--control-socket", sock.path])
+        #expect(Self.waitForListener(sock.path), "\(c.collector!.output)")
         var st = stat()
         #expect(stat(sock.path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK)
         #expect(st.st_mode & 0o777 == 0o600, "socket mode \(String(st.st_mode & 0o777, radix: 8))")
@@ -196,6 +204,7 @@ import Testing
         #expect(stale.stderr.contains("nothing answers at \(sock.path): connection refused"), "\(stale.stderr)")
         // Restarted on the same path: it takes the socket over.
         try c.startCollector(port: c.port, extra: ["--control-socket", sock.path])
+        #expect(Self.waitForListener(sock.path), "\(c.collector!.output)")
         let again = try Self.spoolship(["status", "--socket", sock.path])
         #expect(again.status == 0, "\(again.stderr)\n\(c.collector!.output)")
         #expect(again.stdout.contains("collector "), "\(again.stdout)")
