@@ -346,7 +346,7 @@ public final class Agent: @unchecked Sendable {
             }
             return state.withLock { () -> Segment in
                 let s = Segment(id: nextID, spool: spool, name: name, kind: .blob, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino),
-                                size: UInt64(st.st_size), crc: crc, mtimeNs: mtimeNs(st))
+                                size: UInt64(st.st_size), crc: crc, mtimeNs: mtimeNs(st), sealedAt: Date().timeIntervalSince1970)
                 nextID += 1
                 return s
             }

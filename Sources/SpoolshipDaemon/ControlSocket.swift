@@ -31,6 +31,8 @@ public enum ControlSocketPath {
 /// start, and a second daemon given the same path is told so instead of stealing it.
 public final class ControlServer: @unchecked Sendable {
     public let path: String
+    /// "agent" or "collector", for the error documents.
+    let daemon: String
     private let listener: Socket
     private let lock: OwnedFD
     private let logger: Logger
@@ -46,8 +48,9 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Binds the socket (making its directory, mode 0700, if missing). `respond` maps a
     /// request line (without its newline) to the answer's bytes; it runs on the control thread.
-    public init(path: String, logger: Logger, respond: @escaping @Sendable (String) -> [UInt8]) throws {
+    public init(path: String, daemon: String, logger: Logger, respond: @escaping @Sendable (String) -> [UInt8]) throws {
         self.path = path
+        self.daemon = daemon
         self.logger = logger
         self.respond = respond
         let dir = (path as NSString).deletingLastPathComponent
@@ -109,9 +112,9 @@ public final class ControlServer: @unchecked Sendable {
         switch readLine(client) {
         case .line(let l): line = l
         case .failure(let why):
-            let doc = #"{"error":"\#(why)","version":\#(StatusFormat.version)}"# + "\n"
+            let doc = (try? StatusFormat.encoder().encode(StatusError(daemon: daemon, error: why))) ?? Data()
             client.setTimeouts(receive: 1, send: 1)
-            try? client.sendAll(Array(doc.utf8))
+            try? client.sendAll(Array(doc) + [UInt8(ascii: "\n")])
             return
         case .gone: return
         }
@@ -182,7 +185,7 @@ public final class ControlServer: @unchecked Sendable {
         let path = configured ?? ControlSocketPath.defaultPath(defaultName)
         if path == ControlSocketPath.off { return nil }
         do {
-            let s = try ControlServer(path: path, logger: logger, respond: respond)
+            let s = try ControlServer(path: path, daemon: defaultName, logger: logger, respond: respond)
             s.start()
             return s
         } catch {

@@ -23,7 +23,7 @@ public final class SpoolshipMetricsFactory: MetricsFactory, @unchecked Sendable 
         "spoolship_agent_errors_total": "Errors, by kind.",
         "spoolship_agent_pending_segments": "Sealed segments not yet acknowledged by the collector.",
         "spoolship_agent_pending_bytes": "Bytes of the sealed segments not yet acknowledged.",
-        "spoolship_agent_oldest_pending_age_seconds": "Age of the oldest segment not yet acknowledged (since its file was last modified); 0 when none.",
+        "spoolship_agent_oldest_pending_age_seconds": "Seconds the oldest segment not yet acknowledged has waited since it was sealed; 0 when none.",
         "spoolship_agent_rotated_files_to_seal": "Log files rotated aside and not sealed yet.",
         "spoolship_agent_connected": "1 while a connection to the collector is set up, else 0.",
         "spoolship_collector_connections_total": "Connections accepted.",

@@ -73,7 +73,8 @@ public struct AgentStatus: Codable, Sendable {
         /// Sealed segments the collector has not acknowledged yet, and their bytes.
         public var pendingSegments: Int
         public var pendingBytes: UInt64
-        /// Age of the oldest of them (since its file was last modified); absent when none.
+        /// Age of the oldest of them: since it was sealed (since its file was last modified for
+        /// one found sealed at the agent's start); absent when none.
         public var oldestPendingAgeSeconds: Double?
         /// Log spools: files rotated aside and not sealed yet (a producer may still hold them).
         public var rotatedToSeal: Int
@@ -161,19 +162,21 @@ extension Agent {
         let snap = stats.snapshot()
         let now = Date().timeIntervalSince1970
         return state.withLock {
-            var bySpool: [String: (count: Int, bytes: UInt64, oldest: Int64?)] = [:]
+            // A segment waits since it was sealed; one found sealed at start, since its file
+            // was last modified (the seal time is not kept in the state).
+            var bySpool: [String: (count: Int, bytes: UInt64, oldest: Double?)] = [:]
             for s in segments.values where !s.acked {
                 var e = bySpool[s.spool] ?? (0, 0, nil)
                 e.count += 1
                 e.bytes += s.size
-                e.oldest = min(e.oldest ?? .max, s.mtimeNs)
+                e.oldest = min(e.oldest ?? .infinity, s.sealedAt ?? Double(s.mtimeNs) / 1e9)
                 bySpool[s.spool] = e
             }
             var rotated: [String: Int] = [:]
             for r in rotations.values { rotated[r.spool, default: 0] += 1 }
             var st = AgentStatus.idle(config: config, stats: snap, state: stopped ? "stopping" : "running")
-            func age(_ ns: Int64?) -> Double? { ns.map { StatusFormat.seconds(now - Double($0) / 1e9) } }
-            var oldest: Int64?
+            func age(_ since: Double?) -> Double? { since.map { StatusFormat.seconds(now - $0) } }
+            var oldest: Double?
             for i in st.spools.indices {
                 let name = st.spools[i].name
                 guard let e = bySpool[name] else { st.spools[i].rotatedToSeal = rotated[name] ?? 0; continue }
@@ -183,7 +186,7 @@ extension Agent {
                 st.spools[i].rotatedToSeal = rotated[name] ?? 0
                 st.totals.pendingSegments += e.count
                 st.totals.pendingBytes += e.bytes
-                oldest = min(oldest ?? .max, e.oldest ?? .max)
+                oldest = min(oldest ?? .infinity, e.oldest ?? .infinity)
             }
             st.totals.oldestPendingAgeSeconds = age(oldest)
             st.connection.state = connectedTo == nil ? "disconnected" : "connected"

@@ -211,7 +211,7 @@ struct AgentCommand: ParsableCommand {
             control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "agent", logger: logger) { line in
                 ControlServer.answer(line, daemon: "agent") {
                     let st = running.withLock { $0 }?.status()
-                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: "starting")
+                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: reloads.withLock { $0.stop } ? "stopping" : "starting")
                     return (try? StatusFormat.encoder().encode(st)) ?? Data()
                 }
             }
@@ -227,7 +227,7 @@ struct AgentCommand: ParsableCommand {
             do {
                 metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
                     gauges.update(running.withLock { $0 }?.status()
-                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: "starting"))
+                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: reloads.withLock { $0.stop } ? "stopping" : "starting"))
                     return factory.registry.emitToBuffer()
                 }, health: {
                     if reloads.withLock({ $0.stop }) { return "stopping" }
