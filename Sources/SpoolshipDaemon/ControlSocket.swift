@@ -196,3 +196,28 @@ public final class ControlServer: @unchecked Sendable {
         }
     }
 }
+
+/// The settings a daemon takes at start only (the control socket, the metrics listener), to
+/// tell at a reload which of them changed and wait for a restart.
+public final class FixedAtStart: @unchecked Sendable {
+    private let lock = NSLock()
+    private var controlSocket: String?
+    private var metrics: String?
+
+    public init() {}
+
+    public func record(controlSocket: String?, metrics: (Endpoint, String?)?) {
+        lock.lock(); defer { lock.unlock() }
+        self.controlSocket = controlSocket
+        self.metrics = metrics.map { "\($0.0) \($0.1 ?? "")" }
+    }
+
+    /// The keys whose new value differs from the one in use.
+    public func changed(controlSocket: String?, metrics: (Endpoint, String?)?) -> [String] {
+        lock.lock(); defer { lock.unlock() }
+        var out: [String] = []
+        if controlSocket != self.controlSocket { out.append("control-socket") }
+        if metrics.map({ "\($0.0) \($0.1 ?? "")" }) != self.metrics { out.append("metrics-listen") }
+        return out
+    }
+}

@@ -144,6 +144,7 @@ public final class CollectorGauges: @unchecked Sendable {
 /// at once (more get 503). Anything else gets 400, 404, 405, 408 or 431, and the daemon goes on.
 public final class MetricsServer: @unchecked Sendable {
     public let port: UInt16
+    private let listen: Endpoint
     private let listener: Socket
     private let logger: Logger
     private let render: @Sendable () -> [UInt8]
@@ -160,6 +161,7 @@ public final class MetricsServer: @unchecked Sendable {
     public init(listen: Endpoint, portFile: String?, logger: Logger,
                 render: @escaping @Sendable () -> [UInt8], health: @escaping @Sendable () -> String?) throws {
         (listener, port) = try Socket.listen(listen, backlog: 64)
+        self.listen = listen
         self.logger = logger
         self.render = render
         self.health = health
@@ -171,7 +173,7 @@ public final class MetricsServer: @unchecked Sendable {
 
     public func start() {
         startThread("metrics") { [self] in
-            logger.info("metrics listening", metadata: ["address": "\(Endpoint(host: listener.peer.split(separator: ":").dropLast().joined(separator: ":"), port: port))", "port": "\(port)"])
+            logger.info("metrics listening", metadata: ["address": "\(Endpoint(host: listen.host, port: port))"])
             while !stopping.isOpen {
                 let client: Socket
                 do {

@@ -188,6 +188,7 @@ struct AgentCommand: ParsableCommand {
         // The process's figures, kept across reloads; counted in Prometheus metrics too with
         // --metrics-listen.
         let metrics = try agentMetrics()
+        fixedAtStart.record(controlSocket: try configuredControlSocket(), metrics: metrics)
         let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
         let stats = factory.map { AgentStats(factory: $0) } ?? AgentStats()
         let gauges = factory.map { AgentGauges(factory: $0) }
@@ -356,6 +357,10 @@ struct AgentCommand: ParsableCommand {
         do {
             let next = try resolved()
             try Agent.preflight(next)
+            let ignored = fixedAtStart.changed(controlSocket: try configuredControlSocket(), metrics: try agentMetrics())
+            if !ignored.isEmpty {
+                logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
+            }
             let fileLevel = try configPath(given: self.config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
             if let l = Logger.Level.parse(logLevel ?? fileLevel ?? "info") { SpoolshipLogging.setLevel(l) }
             if next == (control.withLock { $0.next } ?? agent.config) {
@@ -380,5 +385,8 @@ struct ReloadControl {
     /// A SIGHUP arrived while no agent was running.
     var reloadWaiting = false
 }
+
+/// The control socket and the metrics listener as started: a reload does not move them.
+let fixedAtStart = FixedAtStart()
 
 AgentCommand.main()

@@ -193,6 +193,7 @@ struct CollectorCommand: ParsableCommand {
             reload(collector, inherited: inherited, logger: logger)
         }
         let metrics = try collectorMetrics()
+        fixedAtStart.record(controlSocket: try configuredControlSocket(), metrics: metrics)
         let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
         let collector: Collector
         do {
@@ -242,7 +243,8 @@ struct CollectorCommand: ParsableCommand {
         do {
             let (next, level) = try resolved(inherited: inherited)
             SpoolshipLogging.setLevel(level)
-            let ignored = collector.reload(next)
+            var ignored = collector.reload(next)
+            ignored += fixedAtStart.changed(controlSocket: try configuredControlSocket(), metrics: try collectorMetrics())
             collector.closeRevokedConnections()
             if !ignored.isEmpty {
                 logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
@@ -254,5 +256,8 @@ struct CollectorCommand: ParsableCommand {
         Systemd.ready(status: collector.statusLine)
     }
 }
+
+/// The control socket and the metrics listener as started: a reload does not move them.
+let fixedAtStart = FixedAtStart()
 
 CollectorCommand.main()

@@ -167,6 +167,38 @@ import Testing
         #expect(done.stdout.contains("shipped since start: 4 segments, 16.6 MiB"), "\(done.stdout)")
     }
 
+    @Test func collectorGone_agentSaysStuck_withItsLastError_andTheDeadCollectorIsNamed() throws {
+        let c = try Cluster("status-stuck")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        defer { agent.stop() }
+        var p = try c.payload()
+        try p.add("first.bin", size: 1000, seed: 1, into: spool)
+        #expect(Harness.waitUntil(timeout: 60) { Harness.files(in: c.committed()).contains("first.bin") }, "\(agent.output)")
+        c.collector!.kill(SIGKILL)
+        _ = c.collector!.wait(timeout: 30)
+        try p.add("waiting.bin", size: 5000, seed: 2, into: spool)
+        var doc: [String: Any] = [:]
+        let stuck = try Harness.waitUntil(timeout: 60) {
+            doc = try Self.json(c.agentSocket())
+            return Self.string(doc, "connection.state") == "disconnected" && Self.int(doc, "totals.pending_segments") == 1
+                && Self.string(doc, "connection.last_error") != nil
+        }
+        #expect(stuck, "\(doc)")
+        #expect(Self.string(doc, "connection.last_error")?.contains("127.0.0.1:\(c.port)") == true, "\(doc)")
+        #expect((Self.int(doc, "errors.connection") ?? 0) + (Self.int(doc, "errors.connect") ?? 0) >= 1, "\(doc)")
+        // Both asked: the agent's view says what is stuck; the collector's socket is named
+        // as dead, and the exit status is 1.
+        let r = try Self.spoolship(["status", "--socket", c.agentSocket().path, "--socket", c.collectorSocket.path])
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("collector 127.0.0.1:\(c.port): NOT CONNECTED"), "\(r.stdout)")
+        #expect(r.stdout.contains("last error "), "\(r.stdout)")
+        #expect(r.stdout.contains("STUCK: 1 segment (4.9 KiB) wait and the agent is not connected to 127.0.0.1:\(c.port)"), "\(r.stdout)")
+        #expect(r.stderr == "spoolship status: nothing answers at \(c.collectorSocket.path): connection refused (the socket file is left from a daemon that is not running)\n", "\(r.stderr)")
+    }
+
     @Test func controlSocket_isOwnerOnly_survivesBadClients_andAStaleOneDoesNotStopARestart() throws {
         let c = try Cluster("status-socket")
         defer { c.remove() }
