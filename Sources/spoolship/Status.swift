@@ -19,7 +19,7 @@ struct Status: ParsableCommand {
     @Flag(help: "Print each daemon's status as a JSON document, one a line.")
     var json = false
 
-    @Option(help: ArgumentHelp("Seconds to wait for each daemon's answer (default 5).", valueName: "seconds"))
+    @Option(help: ArgumentHelp("Seconds to wait for each daemon's answer.", valueName: "seconds"))
     var timeout: Double = 5
 
     func validate() throws {
