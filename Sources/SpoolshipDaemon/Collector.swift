@@ -343,11 +343,15 @@ final class CollectorConnection: @unchecked Sendable {
             logger.info("agent disconnected")
         } catch let r as Refusal {
             logger.warning("refusing peer", metadata: ["error.code": "\(r.code)", "error": "\(r.message)"])
-            collector.stats.error(store == nil ? .handshake : r.code == .ioError ? .sync : r.code == .internalError ? .internal : .protocol)
+            collector.stats.error(Self.errorKind(r, welcomed: workerStarted))
             try? send([.error(code: r.code.rawValue, tag: r.tag, message: r.message)])
         } catch let e as SyscallError where e.errno == ECONNRESET || e.errno == EPIPE || e.errno == ETIMEDOUT {
             logger.notice("connection ended", metadata: ["error": "\(e)"])
-            collector.stats.error(store == nil ? .handshake : .connection)
+            // A peer that closes before its first byte (a TCP health check, a port scan) is
+            // not an error.
+            if e.path?.hasSuffix("(closed before hello)") != true {
+                collector.stats.error(workerStarted ? .connection : .handshake)
+            }
         } catch let e as SyscallError where e.isNoSpace {
             logger.error("no space left on the collector's disk", metadata: ["error": "\(e)"])
             collector.stats.error(.noSpace)
@@ -373,6 +377,17 @@ final class CollectorConnection: @unchecked Sendable {
         transfers.removeAll()
         if claimed, let s = store { s.release(me) }
         socket.lingeringClose()
+    }
+
+    /// The kind of error a refusal counts as: anything before WELCOME is the handshake's; a
+    /// poisoned partial was counted when its sync failed.
+    static func errorKind(_ r: Refusal, welcomed: Bool) -> CollectorStats.ErrorKind? {
+        guard welcomed else { return .handshake }
+        switch r.code {
+        case .ioError: return nil
+        case .internalError, .shuttingDown: return .internal
+        default: return .protocol
+        }
     }
 
     // MARK: handshake

@@ -297,7 +297,8 @@ public final class CollectorStats: @unchecked Sendable {
         mFsync[file == .partial ? 0 : 1].recordSeconds(seconds)
     }
 
-    func error(_ kind: ErrorKind) {
+    func error(_ kind: ErrorKind?) {
+        guard let kind = kind else { return }
         let i = ErrorKind.allCases.firstIndex(of: kind)!
         lock.lock()
         errorCounts[i] += 1
