@@ -171,7 +171,9 @@ enum StatusView {
         var since = "  shipped since start: \(plural(t.shippedSegments, "segment")), \(bytes(t.shippedBytes)); \(plural(t.reconnects, "reconnect"))"
         since += t.resumes > 0 ? "; \(plural(t.resumes, "resume")) (\(bytes(t.resumedBytes)) not sent again)" : "; no resumes"
         out += since + "\n"
-        if t.pendingSegments == 0 {
+        if s.state == "starting" {
+            out += "  pending: not known yet (the agent is starting)\n"
+        } else if t.pendingSegments == 0 {
             out += "  pending: nothing\n"
         } else {
             out += "  pending: \(plural(t.pendingSegments, "segment")), \(bytes(t.pendingBytes)), oldest \(t.oldestPendingAgeSeconds.map(age) ?? "-")\n"

@@ -199,6 +199,40 @@ import Testing
         #expect(r.stderr == "spoolship status: nothing answers at \(c.collectorSocket.path): connection refused (the socket file is left from a daemon that is not running)\n", "\(r.stderr)")
     }
 
+    @Test func logSpool_aRotatedFileItsWriterHolds_isShownToSeal_thenShips() throws {
+        let c = try Cluster("status-logs")
+        defer { c.remove() }
+        try c.startCollector()
+        let logs = try c.spool("logs")
+        let file = logs.appendingPathComponent("app.log")
+        FileManager.default.createFile(atPath: file.path, contents: nil)
+        // The test is the producer: it keeps the file open for writing after the rotation.
+        let writer = try FileHandle(forWritingTo: file)
+        writer.write(Data(repeating: 65, count: 10_000))
+        let agent = try c.startAgent(c.agentArgs(spools: []) + ["--logs", "app=\(logs.path)", "--rotate-age", "0.5"])
+        defer { agent.stop() }
+        #expect(Self.waitForListener(c.agentSocket().path), "\(agent.output)")
+        func spool(_ d: [String: Any]) -> [String: Any] { (d["spools"] as? [[String: Any]])?.first ?? [:] }
+        var doc: [String: Any] = [:]
+        let held = try Harness.waitUntil(timeout: 60) {
+            doc = try Self.json(c.agentSocket())
+            return Self.int(spool(doc), "rotated_to_seal") == 1
+        }
+        #expect(held, "\(doc)\n\(agent.output)")
+        #expect(spool(doc)["kind"] as? String == "logs" && spool(doc)["name"] as? String == "app")
+        #expect(Self.int(spool(doc), "pending_segments") == 0, "not sealed while its writer holds it")
+        let view = try Self.spoolship(["status", "--socket", c.agentSocket().path])
+        #expect(view.stdout.contains("1 rotated file to seal"), "\(view.stdout)")
+        try writer.close()
+        let shipped = try Harness.waitUntil(timeout: 60) {
+            doc = try Self.json(c.agentSocket())
+            return Self.int(spool(doc), "shipped_segments") == 1 && Self.int(spool(doc), "rotated_to_seal") == 0
+        }
+        #expect(shipped, "\(doc)\n\(agent.output)")
+        #expect(Self.int(spool(doc), "shipped_bytes") == 10_000)
+        #expect(Self.int(spool(doc), "pending_segments") == 0)
+    }
+
     @Test func controlSocket_isOwnerOnly_survivesBadClients_andAStaleOneDoesNotStopARestart() throws {
         let c = try Cluster("status-socket")
         defer { c.remove() }
