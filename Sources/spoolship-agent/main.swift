@@ -206,15 +206,17 @@ struct AgentCommand: ParsableCommand {
             guard !once else { return }
             reload(logger: logger, running: running, control: reloads)
         }
+        // What status and the metrics read: the running agent's, or the figures alone while
+        // none runs (starting, between two agents at a reload, stopping).
+        let currentStatus: @Sendable () -> AgentStatus = {
+            running.withLock { $0 }?.status()
+                ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: reloads.withLock { $0.stop } ? "stopping" : "starting")
+        }
         // After Signals.handle: its thread must start with the signals blocked.
         let control: ControlServer?
         do {
             control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "agent", logger: logger) { line in
-                ControlServer.answer(line, daemon: "agent") {
-                    let st = running.withLock { $0 }?.status()
-                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: reloads.withLock { $0.stop } ? "stopping" : "starting")
-                    return (try? StatusFormat.encoder().encode(st)) ?? Data()
-                }
+                ControlServer.answer(line, daemon: "agent") { (try? StatusFormat.encoder().encode(currentStatus())) ?? Data() }
             }
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
@@ -227,8 +229,7 @@ struct AgentCommand: ParsableCommand {
             let health = current.ioTimeout + current.connectTimeout
             do {
                 metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
-                    gauges.update(running.withLock { $0 }?.status()
-                        ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: reloads.withLock { $0.stop } ? "stopping" : "starting"))
+                    gauges.update(currentStatus())
                     return factory.registry.emitToBuffer()
                 }, health: {
                     if reloads.withLock({ $0.stop }) { return "stopping" }
