@@ -33,7 +33,9 @@ struct Status: ParsableCommand {
         var paths = sockets
         if paths.isEmpty {
             let defaults = ["agent", "collector"].map { "\(ControlSocketPath.defaultDirectory)/\($0).sock" }
-            paths = defaults.filter { var st = stat(); return lstat($0, &st) == 0 }
+            // A directory the caller may not search (/run/spoolship is 0700) hides the socket:
+            // asking it then says "permission denied", which is the truth to tell.
+            paths = defaults.filter { var st = stat(); return lstat($0, &st) == 0 || Glibc.errno == EACCES }
             if paths.isEmpty {
                 fail("no spoolship daemon to ask: neither \(defaults[0]) nor \(defaults[1]) exists (is a daemon running here? give --socket PATH for a control socket elsewhere)")
                 throw ExitCode(1)

@@ -286,6 +286,37 @@ import Testing
         #expect(lstat(sock.path, &st) != 0, "the socket file is removed at a clean stop")
     }
 
+    @Test func anotherUser_cannotAsk_theSocketItselfIsOwnerOnly() throws {
+        let c = try Cluster("status-perm")
+        defer { c.remove() }
+        // A directory anyone may search, so that only the socket's own mode keeps others out.
+        let open = try Harness.tempDir("status-perm-open")
+        defer { Harness.remove(open) }
+        #expect(chmod(open.path, 0o755) == 0)
+        let sock = open.appendingPathComponent("collector.sock")
+        try c.startCollector(extra: ["--control-socket", sock.path])
+        #expect(Self.waitForListener(sock.path), "\(c.collector!.output)")
+        // The tool, runnable by nobody (the build dir may not be).
+        let tool = open.appendingPathComponent("spoolship")
+        try FileManager.default.copyItem(at: Harness.binDir.appendingPathComponent("spoolship"), to: tool)
+        #expect(chmod(tool.path, 0o755) == 0)
+        func asNobody(_ args: [String]) throws -> (Int32?, String) {
+            let d = try Daemon("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", tool.path] + args, log: c.nextLog("nobody"))
+            return (d.wait(timeout: 30), d.output)
+        }
+        let (helpStatus, help) = try asNobody(["--help"])
+        guard helpStatus == 0 else {
+            // The Swift runtime is where nobody cannot read it: nothing to learn here.
+            print("anotherUser_cannotAsk: the tool does not run as nobody on this host (\(help.prefix(200))); not checked")
+            return
+        }
+        let (status, out) = try asNobody(["status", "--socket", sock.path])
+        #expect(status == 1)
+        #expect(out == "spoolship status: cannot ask \(sock.path): permission denied (the control socket is owner-only: run this as the daemon's user or as root)\n", "\(out)")
+        let mine = try Self.spoolship(["status", "--socket", sock.path])
+        #expect(mine.status == 0, "its owner asks it: \(mine.stderr)")
+    }
+
     @Test func noDaemon_isAClearErrorNamingThePath_andExitOne() throws {
         let dir = try Harness.tempDir("status-none")
         defer { Harness.remove(dir) }
