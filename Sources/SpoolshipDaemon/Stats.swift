@@ -59,6 +59,9 @@ public final class AgentStats: @unchecked Sendable {
         case remove
     }
 
+    /// The kinds in order, once (`allCases` makes a new array at each call).
+    static let kinds = ErrorKind.allCases
+
     public struct Spool: Codable, Sendable, Equatable {
         public var acknowledgedSegments: UInt64 = 0
         public var acknowledgedBytes: UInt64 = 0
@@ -163,7 +166,7 @@ public final class AgentStats: @unchecked Sendable {
     }
 
     func error(_ kind: ErrorKind) {
-        let i = ErrorKind.allCases.firstIndex(of: kind)!
+        let i = Self.kinds.firstIndex(of: kind)!
         lock.lock()
         errorCounts[i] += 1
         lock.unlock()
@@ -221,6 +224,8 @@ public final class CollectorStats: @unchecked Sendable {
         /// Bytes received per second over the last 10 s.
         public var receiveRate: Double = 0
     }
+
+    static let kinds = ErrorKind.allCases
 
     /// Which file an fdatasync was for (the metric's `file` label).
     public enum SyncedFile: String, CaseIterable, Sendable {
@@ -299,7 +304,7 @@ public final class CollectorStats: @unchecked Sendable {
 
     func error(_ kind: ErrorKind?) {
         guard let kind = kind else { return }
-        let i = ErrorKind.allCases.firstIndex(of: kind)!
+        let i = Self.kinds.firstIndex(of: kind)!
         lock.lock()
         errorCounts[i] += 1
         lock.unlock()
