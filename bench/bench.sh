@@ -88,7 +88,7 @@ fresh() { rm -rf "$@"; sync; }  # the previous round's files go before the sync,
 start_collector() {
   rm -f "$work/port"
   /usr/bin/time -f "$timefmt" -o "$work/collector.time" \
-    "$BIN/spoolship-collector" --config "$work/empty.toml" --listen 127.0.0.1:0 --data-dir "$data" \
+    "$BIN/spoolship-collector" --config "$work/empty.toml" --control-socket none --listen 127.0.0.1:0 --data-dir "$data" \
       --port-file "$work/port" --log-level warning --max-connections 1000 &
   collector_time=$!; pids+=("$collector_time")
   for _ in $(seq 1000); do [ -s "$work/port" ] && break; sleep 0.01; done
@@ -140,7 +140,7 @@ spoolship_row() {
   fresh "$work/state" "$work/archive"
   start_collector
   /usr/bin/time -f "$timefmt" -o "$work/agent.time" \
-    "$BIN/spoolship-agent" --config "$work/empty.toml" --collector "127.0.0.1:$port" --agent-id bench \
+    "$BIN/spoolship-agent" --config "$work/empty.toml" --control-socket none --collector "127.0.0.1:$port" --agent-id bench \
       --state-dir "$work/state" --spool "bench=$spool" --archive-dir "$work/archive" --once --log-level warning
   stop_collector
   [ "$(ls "$data/bench/bench" | wc -l)" = "$files" ] || { echo "bench: spoolship did not commit every file" >&2; exit 1; }
@@ -220,7 +220,7 @@ if runs 3; then
   for a in $(seq "$agents"); do
     mkdir -p "$work/w3/a$a"
     /usr/bin/time -f "$timefmt" -o "$work/w3/a$a.time" \
-      "$BIN/spoolship-agent" --config "$work/empty.toml" --collector "127.0.0.1:$port" --agent-id "a$a" \
+      "$BIN/spoolship-agent" --config "$work/empty.toml" --control-socket none --collector "127.0.0.1:$port" --agent-id "a$a" \
         --state-dir "$work/w3state/a$a" --spool "bench=$work/w3/a$a" --archive-dir "$work/w3archive/a$a" \
         --log-level warning &
     apids+=("$!"); pids+=("$!")

@@ -30,10 +30,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-"$bin/spoolship-collector" --listen 127.0.0.1:0 --data-dir "$work/data" --port-file "$work/port" --log-level warning &
+"$bin/spoolship-collector" --control-socket none --listen 127.0.0.1:0 --data-dir "$work/data" --port-file "$work/port" --log-level warning &
 collector=$!; pids+=("$collector")
 for _ in $(seq 500); do [ -s "$work/port" ] && break; sleep 0.01; done
-"$bin/spoolship-agent" --collector "127.0.0.1:$(cat "$work/port")" --agent-id bench --state-dir "$work/state" \
+"$bin/spoolship-agent" --control-socket none --collector "127.0.0.1:$(cat "$work/port")" --agent-id bench --state-dir "$work/state" \
     --logs "app=$work/spool" --rotate-age 1 --rotate-size 1G --log-level warning &
 agent=$!; pids+=("$agent")
 mkdir -p "$work/data/bench/app"  # so that the watcher sees the very first commit

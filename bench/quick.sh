@@ -25,7 +25,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 
 start_collector() {
   rm -f "$work/port"
-  "$bin/spoolship-collector" --listen 127.0.0.1:0 --data-dir "$work/data" --port-file "$work/port" --log-level warning &
+  "$bin/spoolship-collector" --control-socket none --listen 127.0.0.1:0 --data-dir "$work/data" --port-file "$work/port" --log-level warning &
   collector=$!
   for _ in $(seq 500); do [ -s "$work/port" ] && break; sleep 0.01; done
   port=$(cat "$work/port")
@@ -36,7 +36,7 @@ ship() { # ship the spool with --once; prints wall seconds. Extra arguments go t
   local t0 t1
   rm -rf "$work/state"
   t0=$(now)
-  "$bin/spoolship-agent" --collector "127.0.0.1:$port" --agent-id bench --state-dir "$work/state" \
+  "$bin/spoolship-agent" --control-socket none --collector "127.0.0.1:$port" --agent-id bench --state-dir "$work/state" \
       --spool "bench=$work/spool" --once --log-level warning "$@"
   t1=$(now)
   echo "$t1 - $t0" | bc -l

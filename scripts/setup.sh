@@ -3,8 +3,9 @@
 set -euo pipefail
 # systemd: systemd-analyze, systemd-socket-activate and systemd-sysusers for the tests;
 # gzip: zcat; util-linux: unshare and mount; dpkg-dev: dpkg-shlibdeps for packaging/build-deb.sh;
-# make: make fuzz, make soak.
-packages=(libsystemd-dev zlib1g-dev libisal-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make)
+# make: make fuzz, make soak; python3 and python3-prometheus-client: the metrics tests read /metrics with
+# prometheus_client's own parser (run as /usr/bin/python3, whatever python3 is first on the PATH).
+packages=(libsystemd-dev zlib1g-dev libisal-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make python3 python3-prometheus-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -90,6 +90,8 @@ struct FatalRefusal: Error, CustomStringConvertible {
 public final class Agent: @unchecked Sendable {
     public let config: AgentConfig
     let logger: Logger
+    /// The process's figures (kept across reloads): status and metrics read them.
+    public let stats: AgentStats
     let journal: AgentJournal
     let archiveDirs: [String: OwnedFD]
     let state = NSCondition()
@@ -144,6 +146,11 @@ public final class Agent: @unchecked Sendable {
     public private(set) var shippedBytes: UInt64 = 0
     /// The collector's id while a connection is set up (for the status line).
     var connectedTo: String?
+    /// Since when (wall clock) the connection is set up, and when the last error came.
+    var connectedSince: Double?
+    var lastErrorTime: Double?
+    /// When this agent started (wall clock).
+    let startedAt = Date().timeIntervalSince1970
     /// The connection's socket, which a stop shuts down.
     var currentSocket: Socket?
     /// Segments the collector had no room for, with when to offer each again, and the wait
@@ -156,9 +163,11 @@ public final class Agent: @unchecked Sendable {
     /// Opened once the spools are watched (or at once with `once`): then the agent is ready.
     let watching = Latch()
 
-    public init(config: AgentConfig, logger: Logger) throws {
+    public init(config: AgentConfig, logger: Logger, stats: AgentStats = AgentStats()) throws {
         self.config = config
         self.logger = logger
+        self.stats = stats
+        stats.register(spools: config.spools.map(\.name))
         try Names.validateIdentifier(config.agentID, what: "agent id")
         var dirs: [String: OwnedFD] = [:]
         var rotated: [String: OwnedFD] = [:]
@@ -341,7 +350,7 @@ public final class Agent: @unchecked Sendable {
             }
             return state.withLock { () -> Segment in
                 let s = Segment(id: nextID, spool: spool, name: name, kind: .blob, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino),
-                                size: UInt64(st.st_size), crc: crc, mtimeNs: mtimeNs(st))
+                                size: UInt64(st.st_size), crc: crc, mtimeNs: mtimeNs(st), sealedAt: Date().timeIntervalSince1970)
                 nextID += 1
                 return s
             }
@@ -355,6 +364,7 @@ public final class Agent: @unchecked Sendable {
             return nil
         } catch {
             logger.error("cannot seal file", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)", "error": "\(error)"])
+            stats.error(.seal)
             state.withLock { incomplete = "could not seal \(spool)/\(name): \(error)" }
             return nil
         }
@@ -373,6 +383,7 @@ public final class Agent: @unchecked Sendable {
             try journal.append(fresh.map { $0.sealRecord }, sync: false)
         } catch {
             logger.error("cannot write the agent state; will seal again later", metadata: ["error": "\(error)"])
+            stats.error(.seal)
             incomplete = "could not record \(fresh.count) sealed file(s) in the agent state: \(error)"
             return
         }
@@ -400,6 +411,7 @@ public final class Agent: @unchecked Sendable {
             s.stored = stored
             segments[id] = s
             reapQueue.append(s)
+            stats.acknowledged(spool: s.spool, bytes: s.size)
         }
         lastProgress = monotonicNow()
         state.broadcast()
@@ -463,6 +475,7 @@ public final class Agent: @unchecked Sendable {
                 if try removeLocalCopy(s, touched: &touched, rescan: &rescan) { removed.append(s) } else { failed.append(s) }
             } catch {
                 logger.error("cannot remove an acknowledged file; will retry", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)"])
+                stats.error(.remove)
                 failed.append(s)
             }
         }
@@ -663,12 +676,15 @@ public final class Agent: @unchecked Sendable {
                 try session.run()
                 backoff = config.backoffMin
             } catch let f as FatalRefusal {
+                stats.error(.refused)
+                state.withLock { lastError = f.description; lastErrorTime = Date().timeIntervalSince1970 }
                 throw f
             } catch {
                 if isStopped {
                     logger.info("connection closed for the stop; what the collector holds is resumed at the next start")
                 } else {
-                    state.withLock { lastError = "\(error)" }
+                    stats.error(session.refusedByCollector ? .refused : session.established ? .connection : .connect)
+                    state.withLock { lastError = "\(error)"; lastErrorTime = Date().timeIntervalSince1970 }
                     logger.warning("connection to collector failed", metadata: ["collector": "\(config.collector)", "error": "\(error)"])
                 }
                 if session.madeProgress { backoff = config.backoffMin }

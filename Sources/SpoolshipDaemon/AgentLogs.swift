@@ -517,7 +517,7 @@ extension Agent {
         defer { state.unlock() }
         guard rotations[r.id] != nil else { return }
         let s = Segment(id: r.id, spool: r.spool, name: name, kind: .log, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino),
-                        size: size, crc: crc, mtimeNs: mtimeNs(st))
+                        size: size, crc: crc, mtimeNs: mtimeNs(st), sealedAt: Date().timeIntervalSince1970)
         do {
             try journal.append([s.sealRecord], sync: false)
         } catch {

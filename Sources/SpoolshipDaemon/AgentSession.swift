@@ -20,6 +20,10 @@ final class AgentSession: @unchecked Sendable {
     private var lastHeard = monotonicNow()
     /// Whether the collector answered, checkpointed or acknowledged anything on this connection.
     private(set) var madeProgress = false
+    /// Whether the handshake was over (for the kind of error a failure counts as).
+    private(set) var established = false
+    /// Whether the collector ended the connection with an ERROR frame.
+    private(set) var refusedByCollector = false
 
     init(agent: Agent) {
         self.agent = agent
@@ -55,8 +59,10 @@ final class AgentSession: @unchecked Sendable {
         let welcome = try readWelcome(sock, &decoder, nonce: nonce)
         window = Int(max(1, min(welcome.window, 4096)))
         logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
-        state.withLock { agent.connectedTo = welcome.collectorID }
-        defer { state.withLock { agent.connectedTo = nil } }
+        established = true
+        agent.stats.connected()
+        state.withLock { agent.connectedTo = welcome.collectorID; agent.connectedSince = Date().timeIntervalSince1970 }
+        defer { state.withLock { agent.connectedTo = nil; agent.connectedSince = nil } }
         state.withLock {
             // Everything not yet acknowledged is offered again on a new connection. (A welcome
             // alone is not progress: a collector that accepts and then fails every offer must
@@ -103,6 +109,7 @@ final class AgentSession: @unchecked Sendable {
                     }
                     return w
                 case .error(let code, _, let message):
+                    refusedByCollector = true
                     let c = ErrorCode(rawValue: code)
                     if c == .authentication || c == .unsupportedVersion || c == .badName {
                         throw FatalRefusal(description: "collector \(config.collector) refused this agent: \(message)")
@@ -219,6 +226,7 @@ final class AgentSession: @unchecked Sendable {
             let n = min(count - sent, 2 << 20)
             try ZeroCopy.sendFile(fd, offset: Int64(offset + sent), count: Int64(n), to: sock)
             sent += n
+            agent.stats.sent(bytes: n)
             agent.heartbeats.beat("shipper")
         }
     }
@@ -281,6 +289,7 @@ final class AgentSession: @unchecked Sendable {
                 guard offset <= s.size else { throw DaemonError("collector answered offset \(offset) for \(s.name), beyond its size \(s.size)") }
                 if offset > 0 {
                     logger.info("resuming segment", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "offset": "\(offset)"])
+                    agent.stats.resumed(bytes: offset)
                 }
                 sendQueue.append((tag, offset))
                 state.broadcast()
@@ -297,6 +306,7 @@ final class AgentSession: @unchecked Sendable {
             if tag != 0, let c = c, c.retryLater {
                 // No room at the collector for now: keep the file, offer it again later.
                 logger.warning("collector cannot take a segment now; offering it again later", metadata: ["error.code": "\(c)", "error": "\(message)"])
+                agent.stats.error(.deferred)
                 let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
                 if let id = id { agent.offerLater(id) }
                 return
@@ -305,6 +315,7 @@ final class AgentSession: @unchecked Sendable {
                 // One segment failed at the collector: offer it again (re-sealed if its
                 // checksum did not match).
                 logger.warning("collector could not commit a segment; offering it again", metadata: ["error.code": "\(c)", "error": "\(message)"])
+                agent.stats.error(c == .checksumMismatch ? .checksum : .segment)
                 let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
                 if let id = id, c == .checksumMismatch, let s = state.withLock({ agent.segments[id] }) {
                     if s.kind == .log {
@@ -322,6 +333,7 @@ final class AgentSession: @unchecked Sendable {
                 let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
                 if let id = id { agent.refuse(id, reason: message) }
             }
+            refusedByCollector = true
             if c == .authentication || c == .unsupportedVersion {
                 throw FatalRefusal(description: "collector \(config.collector) refused this agent: \(message)")
             }

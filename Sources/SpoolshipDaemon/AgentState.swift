@@ -17,6 +17,9 @@ struct Segment: Sendable {
     var mtimeNs: Int64
     var acked: Bool = false
     var stored: String?
+    /// When this process sealed it (wall clock; not in the state file): nil for a segment
+    /// found sealed in the state at start.
+    var sealedAt: Double?
 
     var key: SegmentKey { SegmentKey(spool: spool, name: name, size: size, crc: crc) }
 

@@ -61,12 +61,15 @@ public final class Collector: @unchecked Sendable {
     private let connections = Locked<[ObjectIdentifier: CollectorConnection]>([:])
     private let stopping = Latch()
     var heartbeats: Heartbeats { Heartbeats.shared }
-    /// Since start: segments committed and their bytes, for the status line.
-    let committedTotals = Locked<(segments: Int, bytes: UInt64)>((0, 0))
+    /// The figures since start: status and metrics read them.
+    public let stats: CollectorStats
+    /// When the collector started (wall clock).
+    let startedAt = Date().timeIntervalSince1970
 
-    public init(config: CollectorConfig, logger: Logger) throws {
+    public init(config: CollectorConfig, logger: Logger, stats: CollectorStats = CollectorStats()) throws {
         configBox = Locked(config)
         self.logger = logger
+        self.stats = stats
         // Each connection holds a socket, a pipe and its open partials: allow what the hard
         // limit allows.
         var lim = rlimit()
@@ -90,6 +93,9 @@ public final class Collector: @unchecked Sendable {
     }
 
     public var isStopping: Bool { stopping.isOpen }
+
+    /// The open connections (handshakes under way included).
+    func connectionList() -> [CollectorConnection] { connections.withLock { Array($0.values) } }
 
     /// Accepts connections until `stop()`; returns once every connection has ended.
     public func run() {
@@ -126,6 +132,7 @@ public final class Collector: @unchecked Sendable {
                 s.abort()
                 continue
             }
+            stats.accepted()
             let c = CollectorConnection(socket: s, collector: self)
             connections.withLock { $0[ObjectIdentifier(c)] = c }
             startThread("conn \(s.peer)") { [self] in
@@ -181,9 +188,9 @@ public final class Collector: @unchecked Sendable {
     /// The one-line summary for the service manager's STATUS=.
     public var statusLine: String {
         let agents = connections.withLock { $0.count }
-        let t = committedTotals.withLock { $0 }
+        let t = stats.snapshot()
         if stopping.isOpen { return "stopping; \(agents) connection(s) finishing" }
-        return "listening on \(address); \(agents) connection(s); \(t.segments) segment(s), \(t.bytes) bytes committed since start"
+        return "listening on \(address); \(agents) connection(s); \(t.committedSegments) segment(s), \(t.committedBytes) bytes committed since start"
     }
 
     public func stop() {
@@ -272,6 +279,8 @@ final class CollectorConnection: @unchecked Sendable {
     private var sentPreamble = false
     /// The agent that authenticated on this connection (nil without --agents).
     private let authenticated = Locked<String?>(nil)
+    /// This connection's figures, for status.
+    let stats: ConnectionStats
 
     enum Job {
         case checkpoint(Transfer)
@@ -282,6 +291,7 @@ final class CollectorConnection: @unchecked Sendable {
         self.socket = socket
         self.collector = collector
         config = collector.config
+        stats = ConnectionStats(address: socket.peer)
         var l = collector.logger
         l[metadataKey: "peer"] = "\(socket.peer)"
         logger = l
@@ -324,6 +334,7 @@ final class CollectorConnection: @unchecked Sendable {
             let welcome = Welcome(collectorID: config.collectorID, maxFrameBody: UInt32(config.maxFrameBody),
                                   maxSegmentSize: config.largestSegment, window: config.window)
             try send([.welcome(welcome)])
+            stats.identified(store.id)
             logger.info("agent connected", metadata: ["agent.id": "\(store.id)"])
             workerStarted = true
             startThread("durability \(socket.peer)") { [self] in durabilityLoop() }
@@ -332,14 +343,22 @@ final class CollectorConnection: @unchecked Sendable {
             logger.info("agent disconnected")
         } catch let r as Refusal {
             logger.warning("refusing peer", metadata: ["error.code": "\(r.code)", "error": "\(r.message)"])
+            collector.stats.error(Self.errorKind(r, welcomed: workerStarted))
             try? send([.error(code: r.code.rawValue, tag: r.tag, message: r.message)])
         } catch let e as SyscallError where e.errno == ECONNRESET || e.errno == EPIPE || e.errno == ETIMEDOUT {
             logger.notice("connection ended", metadata: ["error": "\(e)"])
+            // A peer that closes before its first byte (a TCP health check, a port scan) is
+            // not an error.
+            if e.path?.hasSuffix("(closed before hello)") != true {
+                collector.stats.error(workerStarted ? .connection : .handshake)
+            }
         } catch let e as SyscallError where e.isNoSpace {
             logger.error("no space left on the collector's disk", metadata: ["error": "\(e)"])
+            collector.stats.error(.noSpace)
             try? send([.error(code: ErrorCode.noSpace.rawValue, tag: 0, message: "\(e)")])
         } catch {
             logger.error("connection failed", metadata: ["error": "\(error)"])
+            collector.stats.error(.internal)
             try? send([.error(code: ErrorCode.internalError.rawValue, tag: 0, message: "\(error)")])
         }
         // Let the durability thread finish what was fully received, then let go of the agent.
@@ -358,6 +377,17 @@ final class CollectorConnection: @unchecked Sendable {
         transfers.removeAll()
         if claimed, let s = store { s.release(me) }
         socket.lingeringClose()
+    }
+
+    /// The kind of error a refusal counts as: anything before WELCOME is the handshake's; a
+    /// poisoned partial was counted when its sync failed.
+    static func errorKind(_ r: Refusal, welcomed: Bool) -> CollectorStats.ErrorKind? {
+        guard welcomed else { return .handshake }
+        switch r.code {
+        case .ioError: return nil
+        case .internalError, .shuttingDown: return .internal
+        default: return .protocol
+        }
     }
 
     // MARK: handshake
@@ -513,6 +543,7 @@ final class CollectorConnection: @unchecked Sendable {
             }
             if held > 0 {
                 logger.info("resuming segment", metadata: ["spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "offset": "\(held)"])
+                collector.stats.resumed(bytes: UInt64(held))
             }
         }
         // From here this segment's partial counts as on offer (at the segment's full size),
@@ -538,6 +569,7 @@ final class CollectorConnection: @unchecked Sendable {
             if total > limit {
                 logger.notice("deferring a segment: the agent's unfinished data would pass its partial limit", metadata: [
                     "spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "bytes.unfinished": "\(total)", "bytes.limit": "\(limit)"])
+                collector.stats.error(.partialLimit)
                 try turnDown(.partialLimit, "agent \(store.id) has \(onOffer) bytes of segments on offer; with \(o.key.size) more it would pass the collector's limit of \(limit) bytes of unfinished data per agent; retry later")
                 return
             }
@@ -550,11 +582,13 @@ final class CollectorConnection: @unchecked Sendable {
             if free < config.freeSpaceReserve + needed + coming {
                 logger.warning("refusing a segment: not enough free space above the reserve", metadata: [
                     "spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "bytes.free": "\(free)", "bytes.needed": "\(needed + coming)", "bytes.reserve": "\(config.freeSpaceReserve)"])
+                collector.stats.error(.noSpace)
                 try turnDown(.noSpaceRetry, "no space on the collector: \(free) bytes free, \(needed + coming) needed, \(config.freeSpaceReserve) kept in reserve; retry later")
                 return
             }
         }
         transfers[o.tag] = Transfer(tag: o.tag, key: o.key, label: label, fd: fd, held: held)
+        stats.offersOpen(transfers.count)
         try send([.answer(tag: o.tag, status: .sendFrom, offset: UInt64(held))])
     }
 
@@ -576,9 +610,19 @@ final class CollectorConnection: @unchecked Sendable {
         }
         if length > 0 {
             guard let splicer = splicer, let fd = t.fd else { return }
+            var counted = Int64(offset)
+            defer {
+                // What landed, whatever stopped the splice.
+                let n = UInt64(max(0, t.written - counted))
+                if n > 0 { stats.received(bytes: n); collector.stats.received(bytes: n) }
+            }
             do {
                 try splicer.receive(from: socket, into: fd, at: Int64(offset), count: Int64(length)) { reached in
                     t.written = reached
+                    let n = UInt64(max(0, reached - counted))
+                    counted = reached
+                    stats.received(bytes: n)
+                    collector.stats.received(bytes: n)
                     maybeCheckpoint(t, reached: reached)
                 }
             } catch let e as SyscallError where e.isNoSpace {
@@ -591,6 +635,7 @@ final class CollectorConnection: @unchecked Sendable {
         }
         if UInt64(t.written) == t.key.size {
             transfers[tag] = nil
+            stats.offersOpen(transfers.count)
             enqueue(.commit(t))
         }
     }
@@ -645,6 +690,8 @@ final class CollectorConnection: @unchecked Sendable {
         let reached = t.written
         guard reached > t.synced else { return }
         do {
+            let syncStart = monotonicNow()
+            defer { collector.stats.fsync(.partial, seconds: monotonicNow() - syncStart) }
             try Files.fdatasync(fd)
             if !t.directorySynced {
                 try Files.fsync(store.partialDir)
@@ -657,6 +704,7 @@ final class CollectorConnection: @unchecked Sendable {
             t.crcOffset = reached
         } catch {
             logger.error("checkpoint sync failed; the partial is poisoned", metadata: ["path": "\(t.label)", "error": "\(error)"])
+            collector.stats.error(.sync)
             t.poisoned = true
             // R2: its name goes now, not at the end of the connection, so that no later offer
             // (after a crash, say) can find it, sync it again and trust it. The reader finishes
@@ -679,7 +727,7 @@ final class CollectorConnection: @unchecked Sendable {
         let started = monotonicNow()
         // Every file gets its own fdatasync, all of them at once (see SyncPool).
         let fds = batch.compactMap { $0.poisoned ? nil : $0.fd }
-        let syncErrors = SyncPool.shared.fdatasyncAll(fds)
+        let syncErrors = SyncPool.shared.fdatasyncAll(fds, timed: { [collector] seconds in collector.stats.fsync(.partial, seconds: seconds) })
         let synced = monotonicNow()
         var tailBytes: Int64 = 0
         var syncError: [ObjectIdentifier: SyscallError] = [:]
@@ -699,6 +747,7 @@ final class CollectorConnection: @unchecked Sendable {
                         "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)",
                         "crc.expected": "\(hex32(t.key.crc))", "crc.received": "\(hex32(t.crc.value))"])
                     try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+                    collector.stats.error(.checksum)
                     replies.append(.error(code: ErrorCode.checksumMismatch.rawValue, tag: t.tag,
                                           message: "checksum mismatch for \(t.key.spool)/\(t.key.name): expected \(hex32(t.key.crc)), received \(hex32(t.crc.value)); send it again"))
                     continue
@@ -722,6 +771,7 @@ final class CollectorConnection: @unchecked Sendable {
             } catch {
                 // R2: an fsync or close error poisons the file; discard it, the agent resends.
                 logger.error("commit failed; discarding the partial", metadata: ["path": "\(t.label)", "error": "\(error)"])
+                collector.stats.error((error as? SyscallError).map { ["fdatasync", "fsync", "close"].contains($0.call) } == true ? .sync : .commit)
                 try? t.fd?.close()
                 t.fd = nil
                 try? Files.unlink(store.partialDir, t.partialName, label: t.label)
@@ -734,6 +784,7 @@ final class CollectorConnection: @unchecked Sendable {
             // R2: the new directory entries are not known durable, and a second fsync would
             // not prove they are. Take the files back out and have the agent send them again.
             logger.error("directory sync failed at commit; discarding the batch", metadata: ["error": "\(error)"])
+            collector.stats.error(.commit)
             for (t, name) in done {
                 if let dir = dirs[t.key.spool] { try? Files.unlink(dir, name, label: "\(store.agentPath)/\(t.key.spool)/\(name)") }
                 replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); send it again"))
@@ -743,9 +794,11 @@ final class CollectorConnection: @unchecked Sendable {
         }
         do {
             let now = Int64(Date().timeIntervalSince1970)
-            try store.record(done.map { LedgerEntry(key: $0.0.key, stored: $0.1, time: now) })
+            try store.record(done.map { LedgerEntry(key: $0.0.key, stored: $0.1, time: now) }) { [collector] in collector.stats.fsync(.ledger, seconds: $0) }
             let finished = monotonicNow()
-            collector.committedTotals.withLock { $0.segments += done.count; $0.bytes += done.reduce(0) { $0 + $1.0.key.size } }
+            let bytes = done.reduce(UInt64(0)) { $0 + $1.0.key.size }
+            collector.stats.committed(segments: done.count, bytes: bytes)
+            stats.committed(segments: done.count, bytes: bytes)
             for (t, name) in done {
                 replies.append(.committed(tag: t.tag, storedName: name))
                 logger.debug("committed", metadata: ["spool.name": "\(t.key.spool)", "segment.name": "\(name)", "bytes": "\(t.key.size)"])
@@ -760,6 +813,7 @@ final class CollectorConnection: @unchecked Sendable {
             // agent until the collector restarts and reads its ledger afresh (R2: a sync is
             // never retried and then trusted). The committed files themselves are durable.
             logger.critical("ledger sync failed; refusing this agent until restart", metadata: ["path": "\(store.ledgerPath)", "error": "\(error)"])
+            collector.stats.error(.ledger)
             for (t, _) in done {
                 replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); offer it again"))
             }

@@ -199,8 +199,8 @@ final class AgentStore: @unchecked Sendable {
         return ledger[key]
     }
 
-    /// Appends entries and syncs the ledger once for the batch.
-    func record(_ entries: [LedgerEntry]) throws {
+    /// Appends entries and syncs the ledger once for the batch; `timed` gets the sync's seconds.
+    func record(_ entries: [LedgerEntry], timed: ((Double) -> Void)? = nil) throws {
         guard !entries.isEmpty else { return }
         ledgerLock.lock()
         defer { ledgerLock.unlock() }
@@ -209,6 +209,8 @@ final class AgentStore: @unchecked Sendable {
         for e in entries { bytes += RecordLog.line(e) }
         do {
             try Files.writeAll(ledgerFD, bytes)
+            let started = monotonicNow()
+            defer { timed?(monotonicNow() - started) }
             try Files.fdatasync(ledgerFD)
         } catch {
             _broken = "the ledger \(ledgerPath) failed (\(error)); restart the collector once the disk is healthy"

@@ -102,6 +102,22 @@ func parseTOML(path: String) throws -> TOMLTable {
 }
 
 extension TableReader {
+    /// `control-socket`: a socket path, or "none".
+    mutating func controlSocket() throws -> String? {
+        let p = try string("control-socket")
+        if let p = p, p.isEmpty || (p != ControlSocketPath.off && p.utf8.count > 107) {
+            throw fail("control-socket", "a socket path of 1 to 107 bytes, or \"none\"")
+        }
+        return p
+    }
+
+    /// `metrics-listen` (HOST:PORT) and `metrics-port-file`.
+    mutating func metrics() throws -> (String?, String?) {
+        let l = try string("metrics-listen")
+        if let l = l, Endpoint(l) == nil { throw fail("metrics-listen", "HOST:PORT, got '\(l)'") }
+        return (l, try string("metrics-port-file"))
+    }
+
     mutating func logLevel() throws -> String? {
         let l = try string("log-level")
         if let l = l, !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(l) {
@@ -127,6 +143,9 @@ public struct CollectorFileConfig {
     public var freeSpaceReserve: UInt64?
     public var maxPartialBytes: UInt64?
     public var maxFrameBody: UInt64?
+    public var controlSocket: String?
+    public var metricsListen: String?
+    public var metricsPortFile: String?
 
     public init() {}
 
@@ -150,6 +169,8 @@ public struct CollectorFileConfig {
         c.freeSpaceReserve = try top.bytes("free-space-reserve")
         c.maxPartialBytes = try top.bytes("max-partial-bytes")
         c.maxFrameBody = try top.bytes("max-frame-body")
+        c.controlSocket = try top.controlSocket()
+        (c.metricsListen, c.metricsPortFile) = try top.metrics()
         try top.rejectUnknown()
         return c
     }
@@ -171,6 +192,9 @@ public struct AgentFileConfig {
     public var timeout: Double?
     public var logLevel: String?
     public var secretFile: String?
+    public var controlSocket: String?
+    public var metricsListen: String?
+    public var metricsPortFile: String?
     /// Defaults for log spools that do not set their own.
     public var rotateSize: UInt64?
     public var rotateAge: Double?
@@ -199,6 +223,8 @@ public struct AgentFileConfig {
         c.timeout = try top.seconds("timeout")
         c.logLevel = try top.logLevel()
         c.secretFile = try top.string("secret-file")
+        c.controlSocket = try top.controlSocket()
+        (c.metricsListen, c.metricsPortFile) = try top.metrics()
         c.rotateSize = try top.bytes("rotate-size")
         c.rotateAge = try top.seconds("rotate-age")
         for (i, t) in try top.tables("spool").enumerated() {

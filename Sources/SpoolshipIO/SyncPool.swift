@@ -15,6 +15,8 @@ public final class SyncPool: @unchecked Sendable {
     private var results: [SyscallError?] = []
     private var remaining = 0
     private let busy = NSLock()
+    /// The running batch's timer (under `cond`).
+    private var timed: ((Double) -> Void)?
 
     public init(threads: Int) {
         for i in 0..<max(1, threads) {
@@ -28,20 +30,25 @@ public final class SyncPool: @unchecked Sendable {
     /// A process-wide pool (threads are cheap while they wait).
     public static let shared = SyncPool(threads: 32)
 
-    /// fdatasyncs every descriptor, in parallel; returns each one's error, or nil.
-    public func fdatasyncAll(_ fds: [OwnedFD]) -> [SyscallError?] {
+    /// fdatasyncs every descriptor, in parallel; returns each one's error, or nil. `timed` gets
+    /// each call's seconds (on the thread that made it).
+    public func fdatasyncAll(_ fds: [OwnedFD], timed: ((Double) -> Void)? = nil) -> [SyscallError?] {
         if fds.count == 1 {
+            let started = monotonicSeconds()
+            defer { timed?(monotonicSeconds() - started) }
             do { try Files.fdatasync(fds[0]); return [nil] } catch let e as SyscallError { return [e] } catch { return [nil] }
         }
         busy.lock()  // one batch at a time: results belong to it
         defer { busy.unlock() }
         cond.lock()
+        self.timed = timed
         results = Array(repeating: nil, count: fds.count)
         remaining = fds.count
         queue = fds.enumerated().map { ($0.element, $0.offset) }
         cond.broadcast()
         while remaining > 0 { cond.wait() }
         let out = results
+        self.timed = nil
         cond.unlock()
         return out
     }
@@ -51,9 +58,12 @@ public final class SyncPool: @unchecked Sendable {
             cond.lock()
             while queue.isEmpty { cond.wait() }
             let (fd, index) = queue.removeLast()
+            let timer = timed
             cond.unlock()
             var err: SyscallError?
+            let started = monotonicSeconds()
             do { try Files.fdatasync(fd) } catch let e as SyscallError { err = e } catch {}
+            timer?(monotonicSeconds() - started)
             cond.lock()
             results[index] = err
             remaining -= 1

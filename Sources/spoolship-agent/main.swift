@@ -62,6 +62,15 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "This agent's secret, on one line, in a file of mode 0600 (the collector's --agents lists it).")
     var secretFile: String?
 
+    @Option(help: ArgumentHelp("The control socket that spoolship status asks (default $RUNTIME_DIRECTORY/agent.sock, else /run/spoolship/agent.sock; none: no socket).", valueName: "path"))
+    var controlSocket: String?
+
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at /metrics and a health check at /healthz over HTTP on HOST:PORT (port 0: any free port).", valueName: "host:port"))
+    var metricsListen: String?
+
+    @Option(help: ArgumentHelp("Write the metrics listener's bound port to this file (for scripts and tests).", valueName: "file"))
+    var metricsPortFile: String?
+
     func parsedSpools() throws -> [SpoolConfig] {
         let blobs = try spool.map { s in
             guard let eq = s.firstIndex(of: "="), eq != s.startIndex, s.index(after: eq) != s.endIndex else {
@@ -131,10 +140,39 @@ struct AgentCommand: ParsableCommand {
         return c
     }
 
+    /// The metrics listener as configured (flags, then file): its address and port file, or
+    /// nil when there is none.
+    func configuredMetrics(file: (listen: String?, portFile: String?)) throws -> (Endpoint, String?)? {
+        guard let text = metricsListen ?? file.listen else {
+            if metricsPortFile != nil { throw ValidationError("--metrics-port-file needs --metrics-listen HOST:PORT") }
+            return nil
+        }
+        guard let e = Endpoint(text) else { throw ValidationError("--metrics-listen must be HOST:PORT, got '\(text)'") }
+        return (e, metricsPortFile ?? file.portFile)
+    }
+
+    func agentMetrics() throws -> (Endpoint, String?)? {
+        let f = try configPath(given: config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0) }
+        return try configuredMetrics(file: (f?.metricsListen, f?.metricsPortFile))
+    }
+
+    /// The control socket's path as configured (flag, then file); nil for the default.
+    func configuredControlSocket() throws -> String? {
+        if let p = controlSocket {
+            guard !p.isEmpty, p == ControlSocketPath.off || p.utf8.count <= Socket.maxUnixPath else {
+                throw ValidationError("--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got '\(p)'")
+            }
+            return p
+        }
+        return try configPath(given: config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).controlSocket } ?? nil
+    }
+
     var level: String { logLevel ?? "info" }
 
     func validate() throws {
         _ = try resolved()
+        _ = try configuredControlSocket()
+        _ = try agentMetrics()
     }
 
     func run() throws {
@@ -147,19 +185,64 @@ struct AgentCommand: ParsableCommand {
         SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
         logger[metadataKey: "agent.id"] = "\(current.agentID)"
+        // The process's figures, kept across reloads; counted in Prometheus metrics too with
+        // --metrics-listen.
+        let metrics = try agentMetrics()
+        fixedAtStart.record(controlSocket: try configuredControlSocket(), metrics: metrics)
+        let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
+        let stats = factory.map { AgentStats(factory: $0) } ?? AgentStats()
+        let gauges = factory.map { AgentGauges(factory: $0) }
         // The running agent, and what the signal thread asks of the main loop.
         let running = Locked<Agent?>(nil)
-        let control = Locked<ReloadControl>(ReloadControl())
+        let started = Locked<AgentConfig>(current)
+        let reloads = Locked<ReloadControl>(ReloadControl())
         let once = self.once
         Signals.handle { [self] sig in
             if sig != SIGHUP {
-                control.withLock { $0.stop = true }
+                reloads.withLock { $0.stop = true }
                 running.withLock { $0 }?.stop()
                 return
             }
             guard !once else { return }
-            reload(logger: logger, running: running, control: control)
+            reload(logger: logger, running: running, control: reloads)
         }
+        // What status and the metrics read: the running agent's, or the figures alone while
+        // none runs (starting, between two agents at a reload, stopping).
+        let currentStatus: @Sendable () -> AgentStatus = {
+            running.withLock { $0 }?.status()
+                ?? AgentStatus.idle(config: started.withLock { $0 }, stats: stats.snapshot(), state: reloads.withLock { $0.stop } ? "stopping" : "starting")
+        }
+        // After Signals.handle: its thread must start with the signals blocked.
+        let control: ControlServer?
+        do {
+            control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "agent", logger: logger) { line in
+                ControlServer.answer(line, daemon: "agent") { (try? StatusFormat.encoder().encode(currentStatus())) ?? Data() }
+            }
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        defer { control?.stop() }
+        var metricsServer: MetricsServer?
+        if let (endpoint, portFile) = metrics, let factory = factory, let gauges = gauges {
+            let health = current.ioTimeout + current.connectTimeout
+            do {
+                metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
+                    gauges.update(currentStatus())
+                    return factory.registry.emitToBuffer()
+                }, health: {
+                    if reloads.withLock({ $0.stop }) { return "stopping" }
+                    return Heartbeats.shared.unhealthy(limit: health)
+                })
+            } catch {
+                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(endpoint): \(error)"])
+                FileHandle.standardError.write(Data("spoolship-agent: cannot listen for metrics on \(endpoint): \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            metricsServer?.start()
+        }
+        defer { metricsServer?.stop() }
         // A loop may legitimately wait up to a connect plus an I/O deadline.
         Heartbeats.shared.startWatchdog(logger: logger, minimumStale: current.ioTimeout + current.connectTimeout) {
             running.withLock { $0 }?.statusLine() ?? "starting"
@@ -171,7 +254,7 @@ struct AgentCommand: ParsableCommand {
             var agentLogger = logger
             agentLogger[metadataKey: "agent.id"] = "\(current.agentID)"
             do {
-                agent = try Agent(config: current, logger: agentLogger)
+                agent = try Agent(config: current, logger: agentLogger, stats: stats)
             } catch {
                 guard let old = previous else {
                     logger.critical("agent stopped", metadata: ["error": "\(error)"])
@@ -184,10 +267,11 @@ struct AgentCommand: ParsableCommand {
                 continue
             }
             running.withLock { $0 = agent }
-            if control.withLock({ $0.stop }) { agent.stop() }
-            if control.withLock({ c -> Bool in defer { c.reloadWaiting = false }; return c.reloadWaiting }) {
+            started.withLock { $0 = current }
+            if reloads.withLock({ $0.stop }) { agent.stop() }
+            if reloads.withLock({ c -> Bool in defer { c.reloadWaiting = false }; return c.reloadWaiting }) {
                 // A SIGHUP came while no agent was running: take it now.
-                startThread("reload") { [self] in reload(logger: logger, running: running, control: control) }
+                startThread("reload") { [self] in reload(logger: logger, running: running, control: reloads) }
             }
             // --once on a terminal: a progress bar on standard error until the run ends.
             let bar = once ? TerminalProgress.startIfTerminal() : nil
@@ -227,7 +311,7 @@ struct AgentCommand: ParsableCommand {
             agent.close()
             shipped.segments += agent.shippedSegments
             shipped.bytes += agent.shippedBytes
-            let (stop, next) = control.withLock { (c: inout ReloadControl) -> (Bool, AgentConfig?) in
+            let (stop, next) = reloads.withLock { (c: inout ReloadControl) -> (Bool, AgentConfig?) in
                 let r = (c.stop, c.next)
                 c.next = nil
                 return r
@@ -274,6 +358,10 @@ struct AgentCommand: ParsableCommand {
         do {
             let next = try resolved()
             try Agent.preflight(next)
+            let ignored = fixedAtStart.changed(controlSocket: try configuredControlSocket(), metrics: try agentMetrics())
+            if !ignored.isEmpty {
+                logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
+            }
             let fileLevel = try configPath(given: self.config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).logLevel } ?? nil
             if let l = Logger.Level.parse(logLevel ?? fileLevel ?? "info") { SpoolshipLogging.setLevel(l) }
             if next == (control.withLock { $0.next } ?? agent.config) {
@@ -298,5 +386,8 @@ struct ReloadControl {
     /// A SIGHUP arrived while no agent was running.
     var reloadWaiting = false
 }
+
+/// The control socket and the metrics listener as started: a reload does not move them.
+let fixedAtStart = FixedAtStart()
 
 AgentCommand.main()

@@ -60,6 +60,42 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: "The agents that may connect: one 'AGENT-ID SECRET' pair a line, mode 0600. Without it, any agent id is accepted.")
     var agents: String?
 
+    @Option(help: ArgumentHelp("The control socket that spoolship status asks (default $RUNTIME_DIRECTORY/collector.sock, else /run/spoolship/collector.sock; none: no socket).", valueName: "path"))
+    var controlSocket: String?
+
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at /metrics and a health check at /healthz over HTTP on HOST:PORT (port 0: any free port).", valueName: "host:port"))
+    var metricsListen: String?
+
+    @Option(help: ArgumentHelp("Write the metrics listener's bound port to this file (for scripts and tests).", valueName: "file"))
+    var metricsPortFile: String?
+
+    /// The metrics listener as configured (flags, then file): its address and port file, or
+    /// nil when there is none.
+    func configuredMetrics(file: (listen: String?, portFile: String?)) throws -> (Endpoint, String?)? {
+        guard let text = metricsListen ?? file.listen else {
+            if metricsPortFile != nil { throw ValidationError("--metrics-port-file needs --metrics-listen HOST:PORT") }
+            return nil
+        }
+        guard let e = Endpoint(text) else { throw ValidationError("--metrics-listen must be HOST:PORT, got '\(text)'") }
+        return (e, metricsPortFile ?? file.portFile)
+    }
+
+    func collectorMetrics() throws -> (Endpoint, String?)? {
+        let f = try configPath(given: config, defaultPath: CollectorFileConfig.defaultPath).map { try CollectorFileConfig.load(path: $0) }
+        return try configuredMetrics(file: (f?.metricsListen, f?.metricsPortFile))
+    }
+
+    /// The control socket's path as configured (flag, then file); nil for the default.
+    func configuredControlSocket() throws -> String? {
+        if let p = controlSocket {
+            guard !p.isEmpty, p == ControlSocketPath.off || p.utf8.count <= Socket.maxUnixPath else {
+                throw ValidationError("--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got '\(p)'")
+            }
+            return p
+        }
+        return try configPath(given: config, defaultPath: CollectorFileConfig.defaultPath).map { try CollectorFileConfig.load(path: $0).controlSocket } ?? nil
+    }
+
     /// The file's settings, then the flags over them. `inherited` is a socket from systemd.
     func resolved(inherited: Int32?) throws -> (CollectorConfig, Logger.Level) {
         var file = CollectorFileConfig()
@@ -132,6 +168,8 @@ struct CollectorCommand: ParsableCommand {
         // A socket from systemd counts as --listen (its variables are read, not consumed, here).
         let activated = ProcessInfo.processInfo.environment["LISTEN_FDS"] != nil
         _ = try resolved(inherited: activated ? 3 : nil)
+        _ = try configuredControlSocket()
+        _ = try collectorMetrics()
     }
 
     func run() throws {
@@ -154,16 +192,46 @@ struct CollectorCommand: ParsableCommand {
             guard let collector = running.withLock({ $0 }) else { return }
             reload(collector, inherited: inherited, logger: logger)
         }
+        let metrics = try collectorMetrics()
+        fixedAtStart.record(controlSocket: try configuredControlSocket(), metrics: metrics)
+        let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
         let collector: Collector
         do {
-            collector = try Collector(config: config, logger: logger)
+            collector = try Collector(config: config, logger: logger, stats: factory.map { CollectorStats(factory: $0) } ?? CollectorStats())
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
         running.withLock { $0 = collector }
+        let control: ControlServer?
+        do {
+            control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "collector", logger: logger) { line in
+                ControlServer.answer(line, daemon: "collector") { (try? StatusFormat.encoder().encode(collector.status())) ?? Data() }
+            }
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        var metricsServer: MetricsServer?
+        if let (endpoint, portFile) = metrics, let factory = factory {
+            let gauges = CollectorGauges(factory: factory)
+            do {
+                metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
+                    gauges.update(collector.status())
+                    return factory.registry.emitToBuffer()
+                }, health: {
+                    collector.isStopping ? "stopping" : Heartbeats.shared.unhealthy(limit: 10)
+                })
+            } catch {
+                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(endpoint): \(error)"])
+                throw ExitCode(1)
+            }
+            metricsServer?.start()
+        }
         stop.onRequest { collector.stop() }
         collector.run()
+        metricsServer?.stop()
+        control?.stop()
     }
 
     /// SIGHUP: reads the config file and the flags again. The log level, limits and timeouts
@@ -175,7 +243,8 @@ struct CollectorCommand: ParsableCommand {
         do {
             let (next, level) = try resolved(inherited: inherited)
             SpoolshipLogging.setLevel(level)
-            let ignored = collector.reload(next)
+            var ignored = collector.reload(next)
+            ignored += fixedAtStart.changed(controlSocket: try configuredControlSocket(), metrics: try collectorMetrics())
             collector.closeRevokedConnections()
             if !ignored.isEmpty {
                 logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
@@ -187,5 +256,8 @@ struct CollectorCommand: ParsableCommand {
         Systemd.ready(status: collector.statusLine)
     }
 }
+
+/// The control socket and the metrics listener as started: a reload does not move them.
+let fixedAtStart = FixedAtStart()
 
 CollectorCommand.main()

@@ -138,8 +138,15 @@ final class DemoRun {
         guard fm.createFile(atPath: "\(root)/empty.toml", contents: Data()) else { throw DaemonError("cannot write \(root)/empty.toml") }
         out.line("spoolship demo in \(root)")
 
+        // Control sockets of the demo's own (never a real daemon's in /run/spoolship), unless
+        // the directory's path is too long for a socket's.
+        func socket(_ name: String) -> String {
+            let path = "\(root)/\(name).sock"
+            return path.utf8.count < 100 ? path : "none"
+        }
         let c = try DemoDaemon("collector", executable: bin.appendingPathComponent("spoolship-collector"), arguments: [
             "--config", "\(root)/empty.toml", "--listen", "127.0.0.1:0", "--data-dir", data, "--port-file", "\(root)/port", "--log-level", "error",
+            "--control-socket", socket("collector"),
         ], out: out)
         collector = c
         var port: String?
@@ -161,8 +168,12 @@ final class DemoRun {
         agent = try DemoDaemon("agent", executable: bin.appendingPathComponent("spoolship-agent"), arguments: [
             "--config", "\(root)/empty.toml", "--collector", "127.0.0.1:\(port!)", "--agent-id", Self.agentID, "--state-dir", "\(root)/state",
             "--spool", "inbox=\(inbox)", "--logs", "logs=\(logs)", "--rotate-age", "1", "--log-level", "warning",
+            "--control-socket", socket("agent"),
         ], out: out)
         out.line("  agent      \(Self.agentID), a daemon: blob spool inbox/, log spool logs/ (app.log rotated after 1 s)")
+        if socket("agent") != "none" {
+            out.line("  watch it   spoolship status --socket \(socket("agent")) --socket \(socket("collector"))")
+        }
         let rate = 20 * 20  // see writeLog: 20 records every 50 ms
         out.line(String(format: "  producers  %d blobs (0 B to 4 MiB) into inbox/, and %d log records/s into logs/app.log, for %g s",
                         DemoProducers.blobSizes.count, rate, seconds))

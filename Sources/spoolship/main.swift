@@ -6,7 +6,7 @@ struct Spoolship: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spoolship",
         abstract: "The spoolship operator's tool.",
-        subcommands: [Demo.self, Verify.self])
+        subcommands: [Status.self, Verify.self, Demo.self])
 }
 
 Spoolship.main()

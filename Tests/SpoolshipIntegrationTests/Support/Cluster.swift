@@ -49,7 +49,8 @@ final class Cluster: @unchecked Sendable {
     func startCollector(port fixed: UInt16? = nil, extra: [String] = [], env: [String: String] = [:]) throws -> UInt16 {
         let portFile = root.appendingPathComponent("collector.port")
         try? FileManager.default.removeItem(at: portFile)
-        let args = ["--config", emptyConfig.path, "--listen", "127.0.0.1:\(fixed ?? 0)", "--data-dir", dataDir.path, "--port-file", portFile.path] + collectorArgs + extra
+        let args = ["--config", emptyConfig.path, "--listen", "127.0.0.1:\(fixed ?? 0)", "--data-dir", dataDir.path, "--port-file", portFile.path,
+                    "--control-socket", collectorSocket.path] + collectorArgs + extra
         let d = try Daemon("spoolship-collector", args, log: nextLog("collector"), env: env)
         collector = d
         guard let p = Harness.readPortFile(portFile, timeout: 30) else {
@@ -59,9 +60,14 @@ final class Cluster: @unchecked Sendable {
         return p
     }
 
+    /// The control sockets of the daemons the cluster starts (each its own, so that tests never
+    /// meet in /run/spoolship): the collector's, and each agent's by its state dir.
+    var collectorSocket: URL { root.appendingPathComponent("collector.sock") }
+    func agentSocket(state: String = "state") -> URL { root.appendingPathComponent("\(state).sock") }
+
     func agentArgs(id: String = "agent-1", state: String = "state", spools: [(String, URL)], target: UInt16? = nil, extra: [String] = []) -> [String] {
         var a = ["--config", emptyConfig.path, "--collector", "127.0.0.1:\(target ?? port)", "--agent-id", id,
-                 "--state-dir", root.appendingPathComponent(state).path]
+                 "--state-dir", root.appendingPathComponent(state).path, "--control-socket", agentSocket(state: state).path]
         for (n, u) in spools { a += ["--spool", "\(n)=\(u.path)"] }
         return a + extra
     }

@@ -1,0 +1,223 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipIO
+
+/// Where a daemon's control socket is, unless configured: `$RUNTIME_DIRECTORY` (which systemd
+/// sets from RuntimeDirectory=), else /run/spoolship.
+public enum ControlSocketPath {
+    public static let defaultDirectory = "/run/spoolship"
+
+    /// `name` is "agent" or "collector".
+    public static func defaultPath(_ name: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        // RUNTIME_DIRECTORY lists every directory of RuntimeDirectory=, separated by colons.
+        if let dirs = environment["RUNTIME_DIRECTORY"], let first = dirs.split(separator: ":").first, !first.isEmpty {
+            return "\(first)/\(name).sock"
+        }
+        return "\(defaultDirectory)/\(name).sock"
+    }
+
+    /// The value that turns the control socket off.
+    public static let off = "none"
+}
+
+/// A daemon's control socket: an AF_UNIX stream socket, mode 0600, served on a thread of its
+/// own. The exchange (docs/PROTOCOL.md, "Control socket"): the client sends one request line
+/// (`status\n`), the daemon answers one JSON document and closes. A client gets 2 s to send its
+/// line (at most 256 bytes) and 5 s to take the answer; one client is served at a time.
+///
+/// A lock file beside the socket (`PATH.lock`, flock) is held for the daemon's life: whoever
+/// holds it owns the path, so a socket file left by a killed daemon is replaced at the next
+/// start, and a second daemon given the same path is told so instead of stealing it.
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    /// "agent" or "collector", for the error documents.
+    let daemon: String
+    private let listener: Socket
+    private let lock: OwnedFD
+    private let logger: Logger
+    private let respond: @Sendable (String) -> [UInt8]
+    private let stopping = Latch()
+    private let done = Latch()
+    /// The socket file's identity, so that a stop removes only its own file.
+    private let inode: (dev: UInt64, ino: UInt64)
+
+    static let maxRequest = 256
+    static let readDeadline = 2.0
+    static let writeDeadline = 5.0
+
+    /// Binds the socket (making its directory, mode 0700, if missing). `respond` maps a
+    /// request line (without its newline) to the answer's bytes; it runs on the control thread.
+    public init(path: String, daemon: String, logger: Logger, respond: @escaping @Sendable (String) -> [UInt8]) throws {
+        self.path = path
+        self.daemon = daemon
+        self.logger = logger
+        self.respond = respond
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty {
+            do { try Files.makeDirectories(dir, mode: 0o700) } catch {
+                throw DaemonError("control socket \(path): cannot make its directory: \(error)")
+            }
+        }
+        guard let l = try Files.lockExclusive(path + ".lock") else {
+            throw DaemonError("control socket \(path) belongs to another running daemon (it holds \(path).lock); give this one its own --control-socket")
+        }
+        lock = l
+        var st = stat()
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
+            throw DaemonError("control socket \(path): a file that is not a socket is in the way; remove it or choose another path")
+        }
+        listener = try Socket.listenUnix(path, mode: 0o600)
+        guard lstat(path, &st) == 0 else { throw SyscallError(call: "lstat", path: path, errno: Glibc.errno) }
+        inode = (UInt64(st.st_dev), UInt64(st.st_ino))
+        var dst = stat()
+        if !dir.isEmpty, stat(dir, &dst) == 0, dst.st_mode & 0o077 != 0 {
+            // The socket's own mode keeps others out (connect needs write permission on it).
+            logger.notice("the control socket's directory is open to others; the socket itself is owner-only", metadata: [
+                "path": "\(dir)", "mode": "\(String(dst.st_mode & 0o777, radix: 8))"])
+        }
+    }
+
+    /// Serves clients on a thread of its own until `stop()`.
+    public func start() {
+        startThread("control") { [self] in
+            defer { done.open() }
+            logger.info("control socket listening", metadata: ["path": "\(path)"])
+            while !stopping.isOpen {
+                let client: Socket
+                do {
+                    switch try listener.accept(timeout: 0.5) {
+                    case .accepted(let s): client = s
+                    case .timedOut: continue
+                    case .shutDown: return
+                    }
+                } catch {
+                    if stopping.isOpen { return }
+                    logger.error("control socket: accept failed", metadata: ["error": "\(error)"])
+                    _ = stopping.wait(timeout: 0.1)  // EMFILE and friends: let descriptors come back
+                    continue
+                }
+                serve(client)
+            }
+        }
+    }
+
+    /// One client: its request line within the deadline and size bound, then the answer.
+    /// Whatever it sends or fails to read, the daemon goes on.
+    private func serve(_ client: Socket) {
+        // A close with unread bytes would reset the connection and lose the answer: stop
+        // sending, and read what the client still sends (bounded) before closing.
+        defer { client.lingeringClose(timeout: 1, maxBytes: 1 << 16) }
+        let line: String
+        switch readLine(client) {
+        case .line(let l): line = l
+        case .failure(let why):
+            let doc = (try? StatusFormat.encoder().encode(StatusError(daemon: daemon, error: why))) ?? Data()
+            client.setTimeouts(receive: 1, send: 1)
+            try? client.sendAll(Array(doc) + [UInt8(ascii: "\n")])
+            return
+        case .gone: return
+        }
+        let answer = respond(line)
+        client.setTimeouts(receive: Self.writeDeadline, send: Self.writeDeadline)
+        do { try client.sendAll(answer) } catch {
+            logger.debug("control socket: client did not take the answer", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private enum Request { case line(String), failure(String), gone }
+
+    private func readLine(_ client: Socket) -> Request {
+        let deadline = monotonicNow() + Self.readDeadline
+        var bytes: [UInt8] = []
+        while true {
+            let left = deadline - monotonicNow()
+            if left <= 0 { return .failure("no request line within \(Int(Self.readDeadline)) s") }
+            client.setTimeouts(receive: left, send: 1)
+            let chunk: [UInt8]
+            do { chunk = try client.receive(max: Self.maxRequest + 1 - bytes.count) } catch {
+                return .failure("no request line within \(Int(Self.readDeadline)) s")
+            }
+            if chunk.isEmpty {
+                // Closed: a request without its newline still counts.
+                return bytes.isEmpty ? .gone : Self.parse(bytes)
+            }
+            bytes += chunk
+            if let nl = bytes.firstIndex(of: UInt8(ascii: "\n")) { return Self.parse(Array(bytes[..<nl])) }
+            if bytes.count > Self.maxRequest { return .failure("request line longer than \(Self.maxRequest) bytes") }
+        }
+    }
+
+    private static func parse(_ bytes: [UInt8]) -> Request {
+        guard let s = String(bytes: bytes, encoding: .utf8) else { return .failure("request is not UTF-8") }
+        return .line(s.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Stops serving and removes the socket file (when it is still this daemon's).
+    public func stop() {
+        stopping.open()
+        listener.shutdown()
+        done.wait(timeout: Self.writeDeadline + 1)
+        var st = stat()
+        if lstat(path, &st) == 0, UInt64(st.st_dev) == inode.dev, UInt64(st.st_ino) == inode.ino {
+            _ = unlink(path)
+        }
+        try? listener.fd.close()
+    }
+
+    /// The answer to a request line: `status` gives the document `status()` makes; anything
+    /// else an error document naming what is understood.
+    public static func answer(_ line: String, daemon: String, status: () -> Data) -> [UInt8] {
+        let words = line.split(separator: " ")
+        if words.first == "status" && words.count <= 2 && (words.count == 1 || words[1] == "v\(StatusFormat.version)") {
+            return Array(status()) + [UInt8(ascii: "\n")]
+        }
+        let shown = line.count > 40 ? String(line.prefix(40)) + "..." : line
+        let e = StatusError(daemon: daemon, error: "unknown request '\(shown)'; this daemon answers: status")
+        return Array((try? StatusFormat.encoder().encode(e)) ?? Data()) + [UInt8(ascii: "\n")]
+    }
+
+    /// Starts the control socket at `path`, or none for `ControlSocketPath.off`. A path that
+    /// was configured must work (the error stops the start); the default one is optional: a
+    /// failure is logged and the daemon runs without it.
+    public static func startIfConfigured(path configured: String?, defaultName: String, logger: Logger,
+                                         respond: @escaping @Sendable (String) -> [UInt8]) throws -> ControlServer? {
+        let path = configured ?? ControlSocketPath.defaultPath(defaultName)
+        if path == ControlSocketPath.off { return nil }
+        do {
+            let s = try ControlServer(path: path, daemon: defaultName, logger: logger, respond: respond)
+            s.start()
+            return s
+        } catch {
+            if configured != nil { throw error }
+            logger.warning("no control socket at the default path; spoolship status cannot reach this daemon (give --control-socket PATH)", metadata: [
+                "path": "\(path)", "error": "\(error)"])
+            return nil
+        }
+    }
+}
+
+/// The settings a daemon takes at start only (the control socket, the metrics listener), to
+/// tell at a reload which of them changed and wait for a restart.
+public final class FixedAtStart: @unchecked Sendable {
+    private let lock = NSLock()
+    private var controlSocket: String?
+    private var metrics: String?
+
+    public init() {}
+
+    public func record(controlSocket: String?, metrics: (Endpoint, String?)?) {
+        lock.lock(); defer { lock.unlock() }
+        self.controlSocket = controlSocket
+        self.metrics = metrics.map { "\($0.0) \($0.1 ?? "")" }
+    }
+
+    /// The keys whose new value differs from the one in use.
+    public func changed(controlSocket: String?, metrics: (Endpoint, String?)?) -> [String] {
+        lock.lock(); defer { lock.unlock() }
+        var out: [String] = []
+        if controlSocket != self.controlSocket { out.append("control-socket") }
+        if metrics.map({ "\($0.0) \($0.1 ?? "")" }) != self.metrics { out.append("metrics-listen") }
+        return out
+    }
+}

@@ -1,0 +1,282 @@
+import Foundation
+import Glibc
+import SpoolshipIO
+
+/// What `spoolship status` gets from a daemon's control socket: one JSON document (keys in
+/// snake_case, docs/PROTOCOL.md "Control socket"). `version` changes only when a field changes
+/// meaning or goes away; new fields may appear in any version.
+public enum StatusFormat {
+    public static let version = 1
+
+    public static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return d
+    }
+
+    /// Seconds rounded to the millisecond (so the JSON does not carry float noise).
+    static func seconds(_ s: Double) -> Double { (max(0, s) * 1000).rounded() / 1000 }
+}
+
+/// The first fields of every answer: enough to know which daemon answered, and how to read the rest.
+public struct StatusHeader: Codable, Sendable {
+    public var version: Int
+    public var daemon: String
+    public var error: String?
+}
+
+/// An answer that is an error (an unknown request).
+public struct StatusError: Codable, Sendable {
+    public var version = StatusFormat.version
+    public var daemon: String
+    public var error: String
+}
+
+public struct AgentStatus: Codable, Sendable {
+    public var version = StatusFormat.version
+    public var daemon = "agent"
+    public var pid: Int32
+    public var agentId: String
+    public var collector: String
+    /// Unix time of the process's start, and seconds since.
+    public var startedAt: Double
+    public var uptimeSeconds: Double
+    /// "running", "starting" (or reloading: no agent runs for a moment) or "stopping".
+    public var state: String
+    public var connection: Connection
+    public var spools: [Spool]
+    public var totals: Totals
+    /// Errors since start, by kind (AgentStats.ErrorKind), every kind present.
+    public var errors: [String: UInt64]
+
+    public struct Connection: Codable, Sendable {
+        /// "connected" or "disconnected".
+        public var state: String
+        public var collectorId: String?
+        public var connectedSeconds: Double?
+        public var lastError: String?
+        public var lastErrorAgeSeconds: Double?
+    }
+
+    public struct Spool: Codable, Sendable {
+        public var name: String
+        /// "blobs" or "logs".
+        public var kind: String
+        public var directory: String
+        /// Sealed segments the collector has not acknowledged yet, and their bytes.
+        public var pendingSegments: Int
+        public var pendingBytes: UInt64
+        /// Age of the oldest of them: since it was sealed (since its file was last modified for
+        /// one found sealed at the agent's start); absent when none.
+        public var oldestPendingAgeSeconds: Double?
+        /// Log spools: files rotated aside and not sealed yet (a producer may still hold them).
+        public var rotatedToSeal: Int
+        /// Acknowledged by the collector since the process started.
+        public var shippedSegments: UInt64
+        public var shippedBytes: UInt64
+    }
+
+    public struct Totals: Codable, Sendable {
+        public var pendingSegments: Int
+        public var pendingBytes: UInt64
+        public var oldestPendingAgeSeconds: Double?
+        public var shippedSegments: UInt64
+        public var shippedBytes: UInt64
+        /// Segment bytes written to the connection (resends included).
+        public var sentBytes: UInt64
+        /// Over the last 10 seconds: bytes sent, and bytes acknowledged, per second.
+        public var sendRateBytesPerSecond: Double
+        public var shipRateBytesPerSecond: Double
+        public var reconnects: UInt64
+        public var resumes: UInt64
+        public var resumedBytes: UInt64
+    }
+}
+
+public struct CollectorStatus: Codable, Sendable {
+    public var version = StatusFormat.version
+    public var daemon = "collector"
+    public var pid: Int32
+    public var collectorId: String
+    public var listen: String
+    public var dataDir: String
+    public var startedAt: Double
+    public var uptimeSeconds: Double
+    /// "running" or "stopping".
+    public var state: String
+    /// Open connections, those still in their handshake included.
+    public var connections: Int
+    /// The agents connected now (handshake done), by agent id.
+    public var agents: [Agent]
+    public var totals: Totals
+    public var disk: Disk
+    public var errors: [String: UInt64]
+
+    public struct Agent: Codable, Sendable {
+        public var agentId: String
+        public var address: String
+        public var connectedSeconds: Double
+        /// On this connection: segment bytes received, segments committed and their bytes,
+        /// offers answered and not committed yet.
+        public var bytesIn: UInt64
+        public var segmentsCommitted: UInt64
+        public var bytesCommitted: UInt64
+        public var offersOpen: Int
+        /// Partial files this agent has here (in transfer or left by a cut), and their bytes.
+        public var partials: Int
+        public var partialBytes: UInt64
+    }
+
+    public struct Totals: Codable, Sendable {
+        public var connectionsAccepted: UInt64
+        public var receivedBytes: UInt64
+        public var receiveRateBytesPerSecond: Double
+        public var committedSegments: UInt64
+        public var committedBytes: UInt64
+        public var resumes: UInt64
+        public var resumedBytes: UInt64
+        public var fsyncs: UInt64
+        public var fsyncMeanSeconds: Double?
+        /// Partial files of every agent, connected or not.
+        public var partials: Int
+        public var partialBytes: UInt64
+    }
+
+    public struct Disk: Codable, Sendable {
+        /// Free bytes on the data dir's file system (absent if statvfs failed).
+        public var freeBytes: UInt64?
+        public var reserveBytes: UInt64
+    }
+}
+
+extension Agent {
+    /// This agent's status: the process's figures and the live state, read now.
+    public func status() -> AgentStatus {
+        let snap = stats.snapshot()
+        let now = Date().timeIntervalSince1970
+        return state.withLock {
+            // A segment waits since it was sealed; one found sealed at start, since its file
+            // was last modified (the seal time is not kept in the state).
+            var bySpool: [String: (count: Int, bytes: UInt64, oldest: Double?)] = [:]
+            for s in segments.values where !s.acked {
+                var e = bySpool[s.spool] ?? (0, 0, nil)
+                e.count += 1
+                e.bytes += s.size
+                e.oldest = min(e.oldest ?? .infinity, s.sealedAt ?? Double(s.mtimeNs) / 1e9)
+                bySpool[s.spool] = e
+            }
+            var rotated: [String: Int] = [:]
+            for r in rotations.values { rotated[r.spool, default: 0] += 1 }
+            var st = AgentStatus.idle(config: config, stats: snap, state: stopped ? "stopping" : "running")
+            func age(_ since: Double?) -> Double? { since.map { StatusFormat.seconds(now - $0) } }
+            var oldest: Double?
+            for i in st.spools.indices {
+                let name = st.spools[i].name
+                guard let e = bySpool[name] else { st.spools[i].rotatedToSeal = rotated[name] ?? 0; continue }
+                st.spools[i].pendingSegments = e.count
+                st.spools[i].pendingBytes = e.bytes
+                st.spools[i].oldestPendingAgeSeconds = age(e.oldest)
+                st.spools[i].rotatedToSeal = rotated[name] ?? 0
+                st.totals.pendingSegments += e.count
+                st.totals.pendingBytes += e.bytes
+                oldest = min(oldest ?? .infinity, e.oldest ?? .infinity)
+            }
+            st.totals.oldestPendingAgeSeconds = age(oldest)
+            st.connection.state = connectedTo == nil ? "disconnected" : "connected"
+            st.connection.collectorId = connectedTo
+            st.connection.connectedSeconds = connectedSince.map { StatusFormat.seconds(now - $0) }
+            st.connection.lastError = lastError
+            st.connection.lastErrorAgeSeconds = lastErrorTime.map { StatusFormat.seconds(now - $0) }
+            return st
+        }
+    }
+}
+
+extension AgentStatus {
+    /// The status without a running agent (starting, or between two during a reload): the
+    /// configuration's spools, nothing pending known.
+    public static func idle(config: AgentConfig, stats snap: AgentStats.Snapshot, state: String) -> AgentStatus {
+        let now = Date().timeIntervalSince1970
+        let spools = config.spools.map { s in
+            let shipped = snap.spools[s.name] ?? AgentStats.Spool()
+            return Spool(name: s.name, kind: s.logs == nil ? "blobs" : "logs", directory: s.directory,
+                         pendingSegments: 0, pendingBytes: 0, oldestPendingAgeSeconds: nil, rotatedToSeal: 0,
+                         shippedSegments: shipped.acknowledgedSegments, shippedBytes: shipped.acknowledgedBytes)
+        }
+        var errors: [String: UInt64] = [:]
+        for k in AgentStats.ErrorKind.allCases { errors[k.rawValue] = snap.errors[k] ?? 0 }
+        return AgentStatus(
+            pid: getpid(), agentId: config.agentID, collector: config.collector.description,
+            startedAt: snap.startedAt, uptimeSeconds: StatusFormat.seconds(now - snap.startedAt), state: state,
+            connection: Connection(state: "disconnected"),
+            spools: spools,
+            totals: Totals(pendingSegments: 0, pendingBytes: 0, oldestPendingAgeSeconds: nil,
+                           shippedSegments: snap.acknowledgedSegments, shippedBytes: snap.acknowledgedBytes,
+                           sentBytes: snap.sentBytes, sendRateBytesPerSecond: snap.sendRate.rounded(), shipRateBytesPerSecond: snap.ackRate.rounded(),
+                           reconnects: snap.reconnects, resumes: snap.resumes, resumedBytes: snap.resumedBytes),
+            errors: errors)
+    }
+}
+
+extension Collector {
+    /// The collector's status: figures since start, the connected agents, partials and free space.
+    public func status() -> CollectorStatus {
+        let snap = stats.snapshot()
+        let now = Date().timeIntervalSince1970
+        let c = config
+        let conns = connectionList().map { $0.stats.snapshot() }
+        let held = partialsByAgent()
+        var agents: [CollectorStatus.Agent] = []
+        for s in conns {
+            guard let id = s.agentID else { continue }
+            let p = held[id] ?? (0, 0)
+            agents.append(CollectorStatus.Agent(
+                agentId: id, address: s.address, connectedSeconds: StatusFormat.seconds(now - s.since),
+                bytesIn: s.bytesIn, segmentsCommitted: s.segmentsCommitted, bytesCommitted: s.bytesCommitted,
+                offersOpen: s.offersOpen, partials: p.count, partialBytes: p.bytes))
+        }
+        agents.sort { $0.agentId < $1.agentId }
+        var errors: [String: UInt64] = [:]
+        for k in CollectorStats.ErrorKind.allCases { errors[k.rawValue] = snap.errors[k] ?? 0 }
+        return CollectorStatus(
+            pid: getpid(), collectorId: c.collectorID, listen: address, dataDir: c.dataDir,
+            startedAt: startedAt, uptimeSeconds: StatusFormat.seconds(now - startedAt),
+            state: isStopping ? "stopping" : "running",
+            connections: conns.count, agents: agents,
+            totals: CollectorStatus.Totals(
+                connectionsAccepted: snap.connectionsAccepted, receivedBytes: snap.receivedBytes,
+                receiveRateBytesPerSecond: snap.receiveRate.rounded(),
+                committedSegments: snap.committedSegments, committedBytes: snap.committedBytes,
+                resumes: snap.resumes, resumedBytes: snap.resumedBytes,
+                fsyncs: snap.fsyncs, fsyncMeanSeconds: snap.fsyncs > 0 ? (snap.fsyncSeconds / Double(snap.fsyncs) * 1e6).rounded() / 1e6 : nil,
+                partials: held.values.reduce(0) { $0 + $1.count }, partialBytes: held.values.reduce(0) { $0 + $1.bytes }),
+            disk: CollectorStatus.Disk(freeBytes: Files.freeBytes(c.dataDir), reserveBytes: c.freeSpaceReserve),
+            errors: errors)
+    }
+
+    /// The partial files under `.spoolship/partial/<agent>/`, counted per agent (read from
+    /// the directory: what is on disk, left-overs of agents not connected included).
+    func partialsByAgent() -> [String: (count: Int, bytes: UInt64)] {
+        let root = "\(config.dataDir)/.spoolship/partial"
+        var out: [String: (count: Int, bytes: UInt64)] = [:]
+        let fm = FileManager.default
+        for agent in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
+            var e = (count: 0, bytes: UInt64(0))
+            for name in (try? fm.contentsOfDirectory(atPath: "\(root)/\(agent)")) ?? [] where name.hasSuffix(".part") {
+                var st = stat()
+                guard lstat("\(root)/\(agent)/\(name)", &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+                e.count += 1
+                e.bytes += UInt64(st.st_size)
+            }
+            if e.count > 0 { out[agent] = e }
+        }
+        return out
+    }
+}
