@@ -543,7 +543,6 @@ final class CollectorConnection: @unchecked Sendable {
             }
             if held > 0 {
                 logger.info("resuming segment", metadata: ["spool.name": "\(o.key.spool)", "segment.name": "\(o.key.name)", "offset": "\(held)"])
-                collector.stats.resumed(bytes: UInt64(held))
             }
         }
         // From here this segment's partial counts as on offer (at the segment's full size),
@@ -589,6 +588,9 @@ final class CollectorConnection: @unchecked Sendable {
         }
         transfers[o.tag] = Transfer(tag: o.tag, key: o.key, label: label, fd: fd, held: held)
         stats.offersOpen(transfers.count)
+        // Counted once the offer is taken (a deferred one is counted when it is taken later),
+        // as the agent counts it when it hears this answer.
+        if held > 0 { collector.stats.resumed(bytes: UInt64(held)) }
         try send([.answer(tag: o.tag, status: .sendFrom, offset: UInt64(held))])
     }
 

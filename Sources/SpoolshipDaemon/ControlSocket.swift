@@ -67,6 +67,12 @@ public final class ControlServer: @unchecked Sendable {
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
             throw DaemonError("control socket \(path): a file that is not a socket is in the way; remove it or choose another path")
         }
+        if (st.st_mode & S_IFMT) == S_IFSOCK, let live = try? Socket.connectUnix(path, timeout: 1) {
+            // Nobody holds the lock, yet something listens there: not a socket of ours that
+            // a killed daemon left (that one refuses connections), so not ours to replace.
+            try? live.fd.close()
+            throw DaemonError("control socket \(path): another program listens on that path; choose another path")
+        }
         listener = try Socket.listenUnix(path, mode: 0o600)
         guard lstat(path, &st) == 0 else { throw SyscallError(call: "lstat", path: path, errno: Glibc.errno) }
         inode = (UInt64(st.st_dev), UInt64(st.st_ino))

@@ -114,6 +114,15 @@ public final class AgentGauges: @unchecked Sendable {
             g.age.record(sp.oldestPendingAgeSeconds ?? 0)
             g.rotated.record(sp.rotatedToSeal)
         }
+        // A spool that a reload removed has nothing pending here any more: its gauges go to
+        // zero instead of keeping their last values (which would hold an alert for ever).
+        let present = Set(s.spools.map(\.name))
+        for (name, g) in perSpool where !present.contains(name) {
+            g.segments.record(0)
+            g.bytes.record(0)
+            g.age.record(0)
+            g.rotated.record(0)
+        }
     }
 }
 

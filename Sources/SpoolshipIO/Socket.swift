@@ -197,7 +197,13 @@ public final class Socket: @unchecked Sendable {
     private var receiveTimeout: Double = 0
 
     public func setTimeouts(receive: Double, send: Double) {
-        func tv(_ s: Double) -> timeval { timeval(tv_sec: Int(s), tv_usec: Int((s - Double(Int(s))) * 1e6)) }
+        // A zero timeval means no deadline at all: a deadline that is nearly over (what is
+        // left of one, say) must stay a deadline, of at least a millisecond.
+        func tv(_ s: Double) -> timeval {
+            guard s > 0 else { return timeval(tv_sec: 0, tv_usec: 0) }
+            let t = max(s, 0.001)
+            return timeval(tv_sec: Int(t), tv_usec: Int((t - Double(Int(t))) * 1e6))
+        }
         receiveTimeout = receive
         var r = tv(receive), w = tv(send)
         setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &r, socklen_t(MemoryLayout<timeval>.size))

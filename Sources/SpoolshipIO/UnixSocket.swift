@@ -25,9 +25,10 @@ extension Socket {
     /// socket left there): no one can connect before the mode is set.
     public static func listenUnix(_ path: String, mode: mode_t, backlog: Int32 = 16) throws -> Socket {
         let dir = (path as NSString).deletingLastPathComponent
-        let tmp = (dir.isEmpty ? "" : dir + "/") + ".\((path as NSString).lastPathComponent).\(getpid()).tmp"
-        var addr = try unixAddress(tmp)
+        // A short temporary name, so that any path that fits a socket address can be bound.
+        let tmp = (dir.isEmpty ? "" : dir + "/") + ".\(getpid())"
         _ = try unixAddress(path)
+        var addr = try unixAddress(tmp)
         let raw = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         guard raw >= 0 else { throw SyscallError(call: "socket", path: path, errno: Glibc.errno) }
         let fd = OwnedFD(raw, label: path)

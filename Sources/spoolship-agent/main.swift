@@ -215,7 +215,10 @@ struct AgentCommand: ParsableCommand {
         // After Signals.handle: its thread must start with the signals blocked.
         let control: ControlServer?
         do {
-            control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "agent", logger: logger) { line in
+            // A one-off --once run takes no socket unless given one: the default path is the
+            // service's, and a run as root would leave root-owned files in its directory.
+            let socketPath = try configuredControlSocket() ?? (once ? ControlSocketPath.off : nil)
+            control = try ControlServer.startIfConfigured(path: socketPath, defaultName: "agent", logger: logger) { line in
                 ControlServer.answer(line, daemon: "agent") { (try? StatusFormat.encoder().encode(currentStatus())) ?? Data() }
             }
         } catch {

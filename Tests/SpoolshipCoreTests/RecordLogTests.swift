@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import SpoolshipCore
 
@@ -104,6 +105,13 @@ import Testing
         }
         let h = RecordLog.Header(kind: LedgerEntry.kind, version: 1)
         #expect(h.json() == Array(try RecordLog.encoder.encode(h)))
+        // Every stored property is written: a field added later must be added to json() too.
+        var full = seal
+        full.stored = "x"; full.seq = 1
+        let keys = try #require(try JSONSerialization.jsonObject(with: Data(full.json())) as? [String: Any]).keys
+        #expect(Set(keys) == Set(Mirror(reflecting: full).children.compactMap(\.label)))
+        let ledgerKeys = try #require(try JSONSerialization.jsonObject(with: Data(entries[0].json())) as? [String: Any]).keys
+        #expect(Set(ledgerKeys) == Set(Mirror(reflecting: entries[0]).children.compactMap(\.label)))
         // And what it writes reads back.
         let bytes = RecordLog.headerLine(kind: StateRecord.kind, version: StateRecord.version) + states.flatMap { RecordLog.line($0) }
         #expect(try RecordLog.parse(bytes, kind: StateRecord.kind, version: StateRecord.version, as: StateRecord.self).records == states)

@@ -108,7 +108,7 @@ import Testing
         let c = try Cluster("auth-modes")
         defer { c.remove() }
         let agents = try privateFile(c, "agents", "web-1 \(Self.secret)\n", mode: 0o640)
-        let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--agents", agents.path],
+        let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--control-socket", "none", "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--agents", agents.path],
                            log: c.nextLog("collector"))
         #expect(d.wait(timeout: 30).map { $0 != 0 } == true)
         #expect(d.output.contains("agents file \(agents.path) is open to group or others (mode 640)") && d.output.contains("chmod 600 \(agents.path)"), "\(d.output)")
@@ -118,7 +118,7 @@ import Testing
         #expect(status != 0)
         #expect(out.contains("secret file \(secret.path) is open to group or others (mode 644)") && out.contains("chmod 600"), "\(out)")
         let bad = try privateFile(c, "agents-bad", "web-1 short\n")
-        let d2 = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--agents", bad.path],
+        let d2 = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--control-socket", "none", "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--agents", bad.path],
                             log: c.nextLog("collector"))
         #expect(d2.wait(timeout: 30).map { $0 != 0 } == true)
         #expect(d2.output.contains("agents file \(bad.path): line 1: the secret of web-1 is shorter than 16 characters"), "\(d2.output)")

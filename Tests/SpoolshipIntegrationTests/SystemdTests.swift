@@ -12,7 +12,7 @@ import Testing
         defer { notify.close() }
         let portFile = c.root.appendingPathComponent("collector.port")
         let env = notify.environment.merging(["WATCHDOG_USEC": "1000000"]) { $1 }
-        let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--port-file", portFile.path],
+        let d = try Daemon("spoolship-collector", ["--config", c.emptyConfig.path, "--control-socket", "none", "--listen", "127.0.0.1:0", "--data-dir", c.dataDir.path, "--port-file", portFile.path],
                            log: c.nextLog("collector"), env: env)
         defer { d.stop() }
         #expect(notify.wait(for: "READY=1", timeout: 30) != nil, "\(d.output)")
@@ -86,7 +86,7 @@ import Testing
 
             """
         let config = try c.writeConfig(base)
-        let d = try Daemon("spoolship-agent", ["--config", config.path], log: c.nextLog("agent"), env: notify.environment)
+        let d = try Daemon("spoolship-agent", ["--config", config.path, "--control-socket", "none"], log: c.nextLog("agent"), env: notify.environment)
         defer { d.stop() }
         #expect(notify.wait(for: "READY=1", timeout: 30) != nil, "\(d.output)")
         var p = try c.payload()
@@ -205,7 +205,7 @@ import Testing
         ]
         for (i, (text, expected)) in cases.enumerated() {
             let f = try c.writeConfig(text, name: "collector-\(i).toml")
-            let d = try Daemon("spoolship-collector", ["--config", f.path, "--listen", "127.0.0.1:0"], log: c.nextLog("collector"))
+            let d = try Daemon("spoolship-collector", ["--config", f.path, "--control-socket", "none", "--listen", "127.0.0.1:0"], log: c.nextLog("collector"))
             let status = d.wait(timeout: 30)
             #expect(status != nil && status != 0)
             #expect(d.output.contains(expected) && d.output.contains(f.path), "case \(i): expected '\(expected)' in:\n\(d.output)")
@@ -225,7 +225,7 @@ import Testing
             .replacingOccurrences(of: "\"0.0.0.0:7070\"", with: "\"127.0.0.1:0\"")
         let f = try c.writeConfig(text, name: "collector.toml")
         let portFile = c.root.appendingPathComponent("port")
-        let d = try Daemon("spoolship-collector", ["--config", f.path, "--port-file", portFile.path], log: c.nextLog("collector"))
+        let d = try Daemon("spoolship-collector", ["--config", f.path, "--control-socket", "none", "--port-file", portFile.path], log: c.nextLog("collector"))
         defer { d.stop() }
         #expect(Harness.readPortFile(portFile, timeout: 30) != nil, "\(d.output)")
         d.kill(SIGTERM)
