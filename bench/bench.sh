@@ -203,6 +203,15 @@ if runs 3; then
   for i in $(seq "$per_agent"); do head -c $((1 << 20)) /dev/urandom > "$work/w3src/f$i"; done
   data="$work/data"
   fresh "$data" "$work/w3" "$work/w3state" "$work/w3archive"
+  # The disk's own ceiling for as many bytes: a workload of 10 GB runs past what the disk
+  # takes at its burst rate (workload 1's 1 GiB may not), so the ratio to workload 1 alone
+  # would measure the disk. dd writes the same bytes into one file and syncs it once.
+  sync
+  /usr/bin/time -f "$timefmt" -o "$work/dd.time" \
+    dd if=/dev/zero of="$work/w3dd" bs=1M count=$((agents * per_agent)) conv=fdatasync status=none
+  rm -f "$work/w3dd"; sync
+  row 3 "disk: dd + fdatasync" "$(wall_of "$work/dd.time")" $((agents * per_agent << 20)) 1 "$(cpu_of "$work/dd.time")" 0 \
+    "$(rss_of "$work/dd.time")" 0 "the same bytes into one file, one sync"
   start_collector
   # The agents run as daemons, started first with empty spools, and all connected before any
   # file appears: their start-up (a few seconds for 200 processes on 2 cores) is not part of
