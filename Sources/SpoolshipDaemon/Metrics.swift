@@ -91,9 +91,23 @@ public final class AgentGauges: @unchecked Sendable {
     private var perSpool: [String: (segments: CoreMetrics.Gauge, bytes: CoreMetrics.Gauge, age: CoreMetrics.Gauge, rotated: CoreMetrics.Gauge)] = [:]
     private let connected: CoreMetrics.Gauge
 
+    private var lastUpdate = -Double.infinity
+
     public init(factory: any MetricsFactory) {
         self.factory = factory
         connected = CoreMetrics.Gauge(label: "spoolship_agent_connected", factory: factory)
+    }
+
+    /// Sets the gauges from `status()` at most once a second: the agent's status walks its
+    /// whole backlog under the agent's lock, and scrapers asking in a loop must not hold up the
+    /// data path. (The counters are always current.)
+    public func updateIfDue(_ status: () -> AgentStatus) {
+        let now = monotonicNow()
+        lock.lock()
+        let due = now - lastUpdate >= 1
+        if due { lastUpdate = now }
+        lock.unlock()
+        if due { update(status()) }
     }
 
     public func update(_ s: AgentStatus) {

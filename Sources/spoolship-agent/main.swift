@@ -232,7 +232,7 @@ struct AgentCommand: ParsableCommand {
             let health = current.ioTimeout + current.connectTimeout
             do {
                 metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
-                    gauges.update(currentStatus())
+                    gauges.updateIfDue(currentStatus)
                     return factory.registry.emitToBuffer()
                 }, health: {
                     if reloads.withLock({ $0.stop }) { return "stopping" }
