@@ -36,6 +36,26 @@ struct RateRing {
     }
 }
 
+/// Errors counted by kind, each with its counter `LABEL{kind="..."}`; a slot for every kind
+/// from the start. Used under its owner's lock; the returned counter is incremented after it.
+struct ErrorCounts<Kind: CaseIterable & Hashable & RawRepresentable> where Kind.RawValue == String {
+    private(set) var counts: [Kind: UInt64]
+    private let metrics: [Kind: Counter]
+
+    init(label: String, factory: any MetricsFactory) {
+        counts = Dictionary(uniqueKeysWithValues: Kind.allCases.map { ($0, 0) })
+        metrics = Dictionary(uniqueKeysWithValues: Kind.allCases.map {
+            ($0, Counter(label: label, dimensions: [("kind", $0.rawValue)], factory: factory))
+        })
+    }
+
+    /// Counts one error of `kind`; returns its metric, to be incremented outside the lock.
+    mutating func count(_ kind: Kind) -> Counter {
+        counts[kind, default: 0] += 1
+        return metrics[kind]!
+    }
+}
+
 /// The agent's figures since the process started (a reload keeps them).
 public final class AgentStats: @unchecked Sendable {
     /// What went wrong, as counted in `errors` (and the metric's `kind` label).
@@ -59,8 +79,6 @@ public final class AgentStats: @unchecked Sendable {
         case remove
     }
 
-    /// The kinds in order, once (`allCases` makes a new array at each call).
-    static let kinds = ErrorKind.allCases
 
     public struct Spool: Codable, Sendable, Equatable {
         public var acknowledgedSegments: UInt64 = 0
@@ -87,7 +105,7 @@ public final class AgentStats: @unchecked Sendable {
 
     private let lock = NSLock()
     private var s = Snapshot()
-    private var errorCounts = [UInt64](repeating: 0, count: ErrorKind.allCases.count)
+    private var errors: ErrorCounts<ErrorKind>
     private var sentRing = RateRing()
     private var ackRing = RateRing()
     // The same events as swift-metrics counters (Prometheus names: docs/OPERATIONS.md).
@@ -96,7 +114,6 @@ public final class AgentStats: @unchecked Sendable {
     private let mReconnects: Counter
     private let mResumes: Counter
     private let mResumedBytes: Counter
-    private let mErrors: [Counter]
     /// Per spool: segments and bytes shipped. Under `lock`.
     private var mSpools: [String: (segments: Counter, bytes: Counter)] = [:]
 
@@ -107,7 +124,7 @@ public final class AgentStats: @unchecked Sendable {
         mReconnects = Counter(label: "spoolship_agent_reconnects_total", factory: factory)
         mResumes = Counter(label: "spoolship_agent_resumes_total", factory: factory)
         mResumedBytes = Counter(label: "spoolship_agent_resumed_bytes_total", factory: factory)
-        mErrors = ErrorKind.allCases.map { Counter(label: "spoolship_agent_errors_total", dimensions: [("kind", $0.rawValue)], factory: factory) }
+        errors = ErrorCounts(label: "spoolship_agent_errors_total", factory: factory)
     }
 
     /// Makes the slots of these spools (before their first event).
@@ -166,18 +183,17 @@ public final class AgentStats: @unchecked Sendable {
     }
 
     func error(_ kind: ErrorKind) {
-        let i = Self.kinds.firstIndex(of: kind)!
         lock.lock()
-        errorCounts[i] += 1
+        let metric = errors.count(kind)
         lock.unlock()
-        mErrors[i].increment()
+        metric.increment()
     }
 
     public func snapshot() -> Snapshot {
         lock.lock()
         defer { lock.unlock() }
         var out = s
-        for (i, k) in ErrorKind.allCases.enumerated() { out.errors[k] = errorCounts[i] }
+        out.errors = errors.counts
         let now = monotonicNow()
         out.sendRate = sentRing.rate(at: now)
         out.ackRate = ackRing.rate(at: now)
@@ -225,8 +241,6 @@ public final class CollectorStats: @unchecked Sendable {
         public var receiveRate: Double = 0
     }
 
-    static let kinds = ErrorKind.allCases
-
     /// Which file an fdatasync was for (the metric's `file` label).
     public enum SyncedFile: String, CaseIterable, Sendable {
         case partial, ledger
@@ -234,7 +248,7 @@ public final class CollectorStats: @unchecked Sendable {
 
     private let lock = NSLock()
     private var s = Snapshot()
-    private var errorCounts = [UInt64](repeating: 0, count: ErrorKind.allCases.count)
+    private var errors: ErrorCounts<ErrorKind>
     private var receiveRing = RateRing()
     let factory: any MetricsFactory
     private let mConnections: Counter
@@ -243,7 +257,6 @@ public final class CollectorStats: @unchecked Sendable {
     private let mCommittedBytes: Counter
     private let mResumes: Counter
     private let mResumedBytes: Counter
-    private let mErrors: [Counter]
     private let mFsync: [CoreMetrics.Timer]
 
     /// `factory` makes the metrics (swift-metrics' no-op one when there is no metrics listener).
@@ -255,7 +268,7 @@ public final class CollectorStats: @unchecked Sendable {
         mCommittedBytes = Counter(label: "spoolship_collector_committed_bytes_total", factory: factory)
         mResumes = Counter(label: "spoolship_collector_resumes_total", factory: factory)
         mResumedBytes = Counter(label: "spoolship_collector_resumed_bytes_total", factory: factory)
-        mErrors = ErrorKind.allCases.map { Counter(label: "spoolship_collector_errors_total", dimensions: [("kind", $0.rawValue)], factory: factory) }
+        errors = ErrorCounts(label: "spoolship_collector_errors_total", factory: factory)
         mFsync = SyncedFile.allCases.map { CoreMetrics.Timer(label: "spoolship_collector_fsync_seconds", dimensions: [("file", $0.rawValue)], factory: factory) }
     }
 
@@ -304,18 +317,17 @@ public final class CollectorStats: @unchecked Sendable {
 
     func error(_ kind: ErrorKind?) {
         guard let kind = kind else { return }
-        let i = Self.kinds.firstIndex(of: kind)!
         lock.lock()
-        errorCounts[i] += 1
+        let metric = errors.count(kind)
         lock.unlock()
-        mErrors[i].increment()
+        metric.increment()
     }
 
     public func snapshot() -> Snapshot {
         lock.lock()
         defer { lock.unlock() }
         var out = s
-        for (i, k) in ErrorKind.allCases.enumerated() { out.errors[k] = errorCounts[i] }
+        out.errors = errors.counts
         out.receiveRate = receiveRing.rate(at: monotonicNow())
         return out
     }
