@@ -105,7 +105,7 @@ extension TableReader {
     /// `control-socket`: a socket path, or "none".
     mutating func controlSocket() throws -> String? {
         let p = try string("control-socket")
-        if let p = p, p.isEmpty || (p != ControlSocketPath.off && p.utf8.count > 107) {
+        if let p = p, !ControlSocketPath.isValid(p) {
             throw fail("control-socket", "a socket path of 1 to 107 bytes, or \"none\"")
         }
         return p

@@ -19,6 +19,45 @@ public enum ControlSocketPath {
 
     /// The value that turns the control socket off.
     public static let off = "none"
+
+    /// Whether `p` may be given as the control socket: `none`, or a path that fits a socket
+    /// address.
+    public static func isValid(_ p: String) -> Bool {
+        p == off || (!p.isEmpty && p.utf8.count <= Socket.maxUnixPath)
+    }
+}
+
+/// The settings by which a daemon is observed, taken at start only: its control socket (nil
+/// for the default path) and its metrics listener. Flags win over the config file's keys.
+public struct ObservedSettings: Equatable, Sendable {
+    public struct Metrics: Equatable, Sendable {
+        public var listen: Endpoint
+        public var portFile: String?
+    }
+
+    public var controlSocket: String?
+    public var metrics: Metrics?
+
+    /// A flag that cannot be taken, in one sentence.
+    public struct Invalid: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// The flags (`--control-socket`, `--metrics-listen`, `--metrics-port-file`) over the file's
+    /// values (already checked when the file was read).
+    public init(controlSocket flag: String?, metricsListen: String?, metricsPortFile: String?,
+                file: (controlSocket: String?, metricsListen: String?, metricsPortFile: String?)) throws {
+        if let p = flag, !ControlSocketPath.isValid(p) {
+            throw Invalid(description: "--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got '\(p)'")
+        }
+        controlSocket = flag ?? file.controlSocket
+        guard let text = metricsListen ?? file.metricsListen else {
+            if metricsPortFile != nil { throw Invalid(description: "--metrics-port-file needs --metrics-listen HOST:PORT") }
+            return
+        }
+        guard let e = Endpoint(text) else { throw Invalid(description: "--metrics-listen must be HOST:PORT, got '\(text)'") }
+        metrics = Metrics(listen: e, portFile: metricsPortFile ?? file.metricsPortFile)
+    }
 }
 
 /// A daemon's control socket: an AF_UNIX stream socket, mode 0600, served on a thread of its
@@ -89,22 +128,7 @@ public final class ControlServer: @unchecked Sendable {
         startThread("control") { [self] in
             defer { done.open() }
             logger.info("control socket listening", metadata: ["path": "\(path)"])
-            while !stopping.isOpen {
-                let client: Socket
-                do {
-                    switch try listener.accept(timeout: 0.5) {
-                    case .accepted(let s): client = s
-                    case .timedOut: continue
-                    case .shutDown: return
-                    }
-                } catch {
-                    if stopping.isOpen { return }
-                    logger.error("control socket: accept failed", metadata: ["error": "\(error)"])
-                    _ = stopping.wait(timeout: 0.1)  // EMFILE and friends: let descriptors come back
-                    continue
-                }
-                serve(client)
-            }
+            listener.acceptClients(until: stopping, logger: logger, name: "control socket") { serve($0) }
         }
     }
 
@@ -134,23 +158,14 @@ public final class ControlServer: @unchecked Sendable {
     private enum Request { case line(String), failure(String), gone }
 
     private func readLine(_ client: Socket) -> Request {
-        let deadline = monotonicNow() + Self.readDeadline
-        var bytes: [UInt8] = []
-        while true {
-            let left = deadline - monotonicNow()
-            if left <= 0 { return .failure("no request line within \(Int(Self.readDeadline)) s") }
-            client.setTimeouts(receive: left, send: 1)
-            let chunk: [UInt8]
-            do { chunk = try client.receive(max: Self.maxRequest + 1 - bytes.count) } catch {
-                return .failure("no request line within \(Int(Self.readDeadline)) s")
-            }
-            if chunk.isEmpty {
-                // Closed: a request without its newline still counts.
-                return bytes.isEmpty ? .gone : Self.parse(bytes)
-            }
-            bytes += chunk
-            if let nl = bytes.firstIndex(of: UInt8(ascii: "\n")) { return Self.parse(Array(bytes[..<nl])) }
-            if bytes.count > Self.maxRequest { return .failure("request line longer than \(Self.maxRequest) bytes") }
+        let newline = UInt8(ascii: "\n")
+        switch client.receiveRequest(until: { $0.firstIndex(of: newline) }, max: Self.maxRequest, readLimit: Self.maxRequest + 1,
+                                     within: Self.readDeadline, sendTimeout: 1) {
+        case .complete(let line): return Self.parse(line)
+        case .tooLarge: return .failure("request line longer than \(Self.maxRequest) bytes")
+        case .timedOut: return .failure("no request line within \(Int(Self.readDeadline)) s")
+        // Closed: a request without its newline still counts.
+        case .closed(let bytes): return bytes.isEmpty ? .gone : Self.parse(bytes)
         }
     }
 
@@ -207,23 +222,21 @@ public final class ControlServer: @unchecked Sendable {
 /// tell at a reload which of them changed and wait for a restart.
 public final class FixedAtStart: @unchecked Sendable {
     private let lock = NSLock()
-    private var controlSocket: String?
-    private var metrics: String?
+    private var atStart: ObservedSettings?
 
     public init() {}
 
-    public func record(controlSocket: String?, metrics: (Endpoint, String?)?) {
+    public func record(_ settings: ObservedSettings) {
         lock.lock(); defer { lock.unlock() }
-        self.controlSocket = controlSocket
-        self.metrics = metrics.map { "\($0.0) \($0.1 ?? "")" }
+        atStart = settings
     }
 
     /// The keys whose new value differs from the one in use.
-    public func changed(controlSocket: String?, metrics: (Endpoint, String?)?) -> [String] {
+    public func changed(_ next: ObservedSettings) -> [String] {
         lock.lock(); defer { lock.unlock() }
         var out: [String] = []
-        if controlSocket != self.controlSocket { out.append("control-socket") }
-        if metrics.map({ "\($0.0) \($0.1 ?? "")" }) != self.metrics { out.append("metrics-listen") }
+        if next.controlSocket != atStart?.controlSocket { out.append("control-socket") }
+        if next.metrics != atStart?.metrics { out.append("metrics-listen") }
         return out
     }
 }

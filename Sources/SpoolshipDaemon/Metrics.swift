@@ -197,20 +197,7 @@ public final class MetricsServer: @unchecked Sendable {
     public func start() {
         startThread("metrics") { [self] in
             logger.info("metrics listening", metadata: ["address": "\(Endpoint(host: listen.host, port: port))"])
-            while !stopping.isOpen {
-                let client: Socket
-                do {
-                    switch try listener.accept(timeout: 0.5) {
-                    case .accepted(let s): client = s
-                    case .timedOut: continue
-                    case .shutDown: return
-                    }
-                } catch {
-                    if stopping.isOpen { return }
-                    logger.error("metrics: accept failed", metadata: ["error": "\(error)"])
-                    _ = stopping.wait(timeout: 0.1)
-                    continue
-                }
+            listener.acceptClients(until: stopping, logger: logger, name: "metrics") { client in
                 let admitted = active.withLock { n -> Bool in
                     guard n < Self.maxActive else { return false }
                     n += 1
@@ -220,7 +207,7 @@ public final class MetricsServer: @unchecked Sendable {
                     client.setTimeouts(receive: 1, send: 1)
                     try? client.sendAll(Self.response(503, "Service Unavailable", body: Array("busy\n".utf8)))
                     client.lingeringClose(timeout: 0.2)
-                    continue
+                    return
                 }
                 startThread("metrics \(client.peer)", stackSize: 256 << 10) { [self] in
                     serve(client)
@@ -240,29 +227,6 @@ public final class MetricsServer: @unchecked Sendable {
         return Array(h.utf8) + (head ? [] : body)
     }
 
-    /// The head of a request, up to its blank line.
-    enum Head { case head([UInt8]), tooLarge, timedOut, closed }
-
-    private func readHead(_ client: Socket) -> Head {
-        let deadline = monotonicNow() + Self.headDeadline
-        var bytes: [UInt8] = []
-        while true {
-            if let end = Self.endOfHead(bytes) { return .head(Array(bytes[..<end])) }
-            if bytes.count > Self.maxHead { return .tooLarge }
-            let left = deadline - monotonicNow()
-            if left <= 0 { return .timedOut }
-            client.setTimeouts(receive: left, send: Self.sendDeadline)
-            let chunk: [UInt8]
-            do { chunk = try client.receive(max: Self.maxHead + 4 - bytes.count) } catch let e as SyscallError where e.errno == ETIMEDOUT {
-                return .timedOut
-            } catch {
-                return .closed
-            }
-            if chunk.isEmpty { return .closed }
-            bytes += chunk
-        }
-    }
-
     /// Where the blank line ends the head (CRLF CRLF, or LF LF from lax clients).
     static func endOfHead(_ b: [UInt8]) -> Int? {
         guard b.count >= 2 else { return nil }
@@ -276,11 +240,13 @@ public final class MetricsServer: @unchecked Sendable {
     private func serve(_ client: Socket) {
         defer { client.lingeringClose(timeout: 1, maxBytes: 1 << 16) }
         let answer: [UInt8]
-        switch readHead(client) {
+        // The head of the request, up to its blank line.
+        switch client.receiveRequest(until: Self.endOfHead, max: Self.maxHead, readLimit: Self.maxHead + 4,
+                                     within: Self.headDeadline, sendTimeout: Self.sendDeadline) {
         case .closed: return
         case .timedOut: answer = Self.response(408, "Request Timeout", body: Array("no complete request head within \(Int(Self.headDeadline)) s\n".utf8))
         case .tooLarge: answer = Self.response(431, "Request Header Fields Too Large", body: Array("the request head is larger than \(Self.maxHead) bytes\n".utf8))
-        case .head(let h): answer = respond(to: h)
+        case .complete(let h): answer = respond(to: h)
         }
         client.setTimeouts(receive: 1, send: Self.sendDeadline)
         do { try client.sendAll(answer) } catch {

@@ -140,39 +140,22 @@ struct AgentCommand: ParsableCommand {
         return c
     }
 
-    /// The metrics listener as configured (flags, then file): its address and port file, or
-    /// nil when there is none.
-    func configuredMetrics(file: (listen: String?, portFile: String?)) throws -> (Endpoint, String?)? {
-        guard let text = metricsListen ?? file.listen else {
-            if metricsPortFile != nil { throw ValidationError("--metrics-port-file needs --metrics-listen HOST:PORT") }
-            return nil
-        }
-        guard let e = Endpoint(text) else { throw ValidationError("--metrics-listen must be HOST:PORT, got '\(text)'") }
-        return (e, metricsPortFile ?? file.portFile)
-    }
-
-    func agentMetrics() throws -> (Endpoint, String?)? {
+    /// The control socket and the metrics listener as configured: flags over the file.
+    func observed() throws -> ObservedSettings {
         let f = try configPath(given: config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0) }
-        return try configuredMetrics(file: (f?.metricsListen, f?.metricsPortFile))
-    }
-
-    /// The control socket's path as configured (flag, then file); nil for the default.
-    func configuredControlSocket() throws -> String? {
-        if let p = controlSocket {
-            guard !p.isEmpty, p == ControlSocketPath.off || p.utf8.count <= Socket.maxUnixPath else {
-                throw ValidationError("--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got '\(p)'")
-            }
-            return p
+        do {
+            return try ObservedSettings(controlSocket: controlSocket, metricsListen: metricsListen, metricsPortFile: metricsPortFile,
+                                        file: (f?.controlSocket, f?.metricsListen, f?.metricsPortFile))
+        } catch let e as ObservedSettings.Invalid {
+            throw ValidationError(e.description)
         }
-        return try configPath(given: config, defaultPath: AgentFileConfig.defaultPath).map { try AgentFileConfig.load(path: $0).controlSocket } ?? nil
     }
 
     var level: String { logLevel ?? "info" }
 
     func validate() throws {
         _ = try resolved()
-        _ = try configuredControlSocket()
-        _ = try agentMetrics()
+        _ = try observed()
     }
 
     func run() throws {
@@ -187,9 +170,9 @@ struct AgentCommand: ParsableCommand {
         logger[metadataKey: "agent.id"] = "\(current.agentID)"
         // The process's figures, kept across reloads; counted in Prometheus metrics too with
         // --metrics-listen.
-        let metrics = try agentMetrics()
-        fixedAtStart.record(controlSocket: try configuredControlSocket(), metrics: metrics)
-        let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
+        let settings = try observed()
+        fixedAtStart.record(settings)
+        let factory = settings.metrics == nil ? nil : SpoolshipMetricsFactory()
         let stats = factory.map { AgentStats(factory: $0) } ?? AgentStats()
         let gauges = factory.map { AgentGauges(factory: $0) }
         // The running agent, and what the signal thread asks of the main loop.
@@ -217,7 +200,7 @@ struct AgentCommand: ParsableCommand {
         do {
             // A one-off --once run takes no socket unless given one: the default path is the
             // service's, and a run as root would leave root-owned files in its directory.
-            let socketPath = try configuredControlSocket() ?? (once ? ControlSocketPath.off : nil)
+            let socketPath = settings.controlSocket ?? (once ? ControlSocketPath.off : nil)
             control = try ControlServer.startIfConfigured(path: socketPath, defaultName: "agent", logger: logger) { line in
                 ControlServer.answer(line, daemon: "agent") { (try? StatusFormat.encoder().encode(currentStatus())) ?? Data() }
             }
@@ -228,10 +211,10 @@ struct AgentCommand: ParsableCommand {
         }
         defer { control?.stop() }
         var metricsServer: MetricsServer?
-        if let (endpoint, portFile) = metrics, let factory = factory, let gauges = gauges {
+        if let m = settings.metrics, let factory = factory, let gauges = gauges {
             let health = current.ioTimeout + current.connectTimeout
             do {
-                metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
+                metricsServer = try MetricsServer(listen: m.listen, portFile: m.portFile, logger: logger, render: {
                     gauges.updateIfDue(currentStatus)
                     return factory.registry.emitToBuffer()
                 }, health: {
@@ -239,8 +222,8 @@ struct AgentCommand: ParsableCommand {
                     return Heartbeats.shared.unhealthy(limit: health)
                 })
             } catch {
-                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(endpoint): \(error)"])
-                FileHandle.standardError.write(Data("spoolship-agent: cannot listen for metrics on \(endpoint): \(error)\n".utf8))
+                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(m.listen): \(error)"])
+                FileHandle.standardError.write(Data("spoolship-agent: cannot listen for metrics on \(m.listen): \(error)\n".utf8))
                 throw ExitCode(1)
             }
             metricsServer?.start()
@@ -361,7 +344,7 @@ struct AgentCommand: ParsableCommand {
         do {
             let next = try resolved()
             try Agent.preflight(next)
-            let ignored = fixedAtStart.changed(controlSocket: try configuredControlSocket(), metrics: try agentMetrics())
+            let ignored = fixedAtStart.changed(try observed())
             if !ignored.isEmpty {
                 logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
             }

@@ -69,31 +69,15 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Write the metrics listener's bound port to this file (for scripts and tests).", valueName: "file"))
     var metricsPortFile: String?
 
-    /// The metrics listener as configured (flags, then file): its address and port file, or
-    /// nil when there is none.
-    func configuredMetrics(file: (listen: String?, portFile: String?)) throws -> (Endpoint, String?)? {
-        guard let text = metricsListen ?? file.listen else {
-            if metricsPortFile != nil { throw ValidationError("--metrics-port-file needs --metrics-listen HOST:PORT") }
-            return nil
-        }
-        guard let e = Endpoint(text) else { throw ValidationError("--metrics-listen must be HOST:PORT, got '\(text)'") }
-        return (e, metricsPortFile ?? file.portFile)
-    }
-
-    func collectorMetrics() throws -> (Endpoint, String?)? {
+    /// The control socket and the metrics listener as configured: flags over the file.
+    func observed() throws -> ObservedSettings {
         let f = try configPath(given: config, defaultPath: CollectorFileConfig.defaultPath).map { try CollectorFileConfig.load(path: $0) }
-        return try configuredMetrics(file: (f?.metricsListen, f?.metricsPortFile))
-    }
-
-    /// The control socket's path as configured (flag, then file); nil for the default.
-    func configuredControlSocket() throws -> String? {
-        if let p = controlSocket {
-            guard !p.isEmpty, p == ControlSocketPath.off || p.utf8.count <= Socket.maxUnixPath else {
-                throw ValidationError("--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got '\(p)'")
-            }
-            return p
+        do {
+            return try ObservedSettings(controlSocket: controlSocket, metricsListen: metricsListen, metricsPortFile: metricsPortFile,
+                                        file: (f?.controlSocket, f?.metricsListen, f?.metricsPortFile))
+        } catch let e as ObservedSettings.Invalid {
+            throw ValidationError(e.description)
         }
-        return try configPath(given: config, defaultPath: CollectorFileConfig.defaultPath).map { try CollectorFileConfig.load(path: $0).controlSocket } ?? nil
     }
 
     /// The file's settings, then the flags over them. `inherited` is a socket from systemd.
@@ -168,8 +152,7 @@ struct CollectorCommand: ParsableCommand {
         // A socket from systemd counts as --listen (its variables are read, not consumed, here).
         let activated = ProcessInfo.processInfo.environment["LISTEN_FDS"] != nil
         _ = try resolved(inherited: activated ? 3 : nil)
-        _ = try configuredControlSocket()
-        _ = try collectorMetrics()
+        _ = try observed()
     }
 
     func run() throws {
@@ -192,9 +175,9 @@ struct CollectorCommand: ParsableCommand {
             guard let collector = running.withLock({ $0 }) else { return }
             reload(collector, inherited: inherited, logger: logger)
         }
-        let metrics = try collectorMetrics()
-        fixedAtStart.record(controlSocket: try configuredControlSocket(), metrics: metrics)
-        let factory = metrics == nil ? nil : SpoolshipMetricsFactory()
+        let settings = try observed()
+        fixedAtStart.record(settings)
+        let factory = settings.metrics == nil ? nil : SpoolshipMetricsFactory()
         let collector: Collector
         do {
             collector = try Collector(config: config, logger: logger, stats: factory.map { CollectorStats(factory: $0) } ?? CollectorStats())
@@ -205,7 +188,7 @@ struct CollectorCommand: ParsableCommand {
         running.withLock { $0 = collector }
         let control: ControlServer?
         do {
-            control = try ControlServer.startIfConfigured(path: try configuredControlSocket(), defaultName: "collector", logger: logger) { line in
+            control = try ControlServer.startIfConfigured(path: settings.controlSocket, defaultName: "collector", logger: logger) { line in
                 ControlServer.answer(line, daemon: "collector") { (try? StatusFormat.encoder().encode(collector.status())) ?? Data() }
             }
         } catch {
@@ -213,17 +196,17 @@ struct CollectorCommand: ParsableCommand {
             throw ExitCode(1)
         }
         var metricsServer: MetricsServer?
-        if let (endpoint, portFile) = metrics, let factory = factory {
+        if let m = settings.metrics, let factory = factory {
             let gauges = CollectorGauges(factory: factory)
             do {
-                metricsServer = try MetricsServer(listen: endpoint, portFile: portFile, logger: logger, render: {
+                metricsServer = try MetricsServer(listen: m.listen, portFile: m.portFile, logger: logger, render: {
                     gauges.update(collector.status())
                     return factory.registry.emitToBuffer()
                 }, health: {
                     collector.isStopping ? "stopping" : Heartbeats.shared.unhealthy(limit: 10)
                 })
             } catch {
-                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(endpoint): \(error)"])
+                logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(m.listen): \(error)"])
                 throw ExitCode(1)
             }
             metricsServer?.start()
@@ -244,7 +227,7 @@ struct CollectorCommand: ParsableCommand {
             let (next, level) = try resolved(inherited: inherited)
             SpoolshipLogging.setLevel(level)
             var ignored = collector.reload(next)
-            ignored += fixedAtStart.changed(controlSocket: try configuredControlSocket(), metrics: try collectorMetrics())
+            ignored += fixedAtStart.changed(try observed())
             collector.closeRevokedConnections()
             if !ignored.isEmpty {
                 logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
