@@ -110,7 +110,7 @@ public final class AgentGauges: @unchecked Sendable {
         if due { update(status()) }
     }
 
-    public func update(_ s: AgentStatus) {
+    private func update(_ s: AgentStatus) {
         lock.lock()
         defer { lock.unlock() }
         connected.record(s.connection.state == "connected" ? 1 : 0)
