@@ -1,6 +1,8 @@
 #include "CSpoolshipLinux.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <string.h>
 #include <linux/openat2.h>
 #include <malloc.h>
 #include <signal.h>
@@ -40,6 +42,49 @@ int spsh_openat2(int dirfd, const char *path, int flags, unsigned int mode, uint
     how.mode = ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) ? mode : 0;
     how.resolve = resolve;
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+int spsh_openat_beneath(int dirfd, const char *path, int flags, unsigned int mode) {
+    size_t len = strlen(path);
+    if (len == 0) { errno = ENOENT; return -1; }
+    if (len >= PATH_MAX) { errno = ENAMETOOLONG; return -1; }
+    if (path[0] == '/') { errno = EXDEV; return -1; }
+    char buf[PATH_MAX];
+    memcpy(buf, path, len + 1);
+    int cur = dirfd;  /* not ours to close */
+    char *part = buf;
+    for (;;) {
+        char *slash = strchr(part, '/');
+        if (slash) *slash = '\0';
+        int last = slash == NULL;
+        if (!last && slash[1] == '\0') last = 1;  /* "dir/": the trailing slash adds nothing */
+        int fd;
+        if (strcmp(part, "..") == 0) {
+            errno = EXDEV;
+            fd = -1;
+        } else if (last) {
+            /* O_NOFOLLOW: a symlink as the last component is ELOOP, even with O_CREAT. */
+            do fd = openat(cur, part[0] ? part : ".", flags | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+            while (fd < 0 && errno == EINTR);
+        } else if (part[0] == '\0' || strcmp(part, ".") == 0) {
+            part = slash + 1;  /* "a//b", "./a": stay where we are */
+            continue;
+        } else {
+            /* A directory on the way, held by descriptor: renames elsewhere cannot move us
+               out. O_PATH needs only search permission; with O_NOFOLLOW and O_DIRECTORY a
+               symlink is ENOTDIR. */
+            do fd = openat(cur, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            while (fd < 0 && errno == EINTR);
+        }
+        if (cur != dirfd) {
+            int saved = errno;
+            close(cur);
+            errno = saved;
+        }
+        if (fd < 0 || last) return fd;
+        cur = fd;
+        part = slash + 1;
+    }
 }
 
 int spsh_accept4_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }

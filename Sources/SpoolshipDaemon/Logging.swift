@@ -2,8 +2,24 @@ import CSpoolshipSystemd
 import Foundation
 import Glibc
 import Logging
+import SpoolshipIO
 
 public enum SpoolshipLogging {
+    /// Says, once at start, how this host lets the daemon open files beneath a directory
+    /// without following symlinks (`Files.beneathRoute`): openat2, or the per-component route
+    /// where openat2 is refused (a seccomp filter such as systemd's RestrictSUIDSGID=, or a
+    /// kernel before 5.6). Both keep the same guarantee.
+    public static func logFileOpeningRoute(_ logger: Logger) {
+        let route = Files.beneathRoute
+        switch route {
+        case .openat2:
+            logger.info("files beneath a directory are opened with openat2", metadata: ["route": "openat2"])
+        case .perComponent(let e):
+            logger.notice("openat2 is refused here; files beneath a directory are opened one path component at a time with O_NOFOLLOW",
+                          metadata: ["route": "per-component", "error": "openat2: \(String(cString: strerror(e))) (errno \(e))"])
+        }
+    }
+
     /// Under journald (standard error is the journal stream named by JOURNAL_STREAM), logs go
     /// to the journal with structured fields; otherwise to standard error as readable lines.
     /// The level can be changed later (a reload) through `level`.

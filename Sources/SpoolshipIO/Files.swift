@@ -14,11 +14,56 @@ public enum Files {
         try open(path, O_RDONLY | O_DIRECTORY)
     }
 
-    /// Opens `name` relative to `dir` with openat2(2) and RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS:
-    /// the result is always inside `dir`, and no symlink is followed on the way.
-    public static func openBeneath(_ dir: OwnedFD, _ name: String, _ flags: Int32, mode: mode_t = 0o644, label: String) throws -> OwnedFD {
-        let resolve = spsh_RESOLVE_BENEATH | spsh_RESOLVE_NO_SYMLINKS | spsh_RESOLVE_NO_MAGICLINKS
-        let fd = try syscall("openat2", label) { spsh_openat2(dir.raw, name, flags | O_CLOEXEC, UInt32(mode), resolve) }
+    /// How `openBeneath` keeps its promise on this host, decided once, at the first use (the
+    /// daemons ask at start, and log it).
+    public enum BeneathRoute: Equatable, Sendable {
+        /// openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS.
+        case openat2
+        /// openat2 is refused (the errno says why): one openat(2) a component, with O_NOFOLLOW,
+        /// each below the directory descriptor before it.
+        case perComponent(errno: Int32)
+
+        public var description: String {
+            switch self {
+            case .openat2: return "openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS"
+            case .perComponent(let e):
+                return "openat per path component with O_NOFOLLOW (openat2 refused: \(String(cString: strerror(e))), errno \(e))"
+            }
+        }
+    }
+
+    private static let resolveBeneath = spsh_RESOLVE_BENEATH | spsh_RESOLVE_NO_SYMLINKS | spsh_RESOLVE_NO_MAGICLINKS
+
+    /// openat2 is missing before Linux 5.6, and seccomp filters refuse it without looking at
+    /// its arguments, which they cannot read: systemd's RestrictSUIDSGID= answers ENOSYS,
+    /// container runtimes ENOSYS or EPERM. One probe, on "." beneath "/", tells.
+    public static let beneathRoute: BeneathRoute = {
+        let root = Glibc.open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard root >= 0 else { return .openat2 }
+        defer { Glibc.close(root) }
+        var fd: Int32
+        repeat { fd = spsh_openat2(root, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, resolveBeneath) } while fd < 0 && Glibc.errno == EINTR
+        if fd >= 0 {
+            Glibc.close(fd)
+            return .openat2
+        }
+        let e = Glibc.errno
+        return e == ENOSYS || e == EPERM ? .perComponent(errno: e) : .openat2
+    }()
+
+    /// Opens `name` relative to `dir`, never outside it and never through a symlink: the result
+    /// is always inside `dir`. With openat2(2) where the host allows it, else one component at
+    /// a time (see `BeneathRoute`). An absolute name or a `..` fails with EXDEV, a symlink with
+    /// ELOOP (ENOTDIR for a directory on the way, on the second route). `route` is for tests.
+    public static func openBeneath(_ dir: OwnedFD, _ name: String, _ flags: Int32, mode: mode_t = 0o644, label: String,
+                                   route: BeneathRoute = beneathRoute) throws -> OwnedFD {
+        let fd: Int32
+        switch route {
+        case .openat2:
+            fd = try syscall("openat2", label) { spsh_openat2(dir.raw, name, flags | O_CLOEXEC, UInt32(mode), resolveBeneath) }
+        case .perComponent:
+            fd = try syscall("openat", label) { spsh_openat_beneath(dir.raw, name, flags | O_CLOEXEC, UInt32(mode)) }
+        }
         return OwnedFD(fd, label: label)
     }
 

@@ -20,6 +20,13 @@ int spsh_set_pipe_size(int fd, int size);
 int spsh_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 /// openat2(2) with the given RESOLVE_* flags; falls back to nothing: ENOSYS is returned as is.
 int spsh_openat2(int dirfd, const char *path, int flags, unsigned int mode, uint64_t resolve);
+/// The same promise as openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, where openat2 is
+/// refused (kernels before 5.6, seccomp filters such as systemd's RestrictSUIDSGID=): `path`
+/// is walked one component at a time with openat(2) and O_NOFOLLOW, each directory below the
+/// one before it by descriptor, never by a path string. An absolute path or a ".." component
+/// fails with EXDEV (openat2's "would escape"), a symlink with ELOOP (last component) or
+/// ENOTDIR (a directory on the way).
+int spsh_openat_beneath(int dirfd, const char *path, int flags, unsigned int mode);
 int spsh_accept4_cloexec(int fd);
 /// Whether another process holds `fd`'s file open for writing: 1 yes, 0 no, -1 unknown (errno
 /// set; EACCES when we neither own the file nor have CAP_LEASE). Uses a read lease (fcntl
