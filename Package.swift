@@ -5,6 +5,7 @@ import PackageDescription
 //   SpoolshipCore   pure logic: wire codec, names, segment keys, record logs. No syscalls.
 //   SpoolshipIO     the Linux data path: fd owners, sendfile/splice/inotify/fsync wrappers.
 //   SpoolshipDaemon the agent and the collector, built from the two above.
+//   SpoolshipCommands the three programs' command lines; the executables are one line each.
 //   C targets       libsystemd, zlib and ISA-L (system libraries), and a _GNU_SOURCE shim for
 //                   the calls Swift's Glibc module hides (splice, pipe2, openat2, renameat2).
 let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
@@ -55,27 +56,19 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: v5),
-        .executableTarget(
-            name: "spoolship-agent",
+        // The three programs (agent, collector, operator's tool) as one library, so that the
+        // package can ship one binary that runs the program its name says.
+        .target(
+            name: "SpoolshipCommands",
             dependencies: [
-                "SpoolshipDaemon",
+                "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: v5),
-        .executableTarget(
-            name: "spoolship-collector",
-            dependencies: [
-                "SpoolshipDaemon",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: v5),
-        .executableTarget(
-            name: "spoolship",
-            dependencies: [
-                "SpoolshipDaemon", "SpoolshipIO",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: v5),
+        .executableTarget(name: "spoolship-agent", dependencies: ["SpoolshipCommands"]),
+        .executableTarget(name: "spoolship-collector", dependencies: ["SpoolshipCommands"]),
+        .executableTarget(name: "spoolship", dependencies: ["SpoolshipCommands"]),
         // A real log producer for the tests and the benchmark (not installed).
         .executableTarget(
             name: "log-producer",

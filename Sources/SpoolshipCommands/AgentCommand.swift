@@ -168,10 +168,11 @@ struct AgentCommand: ParsableCommand {
         SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
         logger[metadataKey: "agent.id"] = "\(current.agentID)"
+        SpoolshipLogging.logFileOpeningRoute(logger)
         // The process's figures, kept across reloads; counted in Prometheus metrics too with
         // --metrics-listen.
         let settings = try observed()
-        fixedAtStart.record(settings)
+        agentFixedAtStart.record(settings)
         let factory = settings.metrics == nil ? nil : SpoolshipMetricsFactory()
         let stats = factory.map { AgentStats(factory: $0) } ?? AgentStats()
         let gauges = factory.map { AgentGauges(factory: $0) }
@@ -344,7 +345,7 @@ struct AgentCommand: ParsableCommand {
         do {
             let next = try resolved()
             try Agent.preflight(next)
-            let ignored = fixedAtStart.changed(try observed())
+            let ignored = agentFixedAtStart.changed(try observed())
             if !ignored.isEmpty {
                 logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
             }
@@ -374,6 +375,4 @@ struct ReloadControl {
 }
 
 /// The control socket and the metrics listener as started: a reload does not move them.
-let fixedAtStart = FixedAtStart()
-
-AgentCommand.main()
+let agentFixedAtStart = FixedAtStart()

@@ -168,6 +168,7 @@ struct CollectorCommand: ParsableCommand {
         Processes.fixMallocMmapThreshold()
         SpoolshipLogging.bootstrap(level: level)
         let logger = Logger(label: "spoolship-collector")
+        SpoolshipLogging.logFileOpeningRoute(logger)
         let stop = StopRequest()
         let running = Locked<Collector?>(nil)
         Signals.handle { [self] sig in
@@ -176,7 +177,7 @@ struct CollectorCommand: ParsableCommand {
             reload(collector, inherited: inherited, logger: logger)
         }
         let settings = try observed()
-        fixedAtStart.record(settings)
+        collectorFixedAtStart.record(settings)
         let factory = settings.metrics == nil ? nil : SpoolshipMetricsFactory()
         let collector: Collector
         do {
@@ -227,7 +228,7 @@ struct CollectorCommand: ParsableCommand {
             let (next, level) = try resolved(inherited: inherited)
             SpoolshipLogging.setLevel(level)
             var ignored = collector.reload(next)
-            ignored += fixedAtStart.changed(try observed())
+            ignored += collectorFixedAtStart.changed(try observed())
             collector.closeRevokedConnections()
             if !ignored.isEmpty {
                 logger.warning("these settings take effect only at a restart; keeping the running ones", metadata: ["keys": "\(ignored.joined(separator: ", "))"])
@@ -241,6 +242,4 @@ struct CollectorCommand: ParsableCommand {
 }
 
 /// The control socket and the metrics listener as started: a reload does not move them.
-let fixedAtStart = FixedAtStart()
-
-CollectorCommand.main()
+let collectorFixedAtStart = FixedAtStart()

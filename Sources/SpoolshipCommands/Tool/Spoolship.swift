@@ -9,4 +9,3 @@ struct Spoolship: ParsableCommand {
         subcommands: [Status.self, Verify.self, Demo.self])
 }
 
-Spoolship.main()

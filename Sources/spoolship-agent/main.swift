@@ -1,0 +1,4 @@
+// spoolship-agent: see SpoolshipCommands/AgentCommand.swift.
+import SpoolshipCommands
+
+SpoolshipMain.agent()

@@ -1,0 +1,4 @@
+// spoolship-collector: see SpoolshipCommands/CollectorCommand.swift.
+import SpoolshipCommands
+
+SpoolshipMain.collector()
