@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Builds spoolship_<version>_<arch>.deb with dpkg-deb: the three binaries (release build with
-# the Swift runtime linked in statically, so that the package needs no Swift on the host), the
-# systemd units, sysusers.d and tmpfiles.d entries, the example configs as conffiles, and the
-# docs. Depends: comes from dpkg-shlibdeps.
+# Builds spoolship_<version>_<arch>.deb with dpkg-deb: one binary, /usr/bin/spoolship (release
+# build with the Swift runtime linked in statically, so that the package needs no Swift on the
+# host; stripped), which runs as the agent or the collector when started under the names of its
+# two symlinks, /usr/bin/spoolship-agent and /usr/bin/spoolship-collector; the systemd units,
+# sysusers.d and tmpfiles.d entries, the example configs as conffiles, and the docs. Depends:
+# comes from dpkg-shlibdeps.
 #
 #   bash packaging/build-deb.sh [OUT_DIR]                  (default: .build/deb)
-#   bash packaging/build-deb.sh --bin-dir DIR [OUT_DIR]    package binaries built elsewhere
+#   bash packaging/build-deb.sh --bin-dir DIR [OUT_DIR]    package a spoolship built elsewhere
 #                                                          (the tests use the debug build)
-# DEB_COMPRESSION (default xz) is passed to dpkg-deb -Z; the tests use none.
+# DEB_COMPRESSION (default zstd) and DEB_COMPRESSION_LEVEL (default 6) are passed to
+# dpkg-deb -Z and -z; docs/OPERATIONS.md, "The package", has the measurements behind them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=""
@@ -15,7 +18,7 @@ if [ "${1:-}" = "--bin-dir" ]; then bin=$2; shift 2; fi
 out=${1:-.build/deb}
 if [ -z "$bin" ]; then
   source scripts/setup.sh
-  swift build -c release --static-swift-stdlib
+  swift build -c release --static-swift-stdlib >&2  # stdout is the package's path alone
   bin=$(swift build -c release --static-swift-stdlib --show-bin-path)
   strict=1
 else
@@ -24,11 +27,14 @@ fi
 arch=$(dpkg --print-architecture)
 version="0.1.0~git$(git log -1 --format=%cd --date=format:%Y%m%d).$(git rev-parse --short HEAD)"
 stage=$(mktemp -d)
+chmod 0755 "$stage"  # the package's ./ (mktemp makes it 0700)
 trap 'rm -rf "$stage"' EXIT
 
-for b in spoolship spoolship-agent spoolship-collector; do
-  install -D -m 0755 "$bin/$b" "$stage/usr/bin/$b"
-done
+# One copy of the runtime, Foundation and ICU's data (about 60 MB stripped) instead of three.
+install -D -m 0755 "$bin/spoolship" "$stage/usr/bin/spoolship"
+strip "$stage/usr/bin/spoolship"
+ln -s spoolship "$stage/usr/bin/spoolship-agent"
+ln -s spoolship "$stage/usr/bin/spoolship-collector"
 for u in packaging/systemd/*; do install -D -m 0644 "$u" "$stage/lib/systemd/system/$(basename "$u")"; done
 install -D -m 0644 packaging/sysusers.d/spoolship.conf "$stage/usr/lib/sysusers.d/spoolship.conf"
 install -D -m 0644 packaging/tmpfiles.d/spoolship.conf "$stage/usr/lib/tmpfiles.d/spoolship.conf"
@@ -45,7 +51,7 @@ printf 'Source: spoolship\n\nPackage: spoolship\nArchitecture: any\n' > "$scratc
 extra=()
 # The debug binaries load the Swift runtime from the toolchain, which no package provides.
 [ "$strict" = 1 ] || extra=(--ignore-missing-info)
-if ! shlibs=$(cd "$scratch" && dpkg-shlibdeps -O "${extra[@]}" "$stage"/usr/bin/* 2>"$scratch/err"); then
+if ! shlibs=$(cd "$scratch" && dpkg-shlibdeps -O "${extra[@]}" "$stage/usr/bin/spoolship" 2>"$scratch/err"); then
   cat "$scratch/err" >&2
   echo "build-deb: dpkg-shlibdeps failed (a library that no Debian package provides?)" >&2
   exit 1
@@ -93,5 +99,5 @@ chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm" "$stage/DEBIAN/postrm"
 
 mkdir -p "$out"
 deb="$out/spoolship_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-xz}" --build "$stage" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-zstd}" -z"${DEB_COMPRESSION_LEVEL:-6}" --build "$stage" "$deb" >/dev/null
 echo "$deb"

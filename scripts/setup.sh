@@ -5,7 +5,10 @@ set -euo pipefail
 # gzip: zcat; util-linux: unshare and mount; dpkg-dev: dpkg-shlibdeps for packaging/build-deb.sh;
 # make: make fuzz, make soak; python3 and python3-prometheus-client: the metrics tests read /metrics with
 # prometheus_client's own parser (run as /usr/bin/python3, whatever python3 is first on the PATH).
-packages=(libsystemd-dev zlib1g-dev libisal-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make python3 python3-prometheus-client)
+# debootstrap and systemd-container (systemd-nspawn): the package under a real systemd in a
+# Debian root (scripts/container-root.sh, RealSystemdTests).
+packages=(libsystemd-dev zlib1g-dev libisal-dev pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make python3 python3-prometheus-client
+          debootstrap systemd-container)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -310,6 +310,8 @@ struct AgentCommand: ParsableCommand {
         }
         if once {
             logger.info("all segments shipped", metadata: ["segments": "\(shipped.segments)", "bytes": "\(shipped.bytes)"])
+        } else {
+            logger.info("stopped", metadata: ["segments": "\(shipped.segments)", "bytes": "\(shipped.bytes)"])
         }
     }
 

@@ -270,14 +270,7 @@ import Testing
     @Test func collector_startedBySocketActivation_servesARealAgent() throws {
         let c = try Cluster("systemd-socket")
         defer { c.remove() }
-        // A free port: bind to 0, read it, let it go.
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var a = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
-        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
-        let port = UInt16(bigEndian: a.sin_port)
-        close(probe)
+        let port = Harness.freePort()
         // Started through a shell that does not wait for it, so that it is not a child of the
         // test process: with it as a direct child, Foundation's Process never noticed the exit
         // of the agent started next (it stayed a zombie, unreaped).

@@ -72,6 +72,17 @@ enum Harness {
         return candidates[0]
     }()
 
+    /// A port free on 127.0.0.1 a moment ago: bound to 0, read, let go.
+    static func freePort() -> UInt16 {
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(probe) }
+        var a = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
+        return UInt16(bigEndian: a.sin_port)
+    }
+
     /// A fresh directory `/tmp/spoolship-<prefix>-XXXXXX` (mkdtemp). Remove it with `remove`.
     static func tempDir(_ prefix: String) throws -> URL {
         let clean = String(prefix.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
