@@ -26,16 +26,17 @@ import Testing
         let root = try Harness.tempDir("units-root")
         defer { Harness.remove(root) }
         let fm = FileManager.default
-        // A root with the host's own units (targets the ours refer to), /bin/kill, and our
-        // binaries where the units expect them.
+        // A root with the host's own units (targets the ours refer to), /bin/sh (ExecReload),
+        // and our binary and its two names where the units expect them, as the package has them.
         try fm.createDirectory(at: root.appendingPathComponent("usr/bin"), withIntermediateDirectories: true)
         try fm.createDirectory(at: root.appendingPathComponent("usr/lib/systemd"), withIntermediateDirectories: true)
         try fm.createSymbolicLink(atPath: root.appendingPathComponent("bin").path, withDestinationPath: "usr/bin")
         try fm.createSymbolicLink(atPath: root.appendingPathComponent("lib").path, withDestinationPath: "usr/lib")
         #expect(try run("/bin/cp", ["-a", "/usr/lib/systemd/system", root.appendingPathComponent("usr/lib/systemd/").path]).0 == 0)
-        try fm.copyItem(atPath: "/usr/bin/kill", toPath: root.appendingPathComponent("usr/bin/kill").path)
-        for b in ["spoolship", "spoolship-agent", "spoolship-collector"] {
-            try fm.copyItem(at: Harness.binDir.appendingPathComponent(b), to: root.appendingPathComponent("usr/bin/\(b)"))
+        try fm.copyItem(atPath: URL(fileURLWithPath: "/bin/sh").resolvingSymlinksInPath().path, toPath: root.appendingPathComponent("usr/bin/sh").path)
+        try fm.copyItem(at: Harness.binDir.appendingPathComponent("spoolship"), to: root.appendingPathComponent("usr/bin/spoolship"))
+        for b in ["spoolship-agent", "spoolship-collector"] {
+            try fm.createSymbolicLink(atPath: root.appendingPathComponent("usr/bin/\(b)").path, withDestinationPath: "spoolship")
         }
         var units: [String] = []
         for u in ["spoolship-agent.service", "spoolship-collector.service", "spoolship-collector.socket"] {
@@ -62,8 +63,13 @@ import Testing
         let path = out.appendingPathComponent(deb).path
         let (s1, contents) = try run("/usr/bin/dpkg-deb", ["-c", path])
         #expect(s1 == 0)
-        for f in ["./usr/bin/spoolship", "./usr/bin/spoolship-agent", "./usr/bin/spoolship-collector",
-                  "./lib/systemd/system/spoolship-agent.service", "./lib/systemd/system/spoolship-collector.service",
+        // One binary; the daemons are its two other names.
+        #expect(contents.contains(" ./usr/bin/spoolship\n"), "\(contents)")
+        for name in ["spoolship-agent", "spoolship-collector"] {
+            #expect(contents.contains(" ./usr/bin/\(name) -> spoolship\n"), "\(name) is a symlink to spoolship:\n\(contents)")
+        }
+        #expect(contents.split(separator: "\n").first { $0.hasSuffix(" ./") }?.hasPrefix("drwxr-xr-x") == true, "the package's ./ is 0755")
+        for f in ["./lib/systemd/system/spoolship-agent.service", "./lib/systemd/system/spoolship-collector.service",
                   "./lib/systemd/system/spoolship-collector.socket", "./usr/lib/sysusers.d/spoolship.conf",
                   "./usr/lib/tmpfiles.d/spoolship.conf", "./etc/spoolship/agent.toml", "./etc/spoolship/collector.toml",
                   "./usr/share/doc/spoolship/README.md", "./usr/share/doc/spoolship/OPERATIONS.md"] {

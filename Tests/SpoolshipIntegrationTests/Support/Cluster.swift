@@ -46,12 +46,14 @@ final class Cluster: @unchecked Sendable {
     /// Starts the collector (on `port` if given: a restart keeps its address) and waits for it
     /// to report its port.
     @discardableResult
-    func startCollector(port fixed: UInt16? = nil, extra: [String] = [], env: [String: String] = [:]) throws -> UInt16 {
+    /// `under` runs it under another program (e.g. strace with its options), which gets the
+    /// collector's path and arguments after its own.
+    func startCollector(port fixed: UInt16? = nil, extra: [String] = [], env: [String: String] = [:], under: [String] = []) throws -> UInt16 {
         let portFile = root.appendingPathComponent("collector.port")
         try? FileManager.default.removeItem(at: portFile)
         let args = ["--config", emptyConfig.path, "--listen", "127.0.0.1:\(fixed ?? 0)", "--data-dir", dataDir.path, "--port-file", portFile.path,
                     "--control-socket", collectorSocket.path] + collectorArgs + extra
-        let d = try Daemon("spoolship-collector", args, log: nextLog("collector"), env: env)
+        let d = try Self.launch("spoolship-collector", args, under: under, log: nextLog("collector"), env: env)
         collector = d
         guard let p = Harness.readPortFile(portFile, timeout: 30) else {
             throw TestFailure("collector did not start: \(d.output)")
@@ -72,13 +74,18 @@ final class Cluster: @unchecked Sendable {
         return a + extra
     }
 
-    func startAgent(_ args: [String], env: [String: String] = [:]) throws -> Daemon {
-        try Daemon("spoolship-agent", args, log: nextLog("agent"), env: env)
+    func startAgent(_ args: [String], env: [String: String] = [:], under: [String] = []) throws -> Daemon {
+        try Self.launch("spoolship-agent", args, under: under, log: nextLog("agent"), env: env)
+    }
+
+    static func launch(_ exe: String, _ args: [String], under: [String], log: URL, env: [String: String]) throws -> Daemon {
+        guard let wrapper = under.first else { return try Daemon(exe, args, log: log, env: env) }
+        return try Daemon(wrapper, Array(under.dropFirst()) + [Harness.binDir.appendingPathComponent(exe).path] + args, log: log, env: env)
     }
 
     /// Runs an agent with --once to the end; returns its exit status and output.
-    func runOnce(_ args: [String], timeout: Double = 300, env: [String: String] = [:]) throws -> (Int32?, String) {
-        let d = try startAgent(args + ["--once"], env: env)
+    func runOnce(_ args: [String], timeout: Double = 300, env: [String: String] = [:], under: [String] = []) throws -> (Int32?, String) {
+        let d = try startAgent(args + ["--once"], env: env, under: under)
         let status = d.wait(timeout: timeout)
         if status == nil { d.stop() }
         return (status, d.output)
