@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Module split (see docs/ARCHITECTURE in README "Tour"):
+// Module split (docs/ARCHITECTURE.md says more):
 //   SpoolshipCore   pure logic: wire codec, names, segment keys, record logs. No syscalls.
 //   SpoolshipIO     the Linux data path: fd owners, sendfile/splice/inotify/fsync wrappers.
 //   SpoolshipDaemon the agent and the collector, built from the two above.

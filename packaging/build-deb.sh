@@ -10,7 +10,7 @@
 #   bash packaging/build-deb.sh --bin-dir DIR [OUT_DIR]    package a spoolship built elsewhere
 #                                                          (the tests use the debug build)
 # DEB_COMPRESSION (default zstd) and DEB_COMPRESSION_LEVEL (default 6) are passed to
-# dpkg-deb -Z and -z; docs/OPERATIONS.md, "The package", has the measurements behind them.
+# dpkg-deb -Z and -z; docs/OPERATIONS.md, "Installing", has the measurements behind them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=""

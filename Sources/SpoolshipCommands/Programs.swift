@@ -3,7 +3,7 @@ import ArgumentParser
 /// The three programs of spoolship live in this one library; each executable is one line that
 /// calls its entry here. The package installs one binary, /usr/bin/spoolship, with
 /// spoolship-agent and spoolship-collector as symlinks to it (one copy of the statically
-/// linked Swift runtime and Foundation instead of three: docs/OPERATIONS.md, "The package").
+/// linked Swift runtime and Foundation instead of three: docs/OPERATIONS.md, "Installing").
 public enum SpoolshipMain {
     public static func agent() { AgentCommand.main() }
     public static func collector() { CollectorCommand.main() }

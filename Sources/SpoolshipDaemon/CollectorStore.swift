@@ -12,8 +12,8 @@ import SpoolshipIO
 ///     <data-dir>/.spoolship/ledger/<agent-id>.ledger  every committed segment, append-only
 ///
 /// Agent ids and spool names cannot start with '.', so the private area never collides with
-/// an agent's directory. Every directory below the data dir is opened with openat2 beneath its
-/// parent, symlinks refused.
+/// an agent's directory. Every directory below the data dir is opened beneath its parent,
+/// symlinks refused (Files.openBeneath: openat2, or one openat a component where it is refused).
 final class DataDir: @unchecked Sendable {
     let path: String
     let root: OwnedFD

@@ -166,6 +166,9 @@ import Testing
         let appDir = c.path("/srv/spoolship/\(Self.agentID)/app")
         #expect(Harness.waitUntil(timeout: 60) { Self.gunzipConcatenated(appDir) == expectedLog }, "the log stream arrived exactly once, in order")
         #expect(Harness.files(in: appDir).allSatisfy { $0.hasPrefix("app.log.") && $0.hasSuffix(".gz") }, "\(Harness.files(in: appDir))")
+        // UMask=0027: committed files and their directories are not open to others.
+        let modes = try c.run(["stat", "-c", "%a %U:%G %n", "/srv/spoolship/\(Self.agentID)/inbox", "/srv/spoolship/\(Self.agentID)/inbox/blob-0.bin"]).1
+        #expect(modes == "750 spoolship:spoolship /srv/spoolship/\(Self.agentID)/inbox\n640 spoolship:spoolship /srv/spoolship/\(Self.agentID)/inbox/blob-0.bin\n", "\(modes)")
         // A producer that holds its file open, running as root, told to reopen by a command
         // that the agent runs in its sandbox (the system call filter, and CAP_KILL to signal
         // another user's process): every record arrives once, in order.
