@@ -207,7 +207,7 @@ struct AgentCommand: ParsableCommand {
             }
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
-            FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("spoolship-agent: \(LogText.escaped("\(error)"))\n".utf8))
             throw ExitCode(1)
         }
         defer { control?.stop() }
@@ -224,7 +224,7 @@ struct AgentCommand: ParsableCommand {
                 })
             } catch {
                 logger.critical("cannot start", metadata: ["error": "cannot listen for metrics on \(m.listen): \(error)"])
-                FileHandle.standardError.write(Data("spoolship-agent: cannot listen for metrics on \(m.listen): \(error)\n".utf8))
+                FileHandle.standardError.write(Data("spoolship-agent: cannot listen for metrics on \(m.listen): \(LogText.escaped("\(error)"))\n".utf8))
                 throw ExitCode(1)
             }
             metricsServer?.start()
@@ -245,7 +245,7 @@ struct AgentCommand: ParsableCommand {
             } catch {
                 guard let old = previous else {
                     logger.critical("agent stopped", metadata: ["error": "\(error)"])
-                    FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
+                    FileHandle.standardError.write(Data("spoolship-agent: \(LogText.escaped("\(error)"))\n".utf8))
                     throw ExitCode(1)
                 }
                 logger.error("reload failed; going back to the previous configuration", metadata: ["error": "\(error)"])
@@ -286,7 +286,7 @@ struct AgentCommand: ParsableCommand {
                 running.withLock { $0 = nil }
                 agent.close()
                 logger.critical("agent stopped", metadata: ["error": "\(error)"])
-                FileHandle.standardError.write(Data("spoolship-agent: \(error)\n".utf8))
+                FileHandle.standardError.write(Data("spoolship-agent: \(LogText.escaped("\(error)"))\n".utf8))
                 throw ExitCode(1)
             }
             running.withLock { $0 = nil }

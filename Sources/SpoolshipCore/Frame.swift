@@ -64,6 +64,10 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     /// The agent already has as much unfinished data at the collector as it may (open offers
     /// and left-over partials): keep the segment and offer it again later.
     case partialLimit = 103
+    /// From the agent: it withdraws its offer of this tag before sending any DATA for it (the
+    /// file changed or vanished after it was sealed); the collector forgets the offer and the
+    /// connection goes on. The agent offers what the file holds now under a new tag.
+    case withdrawn = 104
 
     public var closesConnection: Bool { rawValue < 100 }
     /// Nothing is wrong with the segment; the collector cannot take it now.
@@ -84,6 +88,7 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .ioError: return "I/O error"
         case .noSpaceRetry: return "no space for this segment; retry later"
         case .partialLimit: return "too much unfinished data for this agent; retry later"
+        case .withdrawn: return "offer withdrawn by the agent"
         }
     }
 }

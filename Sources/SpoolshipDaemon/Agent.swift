@@ -375,8 +375,12 @@ public final class Agent: @unchecked Sendable {
         guard !sealed.isEmpty else { return }
         state.lock()
         defer { state.unlock() }
+        // One segment a name: a name sealed twice in one batch (a rescan and a skipped event
+        // for the same file) would be offered twice under one key, and the collector keeps
+        // only the later offer.
         var fresh: [Segment] = []
-        for s in sealed where byName["\(s.spool)/\(s.name)"] == nil {
+        var names = Set<String>()
+        for s in sealed where byName["\(s.spool)/\(s.name)"] == nil && names.insert("\(s.spool)/\(s.name)").inserted {
             fresh.append(s)
         }
         do {
@@ -521,16 +525,24 @@ public final class Agent: @unchecked Sendable {
         return failed
     }
 
-    /// Removes one acknowledged file, never another file that took its name.
+    /// Removes one acknowledged file, never another file that took its name, and never a file
+    /// that changed since it was sealed or that a process still holds open for writing.
     ///
     /// A producer may rename a new file over the name at any moment, so "check, then unlink
-    /// the name" could delete the new file. Instead:
+    /// the name" could delete the new file. And a producer that appends in place (open, append,
+    /// close, again and again) may have opened the file just before it is removed: its next
+    /// write would land in an unlinked file, lost. Instead:
     /// 1. if the name holds the sealed file (device, inode, size, mtime), rename it aside to a
-    ///    private dotfile name (`.spoolship-reap-<id>`, ignored by scans), without replacing;
-    /// 2. check what was moved: if it is the sealed file, unlink it (or rename it into the
-    ///    archive dir); if a producer replaced the name between 1's check and its rename, what
-    ///    moved is the new file: rename it back (as `name~N` if the name is taken again) and
-    ///    seal it. The sealed file was replaced, so it is gone already.
+    ///    private dotfile name (`.spoolship-reap-<id>`, ignored by scans), without replacing.
+    ///    If it holds the same file grown or rewritten since the seal, leave it: it is sealed
+    ///    again and shipped whole as the next version once its writer closes it;
+    /// 2. check what was moved. From here on no one can open it by its name, so the processes
+    ///    that hold it open for writing now are all there will ever be: if it is the sealed file
+    ///    and none holds it (a read lease, which the kernel grants only then; else a look
+    ///    through /proc), unlink it (or rename it into the archive dir). Otherwise put it back,
+    ///    under its name or as `name~N` if the name is taken again, and seal it again: a new
+    ///    file that replaced the name between 1's check and its rename, or the shipped file
+    ///    still being written, which then ships again whole.
     /// A crash between the steps leaves the aside name, which the next start finishes.
     /// Returns false when it should be tried again.
     private func removeLocalCopy(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> Bool {
@@ -544,21 +556,37 @@ public final class Agent: @unchecked Sendable {
         let asideLabel = "\(s.spool)/\(aside)"
         func isSealed(_ st: stat?) -> Bool {
             guard let st = st else { return false }
-            return UInt64(st.st_dev) == s.dev && UInt64(st.st_ino) == s.ino && UInt64(st.st_size) == s.size && mtimeNs(st) == s.mtimeNs
+            return sameFile(st) && UInt64(st.st_size) == s.size && mtimeNs(st) == s.mtimeNs
         }
+        func sameFile(_ st: stat) -> Bool { UInt64(st.st_dev) == s.dev && UInt64(st.st_ino) == s.ino }
         if try Files.statAt(dir, aside, label: asideLabel) == nil {
-            // Missing, or another file under the name: nothing of ours is left.
-            guard isSealed(try Files.statAt(dir, s.name, label: label)) else { return true }
+            guard let st = try Files.statAt(dir, s.name, label: label) else { return true }  // gone: nothing of ours is left
+            guard isSealed(st) else {
+                if sameFile(st) {
+                    // Appended to or rewritten after the seal: the collector has the version
+                    // that was sealed; this one ships as the next.
+                    changedAfterSeal(s, name: s.name)
+                    if s.kind == .blob { rescan.append((s.spool, s.name)) }
+                }
+                return true  // else another file took the name: it is not ours to remove
+            }
             guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return false }
         }
-        guard isSealed(try Files.statAt(dir, aside, label: asideLabel)) else {
+        let moved = try Files.statAt(dir, aside, label: asideLabel)
+        let written = isSealed(moved) ? try heldForWriting(dir, aside, label: asideLabel) : false
+        guard isSealed(moved) && !written else {
             var attempt = 0
             while try !Files.renameNoReplace(dir, aside, dir, Names.alternateName(s.name, attempt: attempt), label: label) {
                 attempt += 1
             }
-            logger.notice("a new file took the name of a shipped one; it stays and is shipped too", metadata: [
-                "spool.name": "\(s.spool)", "segment.name": "\(Names.alternateName(s.name, attempt: attempt))"])
-            if s.kind == .blob { rescan.append((s.spool, Names.alternateName(s.name, attempt: attempt))) }
+            let putBack = Names.alternateName(s.name, attempt: attempt)
+            if let m = moved, sameFile(m) {
+                changedAfterSeal(s, name: putBack)
+            } else {
+                logger.notice("a new file took the name of a shipped one; it stays and is shipped too", metadata: [
+                    "spool.name": "\(s.spool)", "segment.name": "\(putBack)"])
+            }
+            if s.kind == .blob { rescan.append((s.spool, putBack)) }
             return true
         }
         if let adir = archiveDirs[s.spool] {
@@ -570,6 +598,29 @@ public final class Agent: @unchecked Sendable {
             try Files.unlink(dir, aside, label: asideLabel)
         }
         return true
+    }
+
+    /// A shipped file that a producer appended to, rewrote or still holds open for writing: it
+    /// stays, and is sealed and shipped again whole once closed (the collector keeps both
+    /// versions, the later as `name~N`).
+    private func changedAfterSeal(_ s: Segment, name: String) {
+        logger.notice("a shipped file changed after it was sealed or is still open for writing; it stays and ships again whole once closed", metadata: [
+            "spool.name": "\(s.spool)", "segment.name": "\(name)", "bytes.shipped": "\(s.size)"])
+    }
+
+    /// Whether a process holds `name` in `dir` open for writing: the read-lease test, or, where
+    /// the agent may not take a lease on the file (neither its owner nor CAP_LEASE), the
+    /// processes' descriptors in /proc.
+    private func heldForWriting(_ dir: OwnedFD, _ name: String, label: String) throws -> Bool {
+        let fd: OwnedFD
+        do {
+            fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
+        } catch let e as SyscallError where e.errno == ENOENT {
+            return false
+        }
+        if let held = Files.hasWriters(fd) { return held }
+        let st = try Files.fstat(fd)
+        return !Processes.writers(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)).isEmpty
     }
 
     /// Forgets a segment whose file vanished or changed before it was shipped (it is sealed

@@ -14,6 +14,8 @@ final class AgentSession: @unchecked Sendable {
     // Under agent.state:
     private var inflight: [UInt64: UInt64] = [:]      // tag -> segment id
     private var sendQueue: [(tag: UInt64, offset: UInt64)] = []
+    /// Offers to withdraw (ERROR 104): answered, but their segment is gone before any DATA.
+    private var withdrawals: [UInt64] = []
     private var nextTag: UInt64 = 1
     private var failure: Error?
     private var window = 64
@@ -151,7 +153,7 @@ final class AgentSession: @unchecked Sendable {
                 }
                 agent.releaseDeferred()
                 let canOffer = inflight.count < window && !agent.toOffer.isEmpty
-                if canOffer || !sendQueue.isEmpty { break }
+                if canOffer || !sendQueue.isEmpty || !withdrawals.isEmpty { break }
                 let idle = monotonicNow() - lastSent
                 if idle >= config.ioTimeout / 3 { ping = true; break }
                 if !inflight.isEmpty && monotonicNow() - lastHeard > config.ioTimeout {
@@ -176,9 +178,18 @@ final class AgentSession: @unchecked Sendable {
                 offers.append(.offer(Offer(tag: tag, kind: s.kind, key: s.key)))
             }
             for q in sendQueue {
-                if let id = inflight[q.tag], let s = agent.segments[id] { sends.append((q.tag, q.offset, s)) }
+                if let id = inflight[q.tag], let s = agent.segments[id] {
+                    sends.append((q.tag, q.offset, s))
+                } else {
+                    // Forgotten since the answer (dropped, refused): the collector holds the
+                    // offer open until told.
+                    inflight[q.tag] = nil
+                    withdrawals.append(q.tag)
+                }
             }
             sendQueue.removeAll()
+            for tag in withdrawals { offers.append(Self.withdrawal(tag)) }
+            withdrawals.removeAll()
             if ping && offers.isEmpty && sends.isEmpty && inflight.isEmpty { lastHeard = monotonicNow() }
             state.unlock()
 
@@ -201,13 +212,20 @@ final class AgentSession: @unchecked Sendable {
         let label = "\(s.spool)/\(s.name)"
         guard let fd = try openIfPresent(dir, s.name, label: label) else {
             state.withLock { inflight[tag] = nil }
+            var w = FrameWriter()
+            w.append(Self.withdrawal(tag))
+            try sock.sendAll(w.bytes)
             agent.drop(s.id, reason: "the file was deleted before it was shipped")
             return
         }
         let st = try Files.fstat(fd)
         guard UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino, UInt64(st.st_size) == s.size, agent.mtimeNs(st) == s.mtimeNs else {
-            // Changed after it was sealed: drop this seal; the file is sealed again as it is now.
+            // Changed after it was sealed: withdraw the offer, drop this seal; the file is
+            // sealed again as it is now.
             state.withLock { inflight[tag] = nil }
+            var w = FrameWriter()
+            w.append(Self.withdrawal(tag))
+            try sock.sendAll(w.bytes)
             if s.kind == .log {
                 agent.sealAgain(s)
             } else {
@@ -229,6 +247,10 @@ final class AgentSession: @unchecked Sendable {
             agent.stats.sent(bytes: n)
             agent.heartbeats.beat("shipper")
         }
+    }
+
+    static func withdrawal(_ tag: UInt64) -> Frame {
+        .error(code: ErrorCode.withdrawn.rawValue, tag: tag, message: "the file changed or went away before its data was sent")
     }
 
     private func openIfPresent(_ dir: OwnedFD, _ name: String, label: String) throws -> OwnedFD? {

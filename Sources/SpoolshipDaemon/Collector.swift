@@ -466,6 +466,8 @@ final class CollectorConnection: @unchecked Sendable {
             case .offer(let o): try handleOffer(o)
             case .data(let tag, let offset, let length): try handleData(tag: tag, offset: offset, length: length)
             case .ping(let n): try send([.pong(n)])
+            case .error(let code, let tag, _) where code == ErrorCode.withdrawn.rawValue && tag != 0:
+                withdraw(tag)
             case .error(let code, _, let message):
                 logger.warning("agent reported an error", metadata: ["error.code": "\(code)", "error": "\(message)"])
                 return
@@ -473,6 +475,18 @@ final class CollectorConnection: @unchecked Sendable {
                 throw Refusal(code: .protocolViolation, message: "unexpected \(frame.type) frame from an agent")
             }
         }
+    }
+
+    /// ERROR 104 from the agent: it will send no DATA for this offer (the file changed after
+    /// its seal). The offer is forgotten as when a newer one replaces it: a partial it began
+    /// stays as a left-over; an unknown tag (answered already, or never offered) is ignored.
+    private func withdraw(_ tag: UInt64) {
+        guard let store = store, let t = transfers[tag] else { return }
+        if t.fd != nil { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
+        t.retired = true
+        transfers[tag] = nil
+        stats.offersOpen(transfers.count)
+        logger.debug("offer withdrawn by the agent", metadata: ["spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)"])
     }
 
     private func handleOffer(_ o: Offer) throws {
@@ -755,15 +769,7 @@ final class CollectorConnection: @unchecked Sendable {
                     continue
                 }
                 let dir = try store.spoolDir(t.key.spool)
-                var stored: String?
-                for attempt in 0..<1000 {
-                    let name = Names.alternateName(t.key.name, attempt: attempt)
-                    if try Files.renameNoReplace(store.partialDir, t.partialName, dir, name, label: "\(store.agentPath)/\(t.key.spool)/\(name)") {
-                        stored = name
-                        break
-                    }
-                }
-                guard let name = stored else { throw DaemonError("no free name for \(t.key.name) after 1000 attempts") }
+                let name = try store.commitName(t.partialName, spool: t.key.spool, name: t.key.name, into: dir)
                 if name != t.key.name {
                     logger.warning("name already taken by a different file; committed under another name", metadata: [
                         "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)", "stored.name": "\(name)"])

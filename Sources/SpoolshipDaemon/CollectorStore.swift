@@ -96,6 +96,28 @@ final class AgentStore: @unchecked Sendable {
     /// that owns the store touches it (see `claim`).
     private(set) var leftovers: [String: (bytes: UInt64, since: Double)] = [:]
 
+    /// For each committed name (`spool/name`), the first `name~N` suffix not known to be taken:
+    /// a producer that rewrites one file over and over gets a version a commit, and trying
+    /// `name`, `name~1`, ... from the start each time would cost a rename per version. Learnt
+    /// at the first commit of the name after a start (one pass over the versions on disk).
+    /// Only the connection that owns the store commits (see `claim`), under `state` anyway.
+    private var nextVersion: [String: Int] = [:]
+
+    /// Renames a verified partial into its spool directory under the segment's name, or
+    /// `name~N` with the first N free, without ever replacing a file; returns the name used.
+    func commitName(_ partialName: String, spool: String, name: String, into dir: OwnedFD) throws -> String {
+        let key = "\(spool)/\(name)"
+        var attempt = state.withLock { nextVersion[key] ?? 0 }
+        while true {
+            let candidate = Names.alternateName(name, attempt: attempt)
+            if try Files.renameNoReplace(partialDir, partialName, dir, candidate, label: "\(agentPath)/\(spool)/\(candidate)") {
+                state.withLock { nextVersion[key] = attempt + 1 }
+                return candidate
+            }
+            attempt += 1
+        }
+    }
+
     var agentPath: String { "\(dataDir.path)/\(id)" }
     var partialPath: String { "\(dataDir.path)/.spoolship/partial/\(id)" }
     var ledgerPath: String { "\(dataDir.path)/.spoolship/ledger/\(id).ledger" }

@@ -1,0 +1,74 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Producers that append to a blob in place, in many open/append/close cycles, against an
+/// agent running as a daemon: every byte they wrote reaches the collector in some committed
+/// version of the file (`out.txt`, then `out.txt~1`, ... as it grows after each seal), and the
+/// spool ends empty. The agent never removes a file that grew after its seal or that a producer
+/// still holds open.
+@Suite(.serialized) struct InPlaceAppendTests {
+    /// The lines of every committed version of `base` in `dir`, and how many versions there are.
+    static func linesFound(_ dir: URL, _ base: String) -> (Set<String>, Int) {
+        let versions = Harness.files(in: dir).filter { $0 == base || $0.hasPrefix(base + "~") }
+        var lines = Set<String>()
+        for v in versions {
+            guard let text = try? String(contentsOf: dir.appendingPathComponent(v), encoding: .utf8) else { continue }
+            for l in text.split(separator: "\n") { lines.insert(String(l)) }
+        }
+        return (lines, versions.count)
+    }
+
+    /// Runs `producer` (argv) against a daemon agent with one blob spool, waits for it to end,
+    /// then for the spool to empty and every line to be found; returns (found, versions).
+    func run(_ name: String, lines expected: [String], file: String, producer: (URL) -> [String]) throws -> (Int, Int) {
+        let c = try Cluster(name)
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        defer { agent.stop() }
+        let argv = producer(spool.appendingPathComponent(file))
+        let p = try Daemon(argv[0], Array(argv.dropFirst()), log: c.nextLog("producer"))
+        #expect(p.wait(timeout: 300) == 0, "the producer: \(p.output)")
+        let all = Set(expected)
+        var found = (Set<String>(), 0)
+        let done = Harness.waitUntil(timeout: 60) {
+            found = Self.linesFound(c.committed(), file)
+            return Harness.files(in: spool).isEmpty && found.0.isSuperset(of: all)
+        }
+        let missing = all.subtracting(found.0)
+        #expect(done, "spool: \(Harness.files(in: spool)); \(missing.count) line(s) missing, e.g. \(missing.sorted().prefix(5))\n\(agent.output.suffix(3000))")
+        #expect(!agent.output.contains("error"), "no error in the agent's log:\n\(agent.output.suffix(3000))")
+        return (found.0.intersection(all).count, found.1)
+    }
+
+    /// `printf >> out.txt` in a shell loop: one open, append and close per line, as fast as
+    /// the shell goes, and with pauses of 2 and 10 ms.
+    @Test(arguments: [(3000, "0"), (2000, "0.002"), (500, "0.01")])
+    func shellLoop_appendingInPlace_everyLineArrives(_ count: Int, _ pause: String) throws {
+        let expected = (0..<count).map { String(format: "line %06d", $0) }
+        let (found, versions) = try run("append-shell", lines: expected, file: "out.txt") { path in
+            let wait = pause == "0" ? "" : "sleep \(pause); "
+            return ["/bin/sh", "-c", "i=0; while [ $i -lt \(count) ]; do printf 'line %06d\\n' $i >> '\(path.path)'; \(wait)i=$((i+1)); done"]
+        }
+        print("in-place append, shell, pause \(pause) s: lines written \(count), found \(found), versions \(versions)")
+    }
+
+    /// Python's open(path, 'ab') per chunk, with a pause of 1 ms.
+    @Test func pythonAppendCycles_everyChunkArrives() throws {
+        let count = 2000
+        let expected = (0..<count).map { String(format: "chunk %06d", $0) }
+        let script = """
+            import sys, time
+            for i in range(\(count)):
+                with open(sys.argv[1], 'ab') as f:
+                    f.write(b'chunk %06d\\n' % i)
+                time.sleep(0.001)
+            """
+        let (found, versions) = try run("append-python", lines: expected, file: "out.bin") { path in
+            ["/usr/bin/python3", "-c", script, path.path]
+        }
+        print("in-place append, python 'ab', pause 0.001 s: lines written \(count), found \(found), versions \(versions)")
+    }
+}
