@@ -20,6 +20,9 @@ struct AgentCommand: ParsableCommand {
         --spool inbox=/var/spool/inbox --logs app=/var/log/app:*.log --rotate-age 30
         """)
 
+    @Option(help: "Seconds a file closed after writing must be left alone before a blob spool takes it as complete (for producers that append in several cycles); every blob spool without its own `settle` in the config file. Default: complete at its close.")
+    var settle: Double?
+
     @Option(help: "A TOML config file (default /etc/spoolship/agent.toml when it exists); flags override it.")
     var config: String?
 
@@ -110,6 +113,7 @@ struct AgentCommand: ParsableCommand {
             flagSize = b
         }
         if let a = rotateAge, !(a > 0) { throw ValidationError("--rotate-age must be a positive number of seconds") }
+        if let a = settle, !(a > 0 && a.isFinite) { throw ValidationError("--settle must be a positive number of seconds") }
         // Flag spools replace file spools of the same name.
         let fromFlags = try parsedSpools()
         var spools = file.spools.filter { f in !fromFlags.contains { $0.name == f.name } } + fromFlags
@@ -121,6 +125,11 @@ struct AgentCommand: ParsableCommand {
             let fileOwn = fromFlags.contains { $0.name == name } ? false : true
             if !(fileOwn && file.ownRotateSize.contains(name)), let size = flagSize ?? file.rotateSize { spools[i].logs!.rotateSize = size }
             if !(fileOwn && file.ownRotateAge.contains(name)), let age = rotateAge ?? file.rotateAge { spools[i].logs!.rotateAge = age }
+        }
+        // Settle time: a blob spool's own setting in the file, else the flag, else the file's default.
+        for i in spools.indices where spools[i].logs == nil {
+            let fileOwn = !fromFlags.contains { $0.name == spools[i].name } && file.ownSettle.contains(spools[i].name)
+            if !fileOwn, let t = settle ?? file.settle { spools[i].settle = t }
         }
         var c = AgentConfig(collector: endpoint, agentID: id, stateDir: state, spools: spools)
         c.archiveDir = archiveDir ?? file.archiveDir

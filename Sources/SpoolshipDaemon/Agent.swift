@@ -43,10 +43,15 @@ public struct SpoolConfig: Sendable, Equatable {
     public var directory: String
     /// nil for a blob spool.
     public var logs: LogSettings?
-    public init(name: String, directory: String, logs: LogSettings? = nil) {
+    /// A blob spool's settle time, in seconds: a file closed after writing is complete only
+    /// once it has been left alone (no write, so an unchanged mtime) for this long. nil: at
+    /// its close. A file renamed into the spool is complete at once either way.
+    public var settle: Double?
+    public init(name: String, directory: String, logs: LogSettings? = nil, settle: Double? = nil) {
         self.name = name
         self.directory = directory
         self.logs = logs
+        self.settle = settle
     }
 }
 
@@ -139,6 +144,13 @@ public final class Agent: @unchecked Sendable {
     /// Names whose inotify event came while a live segment still held the name (a producer
     /// replaced the file): sealed again as soon as that segment is finished with.
     var skippedEvents: Set<String> = []
+    /// Files closed after writing in a spool with a settle time, not left alone long enough
+    /// yet: when to look at them again (monotonic seconds), by `spool/name`.
+    var unsettled: [String: Double] = [:]
+    /// Files of the spools that will not ship, by `spool/name` (see `leaveBehind`).
+    var unshippable: [String: LeftBehind] = [:]
+    /// The blob spools' settle times, by spool name.
+    let settleTimes: [String: Double]
     var reaperIdle = false
     /// Files that could not be shipped (bad name, too large): kept, not retried until restart.
     var refused: Set<String> = []
@@ -167,6 +179,7 @@ public final class Agent: @unchecked Sendable {
         self.config = config
         self.logger = logger
         self.stats = stats
+        settleTimes = Dictionary(uniqueKeysWithValues: config.spools.compactMap { s in s.settle.map { (s.name, $0) } })
         stats.register(spools: config.spools.map(\.name))
         try Names.validateIdentifier(config.agentID, what: "agent id")
         var dirs: [String: OwnedFD] = [:]
@@ -292,9 +305,14 @@ public final class Agent: @unchecked Sendable {
     }
 
     func scan(_ spool: SpoolConfig) {
-        let names: [String]
+        var names: [String] = []
         do {
-            names = try FileManager.default.contentsOfDirectory(atPath: spool.directory).sorted()
+            for e in try Files.entries(spool.directory).sorted(by: { $0.rawName.lexicographicallyPrecedes($1.rawName) }) {
+                if let n = e.name { names.append(n); continue }
+                if !Self.inProgress(e.rawName) {
+                    leaveBehind(spool: spool.name, name: nil, raw: e.rawName, reason: "its name is not valid UTF-8")
+                }
+            }
         } catch {
             logger.error("cannot list spool", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)", "error": "\(error)"])
             return
@@ -313,11 +331,19 @@ public final class Agent: @unchecked Sendable {
     /// How many sealed files a scan hands over to the shipper at a time.
     static let admitBatch = 256
 
+    /// In progress, by the bytes of its name: a dotfile or `*.tmp` (Names.isInProgress).
+    static func inProgress(_ raw: [UInt8]) -> Bool {
+        raw.first == UInt8(ascii: ".") || raw.count > 4 && Array(raw.suffix(4)) == Array(".tmp".utf8)
+    }
+
     /// Seals one file: checks that it is a complete regular file with a shippable name, and
     /// computes its checksum. Returns nil for what is not (yet) to be shipped.
-    func seal(spool: String, name: String) -> Segment? {
+    /// `renamedIn`: the file was just renamed into the spool, which makes it complete whatever
+    /// the spool's settle time.
+    func seal(spool: String, name: String, renamedIn: Bool = false) -> Segment? {
         if Names.isInProgress(name) { return nil }
         let key = "\(spool)/\(name)"
+        state.withLock { _ = unsettled.removeValue(forKey: key) }
         let known: Bool = state.withLock {
             if byName[key] != nil {
                 skippedEvents.insert(key)
@@ -330,18 +356,32 @@ public final class Agent: @unchecked Sendable {
         do {
             try Names.validateSegmentName(name, what: "file name")
         } catch {
-            state.withLock { _ = refused.insert(key) }
-            logger.error("file name cannot be shipped; leaving the file in place", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)", "error": "\(error)"])
+            leaveBehind(spool: spool, name: name, raw: Array(name.utf8), reason: "its name cannot be shipped: \(error)")
             return nil
         }
         let label = "\(config.spools.first { $0.name == spool }?.directory ?? spool)/\(name)"
         do {
+            // What it is, before opening it: a FIFO would block an open for reading, a socket
+            // cannot be opened at all, and a symlink is not followed.
+            guard let lst = try Files.statAt(dir, name, label: label) else { return nil }
+            if let what = Self.notARegularFile(lst) {
+                leaveBehind(spool: spool, name: name, raw: Array(name.utf8), reason: "it is \(what), not a regular file")
+                return nil
+            }
             let fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
             let st = try Files.fstat(fd)
             guard (st.st_mode & S_IFMT) == S_IFREG else { return nil }
             // Complete means closed after writing: a file that a producer still holds open for
             // writing (seen by a scan, or closed by one of two writers) waits for its last close.
             if Files.hasWriters(fd) == true { return nil }
+            if let settle = settleTimes[spool], !renamedIn {
+                // Not left alone long enough yet: looked at again when it would be.
+                let age = Date().timeIntervalSince1970 - Double(mtimeNs(st)) / 1e9
+                if age < settle {
+                    state.withLock { unsettled[key] = monotonicNow() + (settle - max(0, age)) }
+                    return nil
+                }
+            }
             let crc = try Files.checksum(fd, size: Int64(st.st_size), progress: workProgress)
             let after = try Files.fstat(fd)
             guard after.st_size == st.st_size, mtimeNs(after) == mtimeNs(st) else {
@@ -349,6 +389,7 @@ public final class Agent: @unchecked Sendable {
                 return nil
             }
             return state.withLock { () -> Segment in
+                unshippable[key] = nil
                 let s = Segment(id: nextID, spool: spool, name: name, kind: .blob, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino),
                                 size: UInt64(st.st_size), crc: crc, mtimeNs: mtimeNs(st), sealedAt: Date().timeIntervalSince1970)
                 nextID += 1
@@ -359,14 +400,73 @@ public final class Agent: @unchecked Sendable {
         } catch is StoppedWork {
             return nil
         } catch let e as SyscallError where e.errno == ELOOP || e.errno == EXDEV {
-            state.withLock { _ = refused.insert(key) }
-            logger.error("refusing to follow a symlink in the spool", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)"])
+            leaveBehind(spool: spool, name: name, raw: Array(name.utf8), reason: "it is a symbolic link, not a regular file (links are not followed)")
+            return nil
+        } catch let e as SyscallError where e.errno == EACCES || e.errno == EPERM {
+            // Tried again at its next event or scan: the permissions may be fixed.
+            leaveBehind(spool: spool, name: name, raw: Array(name.utf8), reason: "the agent may not read it (\(e))", retry: true)
             return nil
         } catch {
             logger.error("cannot seal file", metadata: ["spool.name": "\(spool)", "segment.name": "\(name)", "error": "\(error)"])
             stats.error(.seal)
             state.withLock { incomplete = "could not seal \(spool)/\(name): \(error)" }
             return nil
+        }
+    }
+
+    /// A file in a spool that the agent will not ship: why, and its name as bytes (a name that
+    /// is not valid UTF-8 has no String of its own).
+    struct LeftBehind: Sendable {
+        var spool: String
+        var raw: [UInt8]
+        var display: String
+        var reason: String
+    }
+
+    /// Records a file of a spool that will not ship: named once in the log (error), counted
+    /// in `spoolship status` and the metrics, and a reason for `--once` to fail. Not tried
+    /// again until the agent restarts, unless `retry` (its next event or scan tries again).
+    /// Forgotten once the file is gone (`pruneLeftBehind`).
+    func leaveBehind(spool: String, name: String?, raw: [UInt8], reason: String, retry: Bool = false) {
+        let display = FileName.display(raw)
+        let key = "\(spool)/\(name ?? display)"
+        let first: Bool = state.withLock {
+            if !retry { refused.insert(key) }
+            if unshippable[key]?.reason == reason { return false }
+            unshippable[key] = LeftBehind(spool: spool, raw: raw, display: display, reason: reason)
+            return true
+        }
+        guard first else { return }
+        stats.error(.unshippable)
+        logger.error("file cannot be shipped; leaving it in place", metadata: [
+            "spool.name": "\(spool)", "segment.name": .stringConvertible(EscapedText(display)), "reason": "\(reason)"])
+    }
+
+    /// Forgets the files left behind that are no longer there (removed or renamed by someone).
+    func pruneLeftBehind() {
+        let entries = state.withLock { unshippable }
+        for (key, e) in entries {
+            guard let dir = state.withLock({ spoolDirs[e.spool] }) else { continue }
+            if (try? Files.statAt(dir, rawName: e.raw)) ?? nil == nil {
+                state.withLock {
+                    unshippable[key] = nil
+                    _ = refused.remove(key)
+                }
+            }
+        }
+    }
+
+    /// "a FIFO", "a socket", ... for what is not a regular file; nil for a regular file.
+    static func notARegularFile(_ st: stat) -> String? {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: return nil
+        case S_IFLNK: return "a symbolic link"
+        case S_IFIFO: return "a FIFO (named pipe)"
+        case S_IFSOCK: return "a socket"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFDIR: return "a directory (subdirectories of a spool are not shipped)"
+        default: return "of an unknown file type"
         }
     }
 
@@ -378,11 +478,9 @@ public final class Agent: @unchecked Sendable {
         // One segment a name: a name sealed twice in one batch (a rescan and a skipped event
         // for the same file) would be offered twice under one key, and the collector keeps
         // only the later offer.
-        var fresh: [Segment] = []
-        var names = Set<String>()
-        for s in sealed where byName["\(s.spool)/\(s.name)"] == nil && names.insert("\(s.spool)/\(s.name)").inserted {
-            fresh.append(s)
-        }
+        var latest: [String: Segment] = [:]
+        for s in sealed where byName["\(s.spool)/\(s.name)"] == nil { latest["\(s.spool)/\(s.name)"] = s }
+        let fresh = latest.values.sorted { $0.id < $1.id }
         do {
             try journal.append(fresh.map { $0.sealRecord }, sync: false)
         } catch {
@@ -637,6 +735,8 @@ public final class Agent: @unchecked Sendable {
         forget(id) { s in
             logger.error("collector refused segment; leaving the file in place", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(reason)"])
             refused.insert("\(s.spool)/\(s.name)")
+            unshippable["\(s.spool)/\(s.name)"] = LeftBehind(spool: s.spool, raw: Array(s.name.utf8), display: FileName.display(Array(s.name.utf8)),
+                                                            reason: "the collector refused it: \(reason)")
         }
     }
 
@@ -672,6 +772,12 @@ public final class Agent: @unchecked Sendable {
             state.withLock { scanning = true }
             spawn("scanner") { [self] in
                 scanAll()
+                // Files still within their spool's settle time are sealed once it has passed.
+                while !isStopped && nextSettled() < .infinity {
+                    heartbeats.beat("scanner")
+                    usleep(UInt32(min(0.5, max(0.01, nextSettled() - monotonicNow())) * 1_000_000))
+                    admit(sealSettled())
+                }
                 // A scan cut short by a stop has not seen everything: `scanning` stays set,
                 // so that the run does not report success.
                 state.withLock {
@@ -860,6 +966,11 @@ public final class Agent: @unchecked Sendable {
         if config.once {
             if segments.isEmpty && rotations.isEmpty && !scanning {
                 if let why = incomplete { throw DaemonError("not everything could be shipped: \(why)") }
+                if !unshippable.isEmpty {
+                    let list = unshippable.values.sorted { ($0.spool, $0.display) < ($1.spool, $1.display) }
+                    let shown = list.prefix(10).map { "\($0.spool)/\($0.display) (\($0.reason))" }.joined(separator: "; ")
+                    throw DaemonError("everything else shipped, but \(list.count) file(s) stay in the spools and will not ship: \(shown)\(list.count > 10 ? "; ..." : "")")
+                }
                 return ()
             }
             if !scanning && monotonicNow() - lastProgress > config.timeout {
@@ -886,6 +997,21 @@ public final class Agent: @unchecked Sendable {
 
     var isStopped: Bool { state.withLock { stopped } }
 
+    /// When the first file waiting out its spool's settle time is due (infinity: none waits).
+    func nextSettled() -> Double {
+        state.withLock { unsettled.values.min() ?? .infinity }
+    }
+
+    /// Seals the files whose settle time has passed (one written to meanwhile waits again).
+    func sealSettled() -> [Segment] {
+        let now = monotonicNow()
+        let due: [String] = state.withLock { unsettled.filter { $0.value <= now }.map(\.key).sorted() }
+        return due.compactMap { key in
+            guard let slash = key.firstIndex(of: "/") else { return nil }
+            return seal(spool: String(key[..<slash]), name: String(key[key.index(after: slash)...]))
+        }
+    }
+
     private func watchLoop() {
         do {
             let ino = try Inotify()
@@ -897,9 +1023,10 @@ public final class Agent: @unchecked Sendable {
             var lastCheck = monotonicNow()
             while !isStopped {
                 heartbeats.beat("watcher")
-                let events = try ino.read(timeout: 0.5)
+                let events = try ino.read(timeout: min(0.5, max(0.01, nextSettled() - monotonicNow())))
                 if monotonicNow() - lastCheck >= 1 {
                     lastCheck = monotonicNow()
+                    pruneLeftBehind()
                     for s in reopenReplacedDirectories() where s.logs == nil {
                         byWatch[try ino.watch(s.directory)] = s
                         scan(s)
@@ -917,9 +1044,24 @@ public final class Agent: @unchecked Sendable {
                         logger.error("spool directory was removed or moved away; watching for it to come back", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)"])
                         continue
                     }
-                    if e.name.isEmpty { continue }
-                    if let s = seal(spool: spool.name, name: e.name) { sealed.append(s) }
+                    if e.rawName.isEmpty { continue }
+                    guard let name = e.validName else {
+                        if !Self.inProgress(e.rawName) { leaveBehind(spool: spool.name, name: nil, raw: e.rawName, reason: "its name is not valid UTF-8") }
+                        continue
+                    }
+                    var complete = e.mask & UInt32(IN_MOVED_TO) != 0
+                    if e.mask & UInt32(IN_CREATE) != 0 {
+                        // Only what brings no other event: a hard link made into the spool (more
+                        // than one link: complete, as a rename), or what is not a regular file.
+                        // A file being created by open(2) waits for its close.
+                        guard let dir = state.withLock({ spoolDirs[spool.name] }),
+                              let st = try? Files.statAt(dir, name, label: name),
+                              (st.st_mode & S_IFMT) != S_IFREG || st.st_nlink > 1 else { continue }
+                        complete = true
+                    }
+                    if let s = seal(spool: spool.name, name: name, renamedIn: complete) { sealed.append(s) }
                 }
+                sealed += sealSettled()
                 admit(sealed)
             }
         } catch {

@@ -203,6 +203,9 @@ public struct AgentFileConfig {
     /// override those).
     public var ownRotateSize: Set<String> = []
     public var ownRotateAge: Set<String> = []
+    /// The default settle time of blob spools, and the spools that set their own.
+    public var settle: Double?
+    public var ownSettle: Set<String> = []
 
     public init() {}
 
@@ -227,11 +230,14 @@ public struct AgentFileConfig {
         (c.metricsListen, c.metricsPortFile) = try top.metrics()
         c.rotateSize = try top.bytes("rotate-size")
         c.rotateAge = try top.seconds("rotate-age")
+        c.settle = try top.seconds("settle")
         for (i, t) in try top.tables("spool").enumerated() {
             var r = TableReader(file: path, table: t, place: "[[spool]] #\(i + 1)")
             let (name, dir) = try nameAndDir(&r)
+            let settle = try r.seconds("settle")
+            if settle != nil { c.ownSettle.insert(name) }
             try r.rejectUnknown()
-            c.spools.append(SpoolConfig(name: name, directory: dir))
+            c.spools.append(SpoolConfig(name: name, directory: dir, settle: settle))
         }
         for (i, t) in try top.tables("logs").enumerated() {
             var r = TableReader(file: path, table: t, place: "[[logs]] #\(i + 1)")

@@ -53,40 +53,26 @@ public enum SpoolshipLogging {
 /// What a peer or a file name supplies reaches log lines and journal fields only escaped: a
 /// name with a newline must not forge a log line, nor a terminal escape reach an operator's
 /// terminal. Control characters (C0, DEL, C1) and the bidirectional overrides become `\n`,
-/// `\t`, `\r`, `\xNN` or `\u{NNNN}`, and a backslash becomes `\\`, so that the escaped text
-/// tells the original apart; everything else, non-ASCII letters included, stays as it is.
+/// `\t`, `\r`, `\xNN` or `\u{NNNN}` (`FileName.escape`); everything else, non-ASCII letters
+/// and backslashes included, stays as it is.
 public enum LogText {
     public static func escaped(_ s: String) -> String {
-        guard s.unicodeScalars.contains(where: needsEscape) else { return s }
+        guard s.unicodeScalars.contains(where: FileName.needsEscape) else { return s }
         var out = ""
         out.reserveCapacity(s.utf8.count + 8)
-        for u in s.unicodeScalars {
-            guard needsEscape(u) else { out.unicodeScalars.append(u); continue }
-            switch u {
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            case "\r": out += "\\r"
-            case "\\": out += "\\\\"
-            default:
-                out += u.value < 0x100 ? "\\x" + hex(u.value, 2) : "\\u{" + hex(u.value, 4) + "}"
-            }
-        }
+        for u in s.unicodeScalars { out += FileName.escape(u) }
         return out
     }
 
-    static func needsEscape(_ u: Unicode.Scalar) -> Bool {
-        let v = u.value
-        return v < 0x20 || v == 0x5C || (0x7F...0x9F).contains(v) || (0x202A...0x202E).contains(v) || (0x2066...0x2069).contains(v)
-    }
-
-    static func hex(_ v: UInt32, _ width: Int) -> String {
-        let h = String(v, radix: 16, uppercase: true)
-        return String(repeating: "0", count: max(0, width - h.count)) + h
-    }
-
-    /// Every value escaped (an array or a dictionary as its description).
+    /// Every value escaped (an array or a dictionary as its description), but text that is
+    /// escaped already (`EscapedText`, for a name that is not valid UTF-8).
     static func escaped(_ m: Logger.Metadata) -> Logger.Metadata {
-        m.mapValues { .string(escaped($0.description)) }
+        m.mapValues(escaped)
+    }
+
+    static func escaped(_ v: Logger.Metadata.Value) -> Logger.Metadata.Value {
+        if case .stringConvertible(let c) = v, c is EscapedText { return v }
+        return .string(escaped(v.description))
     }
 }
 
@@ -104,7 +90,7 @@ struct LevelledStreamHandler: LogHandler {
     }
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { inner[metadataKey: key] }
-        set { inner[metadataKey: key] = newValue.map { .string(LogText.escaped($0.description)) } }
+        set { inner[metadataKey: key] = newValue.map(LogText.escaped) }
     }
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
         guard level >= logLevel else { return }
@@ -166,7 +152,7 @@ struct JournalLogHandler: LogHandler {
             "CODE_LINE=\(line)",
             "CODE_FUNC=\(function)",
         ]
-        for (k, v) in all.sorted(by: { $0.key < $1.key }) { fields.append("\(Self.fieldName(k))=\(LogText.escaped(v.description))") }
+        for (k, v) in all.sorted(by: { $0.key < $1.key }) { fields.append("\(Self.fieldName(k))=\(LogText.escaped(v))") }
         // One buffer holds every field; each field is one iovec into it (a value may hold
         // newlines: sd_journal_sendv encodes it).
         var bytes: [UInt8] = []

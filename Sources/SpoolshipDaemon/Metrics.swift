@@ -88,7 +88,7 @@ public final class SpoolshipMetricsFactory: MetricsFactory, @unchecked Sendable 
 public final class AgentGauges: @unchecked Sendable {
     private let factory: any MetricsFactory
     private let lock = NSLock()
-    private var perSpool: [String: (segments: CoreMetrics.Gauge, bytes: CoreMetrics.Gauge, age: CoreMetrics.Gauge, rotated: CoreMetrics.Gauge)] = [:]
+    private var perSpool: [String: (segments: CoreMetrics.Gauge, bytes: CoreMetrics.Gauge, age: CoreMetrics.Gauge, rotated: CoreMetrics.Gauge, unshippable: CoreMetrics.Gauge)] = [:]
     private let connected: CoreMetrics.Gauge
 
     private var lastUpdate = -Double.infinity
@@ -120,13 +120,15 @@ public final class AgentGauges: @unchecked Sendable {
                 perSpool[sp.name] = (CoreMetrics.Gauge(label: "spoolship_agent_pending_segments", dimensions: d, factory: factory),
                                      CoreMetrics.Gauge(label: "spoolship_agent_pending_bytes", dimensions: d, factory: factory),
                                      CoreMetrics.Gauge(label: "spoolship_agent_oldest_pending_age_seconds", dimensions: d, factory: factory),
-                                     CoreMetrics.Gauge(label: "spoolship_agent_rotated_files_to_seal", dimensions: d, factory: factory))
+                                     CoreMetrics.Gauge(label: "spoolship_agent_rotated_files_to_seal", dimensions: d, factory: factory),
+                                     CoreMetrics.Gauge(label: "spoolship_agent_unshippable_files", dimensions: d, factory: factory))
             }
             let g = perSpool[sp.name]!
             g.segments.record(sp.pendingSegments)
             g.bytes.record(Double(sp.pendingBytes))
             g.age.record(sp.oldestPendingAgeSeconds ?? 0)
             g.rotated.record(sp.rotatedToSeal)
+            g.unshippable.record(sp.unshippable)
         }
         // A spool that a reload removed has nothing pending here any more: its gauges go to
         // zero instead of keeping their last values (which would hold an alert for ever).
@@ -136,6 +138,7 @@ public final class AgentGauges: @unchecked Sendable {
             g.bytes.record(0)
             g.age.record(0)
             g.rotated.record(0)
+            g.unshippable.record(0)
         }
     }
 }

@@ -77,6 +77,9 @@ public final class AgentStats: @unchecked Sendable {
         case seal
         /// An acknowledged file could not be removed or archived (retried).
         case remove
+        /// A file in a spool that will not ship (a name that cannot be shipped, not a regular
+        /// file, unreadable, refused by the collector): once per file.
+        case unshippable
     }
 
 

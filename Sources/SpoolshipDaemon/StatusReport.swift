@@ -55,6 +55,16 @@ public struct AgentStatus: Codable, Sendable {
     public var totals: Totals
     /// Errors since start, by kind (AgentStats.ErrorKind), every kind present.
     public var errors: [String: UInt64]
+    /// Files in the spools that will not ship, and why: the first `leftBehindShown`, by spool
+    /// and name (each spool's `unshippable` counts them all). Names are escaped as in the log.
+    public var leftBehind: [LeftBehind] = []
+    public static let leftBehindShown = 100
+
+    public struct LeftBehind: Codable, Sendable {
+        public var spool: String
+        public var name: String
+        public var reason: String
+    }
 
     public struct Connection: Codable, Sendable {
         /// "connected" or "disconnected".
@@ -78,6 +88,8 @@ public struct AgentStatus: Codable, Sendable {
         public var oldestPendingAgeSeconds: Double?
         /// Log spools: files rotated aside and not sealed yet (a producer may still hold them).
         public var rotatedToSeal: Int
+        /// Files in the spool that will not ship (see `leftBehind`).
+        public var unshippable: Int = 0
         /// Acknowledged by the collector since the process started.
         public var shippedSegments: UInt64
         public var shippedBytes: UInt64
@@ -189,6 +201,12 @@ extension Agent {
                 oldest = min(oldest ?? .infinity, e.oldest ?? .infinity)
             }
             st.totals.oldestPendingAgeSeconds = age(oldest)
+            for e in unshippable.values.sorted(by: { ($0.spool, $0.display) < ($1.spool, $1.display) }) {
+                if let i = st.spools.firstIndex(where: { $0.name == e.spool }) { st.spools[i].unshippable += 1 }
+                if st.leftBehind.count < AgentStatus.leftBehindShown {
+                    st.leftBehind.append(AgentStatus.LeftBehind(spool: e.spool, name: e.display, reason: e.reason))
+                }
+            }
             st.connection.state = connectedTo == nil ? "disconnected" : "connected"
             st.connection.collectorId = connectedTo
             st.connection.connectedSeconds = connectedSince.map { StatusFormat.seconds(now - $0) }

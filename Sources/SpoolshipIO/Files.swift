@@ -114,6 +114,18 @@ public enum Files {
         throw SyscallError(call: "fstatat", path: label, errno: Glibc.errno)
     }
 
+    /// lstat of a name given as bytes (one that may not be valid UTF-8) in `dir`; nil when it
+    /// does not exist.
+    public static func statAt(_ dir: OwnedFD, rawName: [UInt8]) throws -> stat? {
+        var st = stat()
+        let r = (rawName + [0]).withUnsafeBufferPointer { p in
+            p.baseAddress!.withMemoryRebound(to: CChar.self, capacity: p.count) { fstatat(dir.raw, $0, &st, AT_SYMLINK_NOFOLLOW) }
+        }
+        if r == 0 { return st }
+        if Glibc.errno == ENOENT { return nil }
+        throw SyscallError(call: "fstatat", path: dir.label + "/" + FileName.display(rawName), errno: Glibc.errno)
+    }
+
     /// Renames without ever replacing: returns false when `to` exists (EEXIST).
     public static func renameNoReplace(_ fromDir: OwnedFD, _ from: String, _ toDir: OwnedFD, _ to: String, label: String) throws -> Bool {
         while true {

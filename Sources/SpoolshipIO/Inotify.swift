@@ -8,7 +8,12 @@ public final class Inotify: @unchecked Sendable {
     public struct Event: Sendable {
         public var watch: Int32
         public var mask: UInt32
-        public var name: String
+        /// The name as the kernel gave it, and as a String: nil when it is not valid UTF-8 (a
+        /// name that no String can hold byte for byte).
+        public var rawName: [UInt8]
+        public var validName: String?
+        /// The name, or for one that is not valid UTF-8 its bytes shown (`FileName.display`).
+        public var name: String { validName ?? FileName.display(rawName) }
         public var overflow: Bool { mask & UInt32(IN_Q_OVERFLOW) != 0 }
     }
 
@@ -40,7 +45,9 @@ public final class Inotify: @unchecked Sendable {
 
     /// The events a spool directory is watched for: a file closed after writing or moved in is
     /// complete; the directory itself going away is worth a warning.
-    public static let spoolMask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+    /// IN_CREATE too: a hard link made into a spool, and a symlink, FIFO, socket or device
+    /// placed there, bring no other event.
+    public static let spoolMask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
     public func watch(_ path: String, mask: UInt32 = Inotify.spoolMask) throws -> Int32 {
         let wd = inotify_add_watch(fd.raw, path, mask)
@@ -88,7 +95,8 @@ public final class Inotify: @unchecked Sendable {
                 }
                 var nameBytes = buf[(pos + 16)..<min(pos + 16 + len, got)]
                 if let z = nameBytes.firstIndex(of: 0) { nameBytes = nameBytes[..<z] }
-                events.append(Event(watch: wd, mask: mask, name: String(decoding: nameBytes, as: UTF8.self)))
+                let raw = Array(nameBytes)
+                events.append(Event(watch: wd, mask: mask, rawName: raw, validName: FileName.decode(raw)))
                 pos += 16 + len
             }
         }

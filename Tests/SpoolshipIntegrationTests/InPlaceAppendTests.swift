@@ -21,12 +21,14 @@ import Testing
 
     /// Runs `producer` (argv) against a daemon agent with one blob spool, waits for it to end,
     /// then for the spool to empty and every line to be found; returns (found, versions).
-    func run(_ name: String, lines expected: [String], file: String, producer: (URL) -> [String]) throws -> (Int, Int) {
+    /// `texts` gets the committed versions' contents, by name, before the cluster goes.
+    func run(_ name: String, texts: ([String: String]) -> Void = { _ in }, lines expected: [String], file: String, agentFlags: [String] = [],
+             producer: (URL) -> [String]) throws -> (Int, Int) {
         let c = try Cluster(name)
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], extra: agentFlags))
         defer { agent.stop() }
         let argv = producer(spool.appendingPathComponent(file))
         let p = try Daemon(argv[0], Array(argv.dropFirst()), log: c.nextLog("producer"))
@@ -40,6 +42,9 @@ import Testing
         let missing = all.subtracting(found.0)
         #expect(done, "spool: \(Harness.files(in: spool)); \(missing.count) line(s) missing, e.g. \(missing.sorted().prefix(5))\n\(agent.output.suffix(3000))")
         #expect(!agent.output.contains("error"), "no error in the agent's log:\n\(agent.output.suffix(3000))")
+        var byName: [String: String] = [:]
+        for v in Harness.files(in: c.committed()) { byName[v] = try? String(contentsOf: c.committed().appendingPathComponent(v), encoding: .utf8) }
+        texts(byName)
         return (found.0.intersection(all).count, found.1)
     }
 
@@ -70,5 +75,28 @@ import Testing
             ["/usr/bin/python3", "-c", script, path.path]
         }
         print("in-place append, python 'ab', pause 0.001 s: lines written \(count), found \(found), versions \(versions)")
+    }
+
+    /// With a settle time, the same producers, pausing between their cycles for less than it,
+    /// give one complete file: each line once, in order.
+    @Test(arguments: ["shell", "python"])
+    func withASettleTime_aProducerThatPausesBetweenCycles_givesOneCompleteFile(_ kind: String) throws {
+        let count = 200
+        let expected = (0..<count).map { String(format: "line %06d", $0) }
+        var lastText = ""
+        let (found, versions) = try run("append-settle-\(kind)", texts: { lastText = $0["out.txt"] ?? "" }, lines: expected, file: "out.txt", agentFlags: ["--settle", "1"]) { path in
+            kind == "shell"
+                ? ["/bin/sh", "-c", "i=0; while [ $i -lt \(count) ]; do printf 'line %06d\\n' $i >> '\(path.path)'; sleep 0.01; i=$((i+1)); done"]
+                : ["/usr/bin/python3", "-c", """
+                    import sys, time
+                    for i in range(\(count)):
+                        with open(sys.argv[1], 'ab') as f:
+                            f.write(b'line %06d\\n' % i)
+                        time.sleep(0.01)
+                    """, path.path]
+        }
+        print("in-place append with settle 1 s, \(kind), pause 0.01 s: lines written \(count), found \(found), versions \(versions)")
+        #expect(versions == 1, "one complete file")
+        #expect(lastText == expected.map { $0 + "\n" }.joined(), "each line once, in order")
     }
 }

@@ -85,25 +85,5 @@ import Testing
         #expect(out.contains(Self.route), "the agent says which route it took:\n\(out)")
         #expect(c.collector!.output.contains(Self.route), "the collector too:\n\(c.collector!.output)")
     }
-
-    /// Row 13 again on this route: the agent's directory at the collector planted as a symlink
-    /// to elsewhere; nothing is written through it, nothing is lost.
-    @Test func withoutOpenat2_aPlantedSymlinkIsStillNotFollowed() throws {
-        let c = try Cluster("no-openat2-symlink")
-        defer { c.remove() }
-        try c.startCollector(under: Self.noOpenat2)
-        let outside = c.root.appendingPathComponent("outside")
-        try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
-        let agentDir = c.dataDir.appendingPathComponent("agent-1")
-        try FileManager.default.createDirectory(at: agentDir, withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(at: agentDir.appendingPathComponent("spool"), withDestinationURL: outside)
-        let spool = try c.spool()
-        var p = try c.payload()
-        try p.add("x", size: 1000, seed: 1, into: spool)
-        let (status, _) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], extra: ["--timeout", "3"]), timeout: 60)
-        #expect(status == 1, "the agent cannot deliver while the symlink is there")
-        #expect(Harness.files(in: outside).isEmpty, "nothing written through the symlink")
-        #expect(Harness.files(in: spool) == ["x"], "nothing lost")
-        #expect(c.collector!.output.contains("openat("), "the collector names the refused call:\n\(c.collector!.output)")
-    }
+    // A planted symlink on this route: BadInputTests.plantedSymlink_isNotFollowed(withoutOpenat2: true).
 }

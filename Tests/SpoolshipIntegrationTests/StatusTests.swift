@@ -176,7 +176,11 @@ import Testing
         defer { agent.stop() }
         var p = try c.payload()
         try p.add("first.bin", size: 1000, seed: 1, into: spool)
-        #expect(Harness.waitUntil(timeout: 60) { Harness.files(in: c.committed()).contains("first.bin") }, "\(agent.output)")
+        // Committed, and its acknowledgement reached the agent (it removed the file): killed
+        // any earlier, the collector may leave first.bin pending too, which is legitimate.
+        #expect(Harness.waitUntil(timeout: 60) {
+            Harness.files(in: c.committed()).contains("first.bin") && !Harness.files(in: spool).contains("first.bin")
+        }, "\(agent.output)")
         c.collector!.kill(SIGKILL)
         _ = c.collector!.wait(timeout: 30)
         try p.add("waiting.bin", size: 5000, seed: 2, into: spool)

@@ -188,6 +188,12 @@ enum StatusView {
         }
         out += table(rows, indent: "    ")
         if let e = errors(s.errors) { out += "  errors since start: \(e)\n" }
+        let left = s.spools.reduce(0) { $0 + $1.unshippable }
+        if left > 0 {
+            out += "  LEFT BEHIND: \(plural(left, "file")) in the spools will not ship:\n"
+            for l in s.leftBehind { out += "    \(l.spool)/\(l.name): \(LogText.escaped(l.reason))\n" }
+            if left > s.leftBehind.count { out += "    ... and \(left - s.leftBehind.count) more\n" }
+        }
         if t.pendingSegments > 0 && c.state != "connected" {
             out += "  STUCK: \(plural(t.pendingSegments, "segment")) (\(bytes(t.pendingBytes))) wait and the agent is not connected to \(s.collector)"
             out += c.lastError.map { "; last error: \($0)" } ?? ""
