@@ -102,6 +102,16 @@ int spsh_has_writers(int fd) {
     return -1;
 }
 
+int spsh_take_read_lease(int fd) {
+    if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) return 0;
+    if (errno == EAGAIN) return 1;
+    return -1;
+}
+
+int spsh_read_lease_intact(int fd) { return fcntl(fd, F_GETLEASE) == F_RDLCK; }
+
+int spsh_release_lease(int fd) { return fcntl(fd, F_SETLEASE, F_UNLCK); }
+
 extern char **environ;
 
 int spsh_spawn_shell(const char *command, int *pid_out) {

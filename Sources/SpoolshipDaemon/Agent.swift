@@ -572,13 +572,35 @@ public final class Agent: @unchecked Sendable {
         var removed: [Segment] = []
         var failed: [Segment] = []
         var rescan: [(String, String)] = []
-        for s in batch {
-            do {
-                if try removeLocalCopy(s, touched: &touched, rescan: &rescan) { removed.append(s) } else { failed.append(s) }
-            } catch {
-                logger.error("cannot remove an acknowledged file; will retry", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)"])
-                stats.error(.remove)
-                failed.append(s)
+        func cannotRemove(_ s: Segment, _ error: Error) {
+            logger.error("cannot remove an acknowledged file; will retry", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)"])
+            stats.error(.remove)
+            failed.append(s)
+        }
+        for start in stride(from: 0, to: batch.count, by: Self.removalChunk) {
+            var held: [Aside] = []
+            for s in batch[start..<min(start + Self.removalChunk, batch.count)] {
+                do {
+                    switch try moveAside(s, touched: &touched, rescan: &rescan) {
+                    case .done: removed.append(s)
+                    case .retry: failed.append(s)
+                    case .moved(let a): held.append(a)
+                    }
+                } catch {
+                    cannotRemove(s, error)
+                }
+            }
+            // Any open(2) that found one of these files by its name before the move has taken
+            // its write access by now, breaking the lease, however long the scheduler held it up.
+            if !held.isEmpty { usleep(UInt32(Self.removalGrace * 1_000_000)) }
+            for a in held {
+                do {
+                    try removeAside(a, rescan: &rescan)
+                    removed.append(a.segment)
+                } catch {
+                    cannotRemove(a.segment, error)
+                }
+                Files.releaseLease(a.fd)
             }
         }
         var synced = removed
@@ -623,28 +645,48 @@ public final class Agent: @unchecked Sendable {
         return failed
     }
 
-    /// Removes one acknowledged file, never another file that took its name, and never a file
-    /// that changed since it was sealed or that a process still holds open for writing.
+    /// How long files moved aside wait before the agent looks at them again and removes them
+    /// (see `moveAside`), and how many are held at once (each holds a descriptor).
+    static let removalGrace = 0.05
+    static let removalChunk = 512
+
+    /// An acknowledged file moved aside, held open (with a read lease where the kernel gives
+    /// one) from before the move until its removal.
+    private struct Aside {
+        var segment: Segment
+        var dir: OwnedFD
+        var fd: OwnedFD
+        var lease: Files.ReadLease
+    }
+
+    private enum MoveAside {
+        case done, retry
+        case moved(Aside)
+    }
+
+    /// Removes acknowledged files, never another file that took the name, and never a file
+    /// that changed since it was sealed or that a process holds open for writing. In two steps,
+    /// a batch at a time (`finish`):
     ///
-    /// A producer may rename a new file over the name at any moment, so "check, then unlink
-    /// the name" could delete the new file. And a producer that appends in place (open, append,
-    /// close, again and again) may have opened the file just before it is removed: its next
-    /// write would land in an unlinked file, lost. Instead:
-    /// 1. if the name holds the sealed file (device, inode, size, mtime), rename it aside to a
-    ///    private dotfile name (`.spoolship-reap-<id>`, ignored by scans), without replacing.
-    ///    If it holds the same file grown or rewritten since the seal, leave it: it is sealed
-    ///    again and shipped whole as the next version once its writer closes it;
-    /// 2. check what was moved. From here on no one can open it by its name, so the processes
-    ///    that hold it open for writing now are all there will ever be: if it is the sealed file
-    ///    and none holds it (a read lease, which the kernel grants only then; else a look
-    ///    through /proc), unlink it (or rename it into the archive dir). Otherwise put it back,
-    ///    under its name or as `name~N` if the name is taken again, and seal it again: a new
-    ///    file that replaced the name between 1's check and its rename, or the shipped file
-    ///    still being written, which then ships again whole.
-    /// A crash between the steps leaves the aside name, which the next start finishes.
-    /// Returns false when it should be tried again.
-    private func removeLocalCopy(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> Bool {
-        guard let dir = directory(for: s) else { return true }
+    /// 1. `moveAside`: if the name holds the sealed file (device, inode, size, mtime), open it,
+    ///    take a read lease (the kernel gives one only while no one has the file open for
+    ///    writing, and any later open for writing breaks it), and rename it aside to a private
+    ///    dotfile name (`.spoolship-reap-<id>`, ignored by scans), without replacing. A file
+    ///    held open for writing, or grown or rewritten since its seal, is left where it is: it
+    ///    is sealed again and ships whole as the next version once closed.
+    /// 2. `removeAside`, once `removalGrace` has passed: from the move on no one can open it by
+    ///    its name, and an open(2) that found it by its name just before the move has got its
+    ///    write access by now. If the aside name holds the sealed file, unchanged, and the
+    ///    lease is whole (where no lease could be had: no writer in /proc), unlink it (or
+    ///    rename it into the archive dir). Otherwise put it back, under its name or as
+    ///    `name~N` if the name is taken again, and seal it again: a new file that replaced the
+    ///    name just before the move, or the shipped file being written, which ships again.
+    ///
+    /// Without the lease and the wait, a producer that appends in place and had just opened
+    /// the file would write into an unlinked file, lost. A crash between the steps leaves the
+    /// aside name, which the next start finishes.
+    private func moveAside(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> MoveAside {
+        guard let dir = directory(for: s) else { return .done }
         // The directory is synced whatever happens below: a retry after a failed directory
         // sync finds the file already gone, and must still sync before recording it done.
         touched[s.kind == .log ? "rotated/\(s.spool)" : s.spool] = dir
@@ -652,50 +694,76 @@ public final class Agent: @unchecked Sendable {
         let label = "\(s.spool)/\(s.name)"
         let aside = ".spoolship-reap-\(s.id)"
         let asideLabel = "\(s.spool)/\(aside)"
-        func isSealed(_ st: stat?) -> Bool {
-            guard let st = st else { return false }
-            return sameFile(st) && UInt64(st.st_size) == s.size && mtimeNs(st) == s.mtimeNs
+        func open(_ name: String, _ label: String) throws -> OwnedFD? {
+            do {
+                return try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
+            } catch let e as SyscallError where e.errno == ENOENT {
+                return nil
+            }
         }
-        func sameFile(_ st: stat) -> Bool { UInt64(st.st_dev) == s.dev && UInt64(st.st_ino) == s.ino }
-        if try Files.statAt(dir, aside, label: asideLabel) == nil {
-            guard let st = try Files.statAt(dir, s.name, label: label) else { return true }  // gone: nothing of ours is left
-            guard isSealed(st) else {
-                if sameFile(st) {
-                    // Appended to or rewritten after the seal: the collector has the version
-                    // that was sealed; this one ships as the next.
-                    changedAfterSeal(s, name: s.name)
-                    if s.kind == .blob { rescan.append((s.spool, s.name)) }
+        if try Files.statAt(dir, aside, label: asideLabel) != nil {
+            // Moved aside before a crash: held now, and looked at with the rest.
+            guard let fd = try open(aside, asideLabel) else { return .done }
+            return .moved(Aside(segment: s, dir: dir, fd: fd, lease: Files.takeReadLease(fd)))
+        }
+        guard let fd = try open(s.name, label) else { return .done }  // gone: nothing of ours is left
+        let st = try Files.fstat(fd)
+        guard s.isSealed(st) else {
+            if s.isSameFile(st) {
+                // Appended to or rewritten after the seal: the collector has the version that
+                // was sealed; this one ships as the next.
+                changedAfterSeal(s, name: s.name)
+                if s.kind == .blob { rescan.append((s.spool, s.name)) }
+            }
+            return .done  // else another file took the name: it is not ours to remove
+        }
+        let lease = Files.takeReadLease(fd)
+        if lease == .writers {
+            changedAfterSeal(s, name: s.name)
+            if s.kind == .blob { rescan.append((s.spool, s.name)) }
+            return .done
+        }
+        guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return .retry }
+        return .moved(Aside(segment: s, dir: dir, fd: fd, lease: lease))
+    }
+
+    private func removeAside(_ a: Aside, rescan: inout [(String, String)]) throws {
+        let s = a.segment
+        let label = "\(s.spool)/\(s.name)"
+        let aside = ".spoolship-reap-\(s.id)"
+        let asideLabel = "\(s.spool)/\(aside)"
+        guard let moved = try Files.statAt(a.dir, aside, label: asideLabel) else { return }
+        let held = try Files.fstat(a.fd)
+        let written: Bool
+        switch a.lease {
+        case .held: written = !Files.readLeaseIntact(a.fd)
+        case .writers: written = true
+        case .unavailable: written = !Processes.writers(dev: UInt64(held.st_dev), ino: UInt64(held.st_ino)).isEmpty
+        }
+        let ours = s.isSameFile(moved) && UInt64(held.st_dev) == UInt64(moved.st_dev) && UInt64(held.st_ino) == UInt64(moved.st_ino)
+        if ours && s.isSealed(moved) && !written {
+            if let adir = archiveDirs[s.spool] {
+                var attempt = 0
+                while try !Files.renameNoReplace(a.dir, aside, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
+                    attempt += 1
                 }
-                return true  // else another file took the name: it is not ours to remove
-            }
-            guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return false }
-        }
-        let moved = try Files.statAt(dir, aside, label: asideLabel)
-        let written = isSealed(moved) ? try heldForWriting(dir, aside, label: asideLabel) : false
-        guard isSealed(moved) && !written else {
-            var attempt = 0
-            while try !Files.renameNoReplace(dir, aside, dir, Names.alternateName(s.name, attempt: attempt), label: label) {
-                attempt += 1
-            }
-            let putBack = Names.alternateName(s.name, attempt: attempt)
-            if let m = moved, sameFile(m) {
-                changedAfterSeal(s, name: putBack)
             } else {
-                logger.notice("a new file took the name of a shipped one; it stays and is shipped too", metadata: [
-                    "spool.name": "\(s.spool)", "segment.name": "\(putBack)"])
+                try Files.unlink(a.dir, aside, label: asideLabel)
             }
-            if s.kind == .blob { rescan.append((s.spool, putBack)) }
-            return true
+            return
         }
-        if let adir = archiveDirs[s.spool] {
-            var attempt = 0
-            while try !Files.renameNoReplace(dir, aside, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
-                attempt += 1
-            }
+        var attempt = 0
+        while try !Files.renameNoReplace(a.dir, aside, a.dir, Names.alternateName(s.name, attempt: attempt), label: label) {
+            attempt += 1
+        }
+        let putBack = Names.alternateName(s.name, attempt: attempt)
+        if s.isSameFile(moved) {
+            changedAfterSeal(s, name: putBack)
         } else {
-            try Files.unlink(dir, aside, label: asideLabel)
+            logger.notice("a new file took the name of a shipped one; it stays and is shipped too", metadata: [
+                "spool.name": "\(s.spool)", "segment.name": "\(putBack)"])
         }
-        return true
+        if s.kind == .blob { rescan.append((s.spool, putBack)) }
     }
 
     /// A shipped file that a producer appended to, rewrote or still holds open for writing: it
@@ -704,21 +772,6 @@ public final class Agent: @unchecked Sendable {
     private func changedAfterSeal(_ s: Segment, name: String) {
         logger.notice("a shipped file changed after it was sealed or is still open for writing; it stays and ships again whole once closed", metadata: [
             "spool.name": "\(s.spool)", "segment.name": "\(name)", "bytes.shipped": "\(s.size)"])
-    }
-
-    /// Whether a process holds `name` in `dir` open for writing: the read-lease test, or, where
-    /// the agent may not take a lease on the file (neither its owner nor CAP_LEASE), the
-    /// processes' descriptors in /proc.
-    private func heldForWriting(_ dir: OwnedFD, _ name: String, label: String) throws -> Bool {
-        let fd: OwnedFD
-        do {
-            fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
-        } catch let e as SyscallError where e.errno == ENOENT {
-            return false
-        }
-        if let held = Files.hasWriters(fd) { return held }
-        let st = try Files.fstat(fd)
-        return !Processes.writers(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)).isEmpty
     }
 
     /// Forgets a segment whose file vanished or changed before it was shipped (it is sealed

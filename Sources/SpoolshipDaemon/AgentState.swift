@@ -5,6 +5,16 @@ import SpoolshipCore
 import SpoolshipIO
 
 /// A segment the agent sealed and has not finished with.
+extension Segment {
+    /// Whether `st` is this segment's file (device and inode).
+    func isSameFile(_ st: stat) -> Bool { UInt64(st.st_dev) == dev && UInt64(st.st_ino) == ino }
+
+    /// Whether `st` is this segment's file as it was sealed (size and mtime too).
+    func isSealed(_ st: stat) -> Bool {
+        isSameFile(st) && UInt64(st.st_size) == size && Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec) == mtimeNs
+    }
+}
+
 struct Segment: Sendable {
     var id: UInt64
     var spool: String

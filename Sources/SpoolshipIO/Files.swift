@@ -268,6 +268,30 @@ public enum Files {
         }
     }
 
+    /// A read lease held on a descriptor (see `spsh_take_read_lease`).
+    public enum ReadLease {
+        /// Held: no one had the file open for writing when it was taken.
+        case held
+        /// Someone has the file open for writing.
+        case writers
+        /// The kernel will not give one (neither the owner nor CAP_LEASE).
+        case unavailable
+    }
+
+    public static func takeReadLease(_ fd: OwnedFD) -> ReadLease {
+        switch spsh_take_read_lease(fd.raw) {
+        case 0: return .held
+        case 1: return .writers
+        default: return .unavailable
+        }
+    }
+
+    /// Whether a lease taken with `takeReadLease` is still whole: false once any process has
+    /// opened the file for writing since.
+    public static func readLeaseIntact(_ fd: OwnedFD) -> Bool { spsh_read_lease_intact(fd.raw) == 1 }
+
+    public static func releaseLease(_ fd: OwnedFD) { _ = spsh_release_lease(fd.raw) }
+
     /// Takes an exclusive advisory lock on `path` (created if missing) for the life of the
     /// returned descriptor; nil when another process holds it.
     public static func lockExclusive(_ path: String) throws -> OwnedFD? {

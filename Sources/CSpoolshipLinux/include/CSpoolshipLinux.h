@@ -33,6 +33,15 @@ int spsh_accept4_cloexec(int fd);
 /// F_SETLEASE F_RDLCK), which the kernel grants only when no one has the file open for writing,
 /// and releases it at once.
 int spsh_has_writers(int fd);
+/// Takes a read lease on `fd` (opened read-only) and keeps it: 0 taken, 1 someone has the file
+/// open for writing, -1 not possible (errno; EACCES when we neither own the file nor have
+/// CAP_LEASE). Any later open for writing breaks it, and waits for our release (or the
+/// kernel's lease-break-time) before it returns.
+int spsh_take_read_lease(int fd);
+/// Whether the read lease on `fd` is still whole (no open for writing has broken it).
+int spsh_read_lease_intact(int fd);
+/// Gives the lease back (an open waiting on its break goes on).
+int spsh_release_lease(int fd);
 ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count);
 /// Starts `/bin/sh -c command` in a process group of its own, with stdin from /dev/null, an
 /// empty signal mask and default signal dispositions. Returns 0 and the pid, or an errno value.
