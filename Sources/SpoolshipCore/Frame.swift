@@ -52,6 +52,9 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     case noSpace = 7
     case internalError = 8
     case stalled = 9
+    /// Another connection that presents the same agent id is alive (heard from lately): two
+    /// agents configured with one id. The message names the other connection's address.
+    case agentIDInUse = 10
     /// The segment's bytes did not match its checksum: the collector discarded them; offer
     /// the segment again (re-sealing it) and send it from offset 0.
     case checksumMismatch = 100
@@ -84,6 +87,7 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .noSpace: return "no space left on the collector"
         case .internalError: return "internal error"
         case .stalled: return "stalled"
+        case .agentIDInUse: return "agent id in use by another connection"
         case .checksumMismatch: return "checksum mismatch"
         case .ioError: return "I/O error"
         case .noSpaceRetry: return "no space for this segment; retry later"

@@ -147,6 +147,11 @@ public final class Agent: @unchecked Sendable {
     /// Files closed after writing in a spool with a settle time, not left alone long enough
     /// yet: when to look at them again (monotonic seconds), by `spool/name`.
     var unsettled: [String: Double] = [:]
+    /// Files sealed whose seal could not be recorded (a full state disk): sealed again by the
+    /// watcher every `sealLaterEvery` seconds until it can be.
+    var sealLater: Set<String> = []
+    var sealLaterSince: Double = 0
+    static let sealLaterEvery = 2.0
     /// Files of the spools that will not ship, by `spool/name` (see `leaveBehind`).
     var unshippable: [String: LeftBehind] = [:]
     /// The blob spools' settle times, by spool name.
@@ -292,7 +297,14 @@ public final class Agent: @unchecked Sendable {
             rotations[id] = nil
         }
         try recoverRotations()
-        try journal.compact(Array(segments.values), rotations: Array(rotations.values), lastSeq: lastSeq)
+        do {
+            try journal.compact(Array(segments.values), rotations: Array(rotations.values), lastSeq: lastSeq)
+        } catch {
+            // Not needed to start: the journal as it is holds the same state, only longer.
+            // Appends may fail as well while the disk is full; each is retried.
+            logger.error("cannot rewrite the agent state journal at start; going on with it as it is (is its file system full? free some space there)",
+                         metadata: ["path": "\(config.stateDir)/\(AgentJournal.fileName)", "error": "\(error)"])
+        }
     }
 
     // MARK: sealing
@@ -487,6 +499,10 @@ public final class Agent: @unchecked Sendable {
             logger.error("cannot write the agent state; will seal again later", metadata: ["error": "\(error)"])
             stats.error(.seal)
             incomplete = "could not record \(fresh.count) sealed file(s) in the agent state: \(error)"
+            // Sealed again by the watcher a little later, events or not (a full state disk
+            // that is freed brings no event for the files that waited).
+            for s in fresh { sealLater.insert("\(s.spool)/\(s.name)") }
+            sealLaterSince = monotonicNow()
             return
         }
         for s in fresh {
@@ -647,6 +663,8 @@ public final class Agent: @unchecked Sendable {
 
     /// How long files moved aside wait before the agent looks at them again and removes them
     /// (see `moveAside`), and how many are held at once (each holds a descriptor).
+    /// The least wait before connecting again after ERROR 10 (agent id in use).
+    static let idInUseBackoff = 5.0
     static let removalGrace = 0.05
     static let removalChunk = 512
 
@@ -895,9 +913,17 @@ public final class Agent: @unchecked Sendable {
                 } else {
                     stats.error(session.refusedByCollector ? .refused : session.established ? .connection : .connect)
                     state.withLock { lastError = "\(error)"; lastErrorTime = Date().timeIntervalSince1970 }
-                    logger.warning("connection to collector failed", metadata: ["collector": "\(config.collector)", "error": "\(error)"])
+                    if session.idInUse {
+                        logger.error("another connection holds this agent id at the collector; two agents with one id? retrying later",
+                                     metadata: ["collector": "\(config.collector)", "error": "\(error)"])
+                    } else {
+                        logger.warning("connection to collector failed", metadata: ["collector": "\(config.collector)", "error": "\(error)"])
+                    }
                 }
                 if session.madeProgress { backoff = config.backoffMin }
+                // Another agent holds the id: try again seldom, not at once (the other one may
+                // be this agent's own earlier connection, not yet timed out at the collector).
+                if session.idInUse { backoff = max(backoff, Self.idInUseBackoff) }
             }
             if let done = try checkFinished() { return done }
             // Jittered exponential backoff, interrupted by stop().
@@ -1115,6 +1141,15 @@ public final class Agent: @unchecked Sendable {
                     if let s = seal(spool: spool.name, name: name, renamedIn: complete) { sealed.append(s) }
                 }
                 sealed += sealSettled()
+                let again: [String] = state.withLock {
+                    guard !sealLater.isEmpty, monotonicNow() - sealLaterSince >= Self.sealLaterEvery else { return [] }
+                    defer { sealLater.removeAll() }
+                    return sealLater.sorted()
+                }
+                for key in again {
+                    guard let slash = key.firstIndex(of: "/") else { continue }
+                    if let s = seal(spool: String(key[..<slash]), name: String(key[key.index(after: slash)...]), renamedIn: true) { sealed.append(s) }
+                }
                 admit(sealed)
             }
         } catch {

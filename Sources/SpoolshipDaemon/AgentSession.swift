@@ -26,6 +26,9 @@ final class AgentSession: @unchecked Sendable {
     private(set) var established = false
     /// Whether the collector ended the connection with an ERROR frame.
     private(set) var refusedByCollector = false
+    /// The collector refused the connection because another live connection holds this
+    /// agent's id (ERROR 10): two agents with one id.
+    private(set) var idInUse = false
 
     init(agent: Agent) {
         self.agent = agent
@@ -116,6 +119,7 @@ final class AgentSession: @unchecked Sendable {
                     if c == .authentication || c == .unsupportedVersion || c == .badName {
                         throw FatalRefusal(description: "collector \(config.collector) refused this agent: \(message)")
                     }
+                    if c == .agentIDInUse { idInUse = true }
                     throw DaemonError("collector \(config.collector) refused the connection: \(message)")
                 default: throw DaemonError("collector sent \(f.type) before WELCOME")
                 }
@@ -325,6 +329,7 @@ final class AgentSession: @unchecked Sendable {
             break
         case .error(let code, let tag, let message):
             let c = ErrorCode(rawValue: code)
+            if c == .agentIDInUse { state.withLock { idInUse = true } }
             if tag != 0, let c = c, c.retryLater {
                 // No room at the collector for now: keep the file, offer it again later.
                 logger.warning("collector cannot take a segment now; offering it again later", metadata: ["error.code": "\(c)", "error": "\(message)"])

@@ -192,7 +192,19 @@ final class AgentJournal {
                 bytes += RecordLog.line(a)
             }
         }
-        try Files.replaceDurably(dir: dir, name: Self.fileName, bytes: bytes)
+        do {
+            try Files.replaceDurably(dir: dir, name: Self.fileName, bytes: bytes)
+        } catch {
+            // A failure after the rename (the directory's fsync) leaves the new journal in
+            // place: appends must go to it, not to the old file that the rename unlinked.
+            if let now = try? Files.fstat(Files.open("\(dir)/\(Self.fileName)", O_RDONLY)), let old = try? Files.fstat(fd),
+               now.st_ino != old.st_ino,
+               let newFD = try? Files.open("\(dir)/\(Self.fileName)", O_RDWR | O_APPEND, mode: 0o600) {
+                try? fd.close()
+                fd = newFD
+            }
+            throw error
+        }
         let newFD = try Files.open("\(dir)/\(Self.fileName)", O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         try? fd.close()
         fd = newFD

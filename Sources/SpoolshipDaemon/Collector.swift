@@ -257,6 +257,8 @@ struct Refusal: Error, CustomStringConvertible {
     var code: ErrorCode
     var tag: UInt64 = 0
     var message: String
+    /// Already counted in the stats under a kind of its own.
+    var counted = false
     var description: String { "\(code): \(message)" }
 }
 
@@ -299,6 +301,21 @@ final class CollectorConnection: @unchecked Sendable {
 
     func kill() { socket.shutdown() }
 
+    /// Another connection presented this agent's id and takes over: this one is told why
+    /// (ERROR 10, so that a twin agent says what is wrong) and closed.
+    func supersede(by peer: String) {
+        let id = store?.id ?? "?"
+        logger.warning("agent id connected again from elsewhere; closing this connection (a restart, or two agents with one id?)",
+                       metadata: ["agent.id": "\(id)", "other.peer": "\(peer)"])
+        try? send([.error(code: ErrorCode.agentIDInUse.rawValue, tag: 0,
+                          message: "agent id \(id) connected again from \(peer); closing this connection (two agents configured with one id?)")])
+        socket.shutdown()
+    }
+
+    /// When the agent was last heard from (a frame read): a second connection with the same id
+    /// is refused while this one is alive (`AgentStore.claim`).
+    private let heard = Locked<Double>(monotonicNow())
+
     func closeIfRevoked(_ agents: [String: [UInt8]]) {
         guard let id = authenticated.withLock({ $0 }), agents[id] == nil else { return }
         logger.warning("closing the connection of an agent removed from the agents file", metadata: ["agent.id": "\(id)"])
@@ -326,8 +343,16 @@ final class CollectorConnection: @unchecked Sendable {
         do {
             let store = try handshake()
             self.store = store
-            guard store.claim(me, kill: { [weak self] in self?.kill() }, timeout: 10) else {
+            let heard = self.heard
+            switch store.claim(me, peer: socket.peer, heard: { heard.withLock { $0 } }, kill: { [weak self] in self?.supersede(by: $0) }, timeout: 10) {
+            case .claimed: break
+            case .timedOut:
                 throw Refusal(code: .shuttingDown, message: "another connection of agent \(store.id) is still closing; retry")
+            case .inUse(let other, let ago):
+                logger.warning("agent id in use by another live connection; refusing this one (two agents with one id?)", metadata: [
+                    "agent.id": "\(store.id)", "other.peer": "\(other)", "other.heard_seconds_ago": "\(String(format: "%.1f", ago))"])
+                collector.stats.error(.agentIDInUse)
+                throw Refusal(code: .agentIDInUse, message: "agent id \(store.id) is in use by a live connection from \(other) (heard \(String(format: "%.1f", ago)) s ago); two agents configured with one id? Give each agent its own id", counted: true)
             }
             claimed = true
             splicer = try Splicer()
@@ -343,7 +368,7 @@ final class CollectorConnection: @unchecked Sendable {
             logger.info("agent disconnected")
         } catch let r as Refusal {
             logger.warning("refusing peer", metadata: ["error.code": "\(r.code)", "error": "\(r.message)"])
-            collector.stats.error(Self.errorKind(r, welcomed: workerStarted))
+            if !r.counted { collector.stats.error(Self.errorKind(r, welcomed: workerStarted)) }
             try? send([.error(code: r.code.rawValue, tag: r.tag, message: r.message)])
         } catch let e as SyscallError where e.errno == ECONNRESET || e.errno == EPIPE || e.errno == ETIMEDOUT {
             logger.notice("connection ended", metadata: ["error": "\(e)"])
@@ -462,6 +487,7 @@ final class CollectorConnection: @unchecked Sendable {
             } catch let e as SyscallError where e.errno == ECONNRESET && e.path?.hasSuffix("(closed)") == true {
                 return  // clean close between frames
             }
+            heard.withLock { $0 = monotonicNow() }
             switch frame {
             case .offer(let o): try handleOffer(o)
             case .data(let tag, let offset, let length): try handleData(tag: tag, offset: offset, length: length)

@@ -89,7 +89,11 @@ final class AgentStore: @unchecked Sendable {
     private let ledgerLock = NSLock()
 
     var broken: String? { ledgerLock.lock(); defer { ledgerLock.unlock() }; return _broken }
-    private var ownerKill: (() -> Void)?
+    private var ownerKill: ((String) -> Void)?
+    /// When the id was taken from a live owner lately (monotonic seconds).
+    private var takeovers: [Double] = []
+    private var ownerPeer: String?
+    private var ownerHeard: (() -> Double)?
     /// Partial files no transfer has open (left by a connection that ended before their
     /// segments were complete), by name: their size and when they were left. Counted against
     /// the agent's partial limit, and dropped oldest first to make room. Only the connection
@@ -191,17 +195,57 @@ final class AgentStore: @unchecked Sendable {
 
     /// Makes `connection` the owner, asking a previous owner to stop and waiting up to
     /// `timeout` for it to let go. Returns false on timeout.
-    func claim(_ connection: ObjectIdentifier, kill: @escaping () -> Void, timeout: Double) -> Bool {
+    enum Claim {
+        case claimed
+        /// The previous connection did not let go in time.
+        case timedOut
+        /// Another connection of this id was heard from `ago` seconds ago, from `peer`, and
+        /// the id has changed hands too often lately: two agents with one id.
+        case inUse(peer: String, ago: Double)
+    }
+
+    /// A connection heard from (a frame read) within this many seconds is alive. An agent pings
+    /// a third of its io-timeout (30 s by default) after its last frame.
+    static let liveWindow: Double = 15
+    /// Taking an id from a live connection this many times within `takeoverWindow` seconds
+    /// means two agents share the id: further newcomers are refused while the owner lives.
+    static let takeoversAllowed = 2
+    static let takeoverWindow: Double = 60
+
+    /// Makes `connection` the agent's only one. The newest connection wins, as an agent that
+    /// restarted, or reconnected after a cut the collector has not noticed, must not wait for
+    /// its old connection to time out: the owner is told why (`kill(peer)`) and closed, and
+    /// waited for at most `timeout` seconds. But an id taken from a live owner more than
+    /// `takeoversAllowed` times in `takeoverWindow` seconds belongs to two agents: a newcomer
+    /// is then refused (`.inUse`) while the owner lives, so that the two stop taking the
+    /// connection from each other.
+    func claim(_ connection: ObjectIdentifier, peer: String, heard: @escaping () -> Double, kill: @escaping (String) -> Void, timeout: Double) -> Claim {
+        state.lock()
+        let now = monotonicNow()
+        if owner != nil, let last = ownerHeard?(), now - last < Self.liveWindow {
+            takeovers.removeAll { now - $0 > Self.takeoverWindow }
+            if takeovers.count >= Self.takeoversAllowed {
+                let other = ownerPeer ?? "?"
+                state.unlock()
+                return .inUse(peer: other, ago: now - last)
+            }
+            takeovers.append(now)
+        }
+        // Told outside the lock: telling it is a send, which may wait on its socket.
+        let current = owner != nil ? ownerKill : nil
+        state.unlock()
+        current?(peer)
         state.lock()
         defer { state.unlock() }
-        if owner != nil { ownerKill?() }
         let deadline = Date(timeIntervalSinceNow: timeout)
         while owner != nil {
-            if !state.wait(until: deadline) { return false }
+            if !state.wait(until: deadline) { return .timedOut }
         }
         owner = connection
         ownerKill = kill
-        return true
+        ownerPeer = peer
+        ownerHeard = heard
+        return .claimed
     }
 
     func release(_ connection: ObjectIdentifier) {
@@ -209,6 +253,8 @@ final class AgentStore: @unchecked Sendable {
         if owner == connection {
             owner = nil
             ownerKill = nil
+            ownerPeer = nil
+            ownerHeard = nil
             state.broadcast()
         }
         state.unlock()

@@ -226,6 +226,9 @@ public final class CollectorStats: @unchecked Sendable {
         case commit
         /// The ledger could not be written or synced.
         case ledger
+        /// A connection presented an agent id that another live connection holds (two agents
+        /// with one id): refused.
+        case agentIDInUse = "agent_id_in_use"
         /// Anything else that ended a connection.
         case `internal`
     }

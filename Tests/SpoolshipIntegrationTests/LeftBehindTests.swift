@@ -64,12 +64,9 @@ import Testing
         _ = try Self.plantEveryKind(in: spool)
         #expect(Harness.waitUntil(timeout: 30) { agent.output.components(separatedBy: "file cannot be shipped").count - 1 == 6 },
                 "each named at once, without a restart:\n\(agent.output)")
-        let status = try Daemon("spoolship", ["status", "--json", "--socket", c.agentSocket().path], log: c.nextLog("status"))
-        #expect(status.wait(timeout: 30) == 0)
-        let json = try JSONSerialization.jsonObject(with: Data(status.output.utf8)) as? [String: Any]
-        let spools = json?["spools"] as? [[String: Any]]
-        #expect((spools?.first?["unshippable"] as? Int) == 6, "\(status.output)")
-        #expect((json?["left_behind"] as? [[String: Any]])?.count == 6, "\(status.output)")
+        let json = try StatusTests.json(c.agentSocket())
+        #expect(((json["spools"] as? [[String: Any]])?.first?["unshippable"] as? Int) == 6, "\(json)")
+        #expect((json["left_behind"] as? [[String: Any]])?.count == 6, "\(json)")
         // A hard link into the spool (maildir style: link, then unlink the original).
         let outside = c.root.appendingPathComponent("elsewhere.bin")
         try Harness.writeRandomFile(outside, size: 5000, seed: 5)
@@ -81,9 +78,7 @@ import Testing
         // Removed, a left-behind file is no longer counted.
         unlink(spool.appendingPathComponent("fifo").path)
         #expect(Harness.waitUntil(timeout: 30) {
-            let s = try? Daemon("spoolship", ["status", "--json", "--socket", c.agentSocket().path], log: c.nextLog("status"))
-            guard let s = s, s.wait(timeout: 30) == 0,
-                  let j = try? JSONSerialization.jsonObject(with: Data(s.output.utf8)) as? [String: Any] else { return false }
+            let j = (try? StatusTests.json(c.agentSocket())) ?? [:]
             return ((j["spools"] as? [[String: Any]])?.first?["unshippable"] as? Int) == 5
         }, "the removed FIFO is forgotten")
     }
