@@ -126,10 +126,11 @@ import Testing
         #expect(a.value(#"spoolship_agent_pending_segments{spool="spool"}"#) == 0)
         #expect(a.value(#"spoolship_agent_pending_bytes{spool="spool"}"#) == 0)
         #expect(a.value(#"spoolship_agent_oldest_pending_age_seconds{spool="spool"}"#) == 0)
+        #expect(a.value(#"spoolship_agent_unshippable_files{spool="spool"}"#) == 0)
         #expect(a.value("spoolship_agent_connected") == 1)
         #expect(a.value("spoolship_agent_reconnects_total") == 0)
         #expect(a.value("spoolship_agent_resumes_total") == 0)
-        for kind in ["connect", "connection", "refused", "segment", "checksum", "deferred", "seal", "remove"] {
+        for kind in ["connect", "connection", "refused", "segment", "checksum", "deferred", "seal", "remove", "unshippable"] {
             #expect(a.value("spoolship_agent_errors_total{kind=\"\(kind)\"}") == 0, "errors of kind \(kind)")
         }
         #expect(a.types["spoolship_agent_shipped_segments"] == "counter")
@@ -151,7 +152,7 @@ import Testing
             #expect(m.value("spoolship_collector_fsync_seconds_bucket{file=\"\(file)\",le=\"+Inf\"}") == count)
             #expect((m.value("spoolship_collector_fsync_seconds_sum{file=\"\(file)\"}") ?? -1) >= 0)
         }
-        #expect(m.samples.keys.filter { $0.hasPrefix("spoolship_collector_errors_total{") }.count == 10)
+        #expect(m.samples.keys.filter { $0.hasPrefix("spoolship_collector_errors_total{") }.count == 11, "every kind present, at 0")
         #expect(m.samples.filter { $0.key.hasPrefix("spoolship_collector_errors_total{") }.values.reduce(0, +) == 0)
 
         // The same figures as spoolship status: both read the same counters.
