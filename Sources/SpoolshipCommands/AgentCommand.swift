@@ -174,6 +174,8 @@ struct AgentCommand: ParsableCommand {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(logLevel ?? "")'")
         }
         Processes.fixMallocMmapThreshold()
+        // The reaper holds up to a batch of acknowledged files open while it removes them.
+        Processes.raiseDescriptorLimit()
         SpoolshipLogging.bootstrap(level: level)
         var logger = Logger(label: "spoolship-agent")
         logger[metadataKey: "agent.id"] = "\(current.agentID)"

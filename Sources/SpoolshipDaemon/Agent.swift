@@ -146,7 +146,20 @@ public final class Agent: @unchecked Sendable {
     var skippedEvents: Set<String> = []
     /// Files closed after writing in a spool with a settle time, not left alone long enough
     /// yet: when to look at them again (monotonic seconds), by `spool/name`.
-    var unsettled: [String: Double] = [:]
+    var unsettled: [String: Unsettled] = [:]
+    /// A file waiting out its spool's settle time: when to look again (monotonic seconds), and
+    /// its size and mtime when it was last looked at. Left alone means unchanged between two
+    /// looks `settle` apart, on the monotonic clock: a skewed mtime cannot hold it up.
+    struct Unsettled: Sendable {
+        var due: Double
+        var size: Int64
+        var mtimeNs: Int64
+    }
+    /// Names the agent itself just renamed back into a spool (a shipped file still written
+    /// to): their IN_MOVED_TO is not a producer's rename that makes them complete.
+    var putBack: Set<String> = []
+    /// The last connection ended with ERROR 10 (agent id in use): wait at least 5 s.
+    var lastIDInUse = false
     /// Files sealed whose seal could not be recorded (a full state disk): sealed again by the
     /// watcher every `sealLaterEvery` seconds until it can be.
     var sealLater: Set<String> = []
@@ -352,10 +365,10 @@ public final class Agent: @unchecked Sendable {
     /// computes its checksum. Returns nil for what is not (yet) to be shipped.
     /// `renamedIn`: the file was just renamed into the spool, which makes it complete whatever
     /// the spool's settle time.
-    func seal(spool: String, name: String, renamedIn: Bool = false) -> Segment? {
+    /// `settled`: what the file was when it was last looked at for its settle time.
+    func seal(spool: String, name: String, renamedIn: Bool = false, settled: Unsettled? = nil) -> Segment? {
         if Names.isInProgress(name) { return nil }
         let key = "\(spool)/\(name)"
-        state.withLock { _ = unsettled.removeValue(forKey: key) }
         let known: Bool = state.withLock {
             if byName[key] != nil {
                 skippedEvents.insert(key)
@@ -387,10 +400,16 @@ public final class Agent: @unchecked Sendable {
             // writing (seen by a scan, or closed by one of two writers) waits for its last close.
             if Files.hasWriters(fd) == true { return nil }
             if let settle = settleTimes[spool], !renamedIn {
-                // Not left alone long enough yet: looked at again when it would be.
-                let age = Date().timeIntervalSince1970 - Double(mtimeNs(st)) / 1e9
-                if age < settle {
-                    state.withLock { unsettled[key] = monotonicNow() + (settle - max(0, age)) }
+                // Complete once unchanged across a whole settle time: looked at again then.
+                let now = Unsettled(due: monotonicNow() + settle, size: Int64(st.st_size), mtimeNs: mtimeNs(st))
+                if let was = settled, was.size == now.size, was.mtimeNs == now.mtimeNs {
+                    // Left alone: complete.
+                } else {
+                    state.withLock {
+                        // Another event while it waits: the wait starts over only if it changed.
+                        if let w = unsettled[key], w.size == now.size, w.mtimeNs == now.mtimeNs { return }
+                        unsettled[key] = now
+                    }
                     return nil
                 }
             }
@@ -433,6 +452,8 @@ public final class Agent: @unchecked Sendable {
         var raw: [UInt8]
         var display: String
         var reason: String
+        /// In a log spool's directory of rotated files, not in the spool's own.
+        var rotated = false
     }
 
     /// Records a file of a spool that will not ship: named once in the log (error), counted
@@ -458,7 +479,7 @@ public final class Agent: @unchecked Sendable {
     func pruneLeftBehind() {
         let entries = state.withLock { unshippable }
         for (key, e) in entries {
-            guard let dir = state.withLock({ spoolDirs[e.spool] }) else { continue }
+            guard let dir = state.withLock({ e.rotated ? rotatedDirs[e.spool] : spoolDirs[e.spool] }) else { continue }
             if (try? Files.statAt(dir, rawName: e.raw)) ?? nil == nil {
                 state.withLock {
                     unshippable[key] = nil
@@ -606,8 +627,9 @@ public final class Agent: @unchecked Sendable {
                     cannotRemove(s, error)
                 }
             }
-            // Any open(2) that found one of these files by its name before the move has taken
-            // its write access by now, breaking the lease, however long the scheduler held it up.
+            // An open(2) that found one of these files by its name just before the move takes
+            // its write access, which breaks the lease, within microseconds; the grace covers a
+            // producer that the scheduler holds up in between, unless for longer than it.
             if !held.isEmpty { usleep(UInt32(Self.removalGrace * 1_000_000)) }
             for a in held {
                 do {
@@ -665,8 +687,8 @@ public final class Agent: @unchecked Sendable {
     /// (see `moveAside`), and how many are held at once (each holds a descriptor).
     /// The least wait before connecting again after ERROR 10 (agent id in use).
     static let idInUseBackoff = 5.0
-    static let removalGrace = 0.05
-    static let removalChunk = 512
+    static let removalGrace = 0.1
+    static let removalChunk = 1024
 
     /// An acknowledged file moved aside, held open (with a read lease where the kernel gives
     /// one) from before the move until its removal.
@@ -694,7 +716,7 @@ public final class Agent: @unchecked Sendable {
     ///    is sealed again and ships whole as the next version once closed.
     /// 2. `removeAside`, once `removalGrace` has passed: from the move on no one can open it by
     ///    its name, and an open(2) that found it by its name just before the move has got its
-    ///    write access by now. If the aside name holds the sealed file, unchanged, and the
+    ///    write access by now (unless the scheduler held that producer up for longer). If the aside name holds the sealed file, unchanged, and the
     ///    lease is whole (where no lease could be had: no writer in /proc), unlink it (or
     ///    rename it into the archive dir). Otherwise put it back, under its name or as
     ///    `name~N` if the name is taken again, and seal it again: a new file that replaced the
@@ -775,6 +797,7 @@ public final class Agent: @unchecked Sendable {
             attempt += 1
         }
         let putBack = Names.alternateName(s.name, attempt: attempt)
+        state.withLock { _ = self.putBack.insert("\(s.spool)/\(putBack)") }
         if s.isSameFile(moved) {
             changedAfterSeal(s, name: putBack)
         } else {
@@ -807,7 +830,7 @@ public final class Agent: @unchecked Sendable {
             logger.error("collector refused segment; leaving the file in place", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(reason)"])
             refused.insert("\(s.spool)/\(s.name)")
             unshippable["\(s.spool)/\(s.name)"] = LeftBehind(spool: s.spool, raw: Array(s.name.utf8), display: FileName.display(Array(s.name.utf8)),
-                                                            reason: "the collector refused it: \(reason)")
+                                                            reason: "the collector refused it: \(reason)", rotated: s.kind == .log)
         }
     }
 
@@ -843,18 +866,20 @@ public final class Agent: @unchecked Sendable {
             state.withLock { scanning = true }
             spawn("scanner") { [self] in
                 scanAll()
-                // Files still within their spool's settle time are sealed once it has passed.
-                while !isStopped && nextSettled() < .infinity {
-                    heartbeats.beat("scanner")
-                    usleep(UInt32(min(0.5, max(0.01, nextSettled() - monotonicNow())) * 1_000_000))
-                    admit(sealSettled())
-                }
+
                 // A scan cut short by a stop has not seen everything: `scanning` stays set,
                 // so that the run does not report success.
                 state.withLock {
                     if !stopped { scanning = false }
                     lastProgress = monotonicNow()
                     state.broadcast()
+                }
+                // Files within their spool's settle time (found by the scan, or sealed again
+                // after a change) are sealed once it has passed, until the run ends.
+                while !isStopped && !state.withLock({ segments.isEmpty && rotations.isEmpty && unsettled.isEmpty }) {
+                    heartbeats.beat("scanner")
+                    usleep(UInt32(min(0.5, max(0.01, nextSettled() - monotonicNow())) * 1_000_000))
+                    admit(sealSettled())
                 }
             }
         }
@@ -903,6 +928,7 @@ public final class Agent: @unchecked Sendable {
             do {
                 try session.run()
                 backoff = config.backoffMin
+                state.withLock { lastIDInUse = false }
             } catch let f as FatalRefusal {
                 stats.error(.refused)
                 state.withLock { lastError = f.description; lastErrorTime = Date().timeIntervalSince1970 }
@@ -924,10 +950,12 @@ public final class Agent: @unchecked Sendable {
                 // Another agent holds the id: try again seldom, not at once (the other one may
                 // be this agent's own earlier connection, not yet timed out at the collector).
                 if session.idInUse { backoff = max(backoff, Self.idInUseBackoff) }
+                state.withLock { lastIDInUse = session.idInUse }
             }
             if let done = try checkFinished() { return done }
             // Jittered exponential backoff, interrupted by stop().
-            let wait = backoff * Double.random(in: 0.5...1.0)
+            var wait = backoff * Double.random(in: 0.5...1.0)
+            if state.withLock({ lastIDInUse }) { wait = max(wait, Self.idInUseBackoff) }
             backoff = min(config.backoffMax, backoff * 2)
             state.lock()
             let until = Date(timeIntervalSinceNow: wait)
@@ -1043,7 +1071,7 @@ public final class Agent: @unchecked Sendable {
             return ()
         }
         if config.once {
-            if segments.isEmpty && rotations.isEmpty && !scanning {
+            if segments.isEmpty && rotations.isEmpty && !scanning && unsettled.isEmpty {
                 if let why = incomplete { throw DaemonError("not everything could be shipped: \(why)") }
                 if !unshippable.isEmpty {
                     let list = unshippable.values.sorted { ($0.spool, $0.display) < ($1.spool, $1.display) }
@@ -1054,6 +1082,7 @@ public final class Agent: @unchecked Sendable {
             }
             if !scanning && monotonicNow() - lastProgress > config.timeout {
                 var pending = "\(segments.count) segment(s) still pending"
+                if !unsettled.isEmpty { pending += ", \(unsettled.count) file(s) not left alone for their settle time" }
                 if !rotations.isEmpty { pending += " and \(rotations.count) rotated file(s) not sealed" }
                 throw DaemonError("no progress for \(Int(config.timeout)) s shipping to \(config.collector); \(pending); last error: \(lastError ?? "none")")
             }
@@ -1078,16 +1107,20 @@ public final class Agent: @unchecked Sendable {
 
     /// When the first file waiting out its spool's settle time is due (infinity: none waits).
     func nextSettled() -> Double {
-        state.withLock { unsettled.values.min() ?? .infinity }
+        state.withLock { unsettled.values.map(\.due).min() ?? .infinity }
     }
 
     /// Seals the files whose settle time has passed (one written to meanwhile waits again).
     func sealSettled() -> [Segment] {
         let now = monotonicNow()
-        let due: [String] = state.withLock { unsettled.filter { $0.value <= now }.map(\.key).sorted() }
-        return due.compactMap { key in
+        let due: [(String, Unsettled)] = state.withLock {
+            let d = unsettled.filter { $0.value.due <= now }
+            for k in d.keys { unsettled[k] = nil }
+            return d.sorted { $0.key < $1.key }
+        }
+        return due.compactMap { key, was in
             guard let slash = key.firstIndex(of: "/") else { return nil }
-            return seal(spool: String(key[..<slash]), name: String(key[key.index(after: slash)...]))
+            return seal(spool: String(key[..<slash]), name: String(key[key.index(after: slash)...]), settled: was)
         }
     }
 
@@ -1129,6 +1162,8 @@ public final class Agent: @unchecked Sendable {
                         continue
                     }
                     var complete = e.mask & UInt32(IN_MOVED_TO) != 0
+                    // The agent's own rename back of a file still written to is no producer's.
+                    if complete && state.withLock({ putBack.remove("\(spool.name)/\(name)") != nil }) { complete = false }
                     if e.mask & UInt32(IN_CREATE) != 0 {
                         // Only what brings no other event: a hard link made into the spool (more
                         // than one link: complete, as a rename), or what is not a regular file.
@@ -1148,7 +1183,7 @@ public final class Agent: @unchecked Sendable {
                 }
                 for key in again {
                     guard let slash = key.firstIndex(of: "/") else { continue }
-                    if let s = seal(spool: String(key[..<slash]), name: String(key[key.index(after: slash)...]), renamedIn: true) { sealed.append(s) }
+                    if let s = seal(spool: String(key[..<slash]), name: String(key[key.index(after: slash)...])) { sealed.append(s) }
                 }
                 admit(sealed)
             }

@@ -149,7 +149,7 @@ final class AgentSession: @unchecked Sendable {
             while true {
                 if let f = failure { state.unlock(); throw f }
                 if agent.stopped { state.unlock(); return }
-                if config.once && agent.segments.isEmpty && agent.rotations.isEmpty && !agent.scanning { state.unlock(); return }
+                if config.once && agent.segments.isEmpty && agent.rotations.isEmpty && !agent.scanning && agent.unsettled.isEmpty { state.unlock(); return }
                 if config.once && !agent.scanning && monotonicNow() - agent.lastProgress > config.timeout {
                     // checkFinished reports it, with the segments still pending.
                     state.unlock()

@@ -72,11 +72,7 @@ public final class Collector: @unchecked Sendable {
         self.stats = stats
         // Each connection holds a socket, a pipe and its open partials: allow what the hard
         // limit allows.
-        var lim = rlimit()
-        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max
-            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
-        }
+        Processes.raiseDescriptorLimit()
         dataDir = try DataDir(path: config.dataDir)
         _ = dataDir.removeStalePartials(maxAge: config.partialMaxAge, logger: logger)
         if let fd = config.inheritedListener {
@@ -307,8 +303,13 @@ final class CollectorConnection: @unchecked Sendable {
         let id = store?.id ?? "?"
         logger.warning("agent id connected again from elsewhere; closing this connection (a restart, or two agents with one id?)",
                        metadata: ["agent.id": "\(id)", "other.peer": "\(peer)"])
-        try? send([.error(code: ErrorCode.agentIDInUse.rawValue, tag: 0,
-                          message: "agent id \(id) connected again from \(peer); closing this connection (two agents configured with one id?)")])
+        // Only if no send of this connection is under way: one blocked on a dead peer would hold
+        // the newcomer up until its deadline.
+        if sendLock.try() {
+            sendLock.unlock()
+            try? send([.error(code: ErrorCode.agentIDInUse.rawValue, tag: 0,
+                              message: "agent id \(id) connected again from \(peer); closing this connection (two agents configured with one id?)")])
+        }
         socket.shutdown()
     }
 

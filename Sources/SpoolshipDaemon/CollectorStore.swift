@@ -115,7 +115,8 @@ final class AgentStore: @unchecked Sendable {
         while true {
             let candidate = Names.alternateName(name, attempt: attempt)
             if try Files.renameNoReplace(partialDir, partialName, dir, candidate, label: "\(agentPath)/\(spool)/\(candidate)") {
-                state.withLock { nextVersion[key] = attempt + 1 }
+                // Remembered only for names that have versions: most names never come again.
+                if attempt > 0 { state.withLock { nextVersion[key] = attempt + 1 } }
                 return candidate
             }
             attempt += 1
@@ -333,7 +334,8 @@ final class AgentStore: @unchecked Sendable {
     /// name after making sure the directory entry is durable.
     func findOnDisk(_ key: SegmentKey) throws -> String? {
         guard let dir = try existingSpoolDir(key.spool) else { return nil }
-        for attempt in 0..<1000 {
+        // Up to the first name that is free, as a commit takes it (`commitName`).
+        for attempt in 0... {
             let name = Names.alternateName(key.name, attempt: attempt)
             let label = "\(agentPath)/\(key.spool)/\(name)"
             guard let st = try Files.statAt(dir, name, label: label) else { return nil }

@@ -88,3 +88,15 @@ public enum Processes {
         return found
     }
 }
+
+extension Processes {
+    /// Raises this process's soft limit of open descriptors to its hard limit (systemd's
+    /// LimitNOFILE= sets both; a shell usually gives 1024 soft).
+    public static func raiseDescriptorLimit() {
+        var lim = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+        }
+    }
+}

@@ -161,12 +161,12 @@ enum StatusView {
         var out = "agent \(s.agentId) (pid \(s.pid), up \(age(s.uptimeSeconds))): \(s.state)\n"
         let c = s.connection
         if c.state == "connected" {
-            out += "  collector \(s.collector): connected to \(c.collectorId ?? "?") for \(age(c.connectedSeconds ?? 0))\n"
+            out += "  collector \(s.collector): connected to \(LogText.escaped(c.collectorId ?? "?")) for \(age(c.connectedSeconds ?? 0))\n"
         } else {
             out += "  collector \(s.collector): NOT CONNECTED\n"
         }
         if let e = c.lastError {
-            out += "  last error \(c.lastErrorAgeSeconds.map { age($0) + " ago" } ?? ""): \(e)\n"
+            out += "  last error \(c.lastErrorAgeSeconds.map { age($0) + " ago" } ?? ""): \(LogText.escaped(e))\n"
         }
         let t = s.totals
         out += "  flowing: \(rate(t.sendRateBytesPerSecond)) sent, \(rate(t.shipRateBytesPerSecond)) acknowledged (last 10 s)\n"
@@ -196,7 +196,7 @@ enum StatusView {
         }
         if t.pendingSegments > 0 && c.state != "connected" {
             out += "  STUCK: \(plural(t.pendingSegments, "segment")) (\(bytes(t.pendingBytes))) wait and the agent is not connected to \(s.collector)"
-            out += c.lastError.map { "; last error: \($0)" } ?? ""
+            out += c.lastError.map { "; last error: \(LogText.escaped($0))" } ?? ""
             out += "\n"
         } else if t.pendingSegments > 0 && t.shipRateBytesPerSecond == 0 && t.sendRateBytesPerSecond == 0 && (t.oldestPendingAgeSeconds ?? 0) > 60 {
             out += "  WAITING: connected, but nothing moved in the last 10 s while \(plural(t.pendingSegments, "segment")) wait, the oldest for \(age(t.oldestPendingAgeSeconds ?? 0))\n"

@@ -20,10 +20,10 @@ struct Verify: ParsableCommand {
                       force: p.entries == p.totalEntries)
         }
         bar?.finish(keep: false)
-        for c in report.corrupt { print("CORRUPT  \(c)") }
-        for m in report.missing { print("MISSING  \(m)") }
-        for u in report.unknown { print("UNKNOWN  \(u)") }
-        for d in report.damaged { print("DAMAGED  \(d)") }
+        for c in report.corrupt { print("CORRUPT  \(LogText.escaped("\(c)"))") }
+        for m in report.missing { print("MISSING  \(LogText.escaped("\(m)"))") }
+        for u in report.unknown { print("UNKNOWN  \(LogText.escaped("\(u)"))") }
+        for d in report.damaged { print("DAMAGED  \(LogText.escaped("\(d)"))") }
         print("\(report.checked) segment(s), \(report.bytes) bytes verified; \(report.corrupt.count) corrupt, \(report.missing.count) missing, \(report.unknown.count) unknown, \(report.damaged.count) damaged ledger problem(s)")
         if !report.ok { throw ExitCode(1) }
     }
