@@ -99,4 +99,22 @@ import Testing
         #expect(versions == 1, "one complete file")
         #expect(lastText == expected.map { $0 + "\n" }.joined(), "each line once, in order")
     }
+
+    /// `--once` with a settle time waits for files not left alone long enough yet, then ships
+    /// them and exits 0.
+    @Test func once_withASettleTime_waitsOutTheSettleTime_andShips() throws {
+        let c = try Cluster("append-settle-once")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<3 { try p.add("f-\(i).bin", size: 1000 * (i + 1), seed: UInt64(i + 1), into: spool) }
+        // Written in place, as an append producer leaves it: no rename.
+        try Data("written in place\n".utf8).write(to: spool.appendingPathComponent("in-place.txt"))
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], extra: ["--settle", "1"]), timeout: 120)
+        #expect(status == 0, "\(out)")
+        #expect(try p.identical(in: c.committed()).count == 3)
+        #expect((try? String(contentsOf: c.committed().appendingPathComponent("in-place.txt"), encoding: .utf8)) == "written in place\n")
+        #expect(Harness.files(in: spool).isEmpty)
+    }
 }
