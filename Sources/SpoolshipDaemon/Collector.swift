@@ -325,7 +325,14 @@ final class CollectorConnection: @unchecked Sendable {
 
     func send(_ frames: [Frame]) throws {
         var w = FrameWriter()
-        for f in frames { w.append(f) }
+        for f in frames {
+            // An ERROR's text may quote what the peer sent (a name, an id): escaped, as in a log.
+            if case .error(let code, let tag, let message) = f {
+                w.append(.error(code: code, tag: tag, message: LogText.escaped(message)))
+            } else {
+                w.append(f)
+            }
+        }
         sendLock.lock()
         defer { sendLock.unlock() }
         if !sentPreamble {
