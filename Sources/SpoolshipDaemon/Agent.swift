@@ -683,10 +683,11 @@ public final class Agent: @unchecked Sendable {
         return failed
     }
 
-    /// How long files moved aside wait before the agent looks at them again and removes them
-    /// (see `moveAside`), and how many are held at once (each holds a descriptor).
     /// The least wait before connecting again after ERROR 10 (agent id in use).
     static let idInUseBackoff = 5.0
+
+    /// How long files moved aside wait before the agent looks at them again and removes them
+    /// (see `moveAside`), and how many are held at once (each holds a descriptor).
     static let removalGrace = 0.1
     static let removalChunk = 1024
 
