@@ -717,9 +717,9 @@ public final class Agent: @unchecked Sendable {
     ///    is sealed again and ships whole as the next version once closed.
     /// 2. `removeAside`, once `removalGrace` has passed: from the move on no one can open it by
     ///    its name, and an open(2) that found it by its name just before the move has got its
-    ///    write access by now (unless the scheduler held that producer up for longer). If the aside name holds the sealed file, unchanged, and the
-    ///    lease is whole (where no lease could be had: no writer in /proc), unlink it (or
-    ///    rename it into the archive dir). Otherwise put it back, under its name or as
+    ///    write access by now (unless the scheduler held that producer up for longer). If the
+    ///    aside name holds the sealed file, unchanged, and the lease is whole (where no lease
+    ///    could be had: no writer in /proc), unlink it (or rename it into the archive dir). Otherwise put it back, under its name or as
     ///    `name~N` if the name is taken again, and seal it again: a new file that replaced the
     ///    name just before the move, or the shipped file being written, which ships again.
     ///
