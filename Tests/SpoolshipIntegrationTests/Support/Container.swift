@@ -39,17 +39,9 @@ final class Container: @unchecked Sendable {
 
     /// The process whose parent is `parent` and whose command is `comm`, if any.
     static func child(of parent: Int32, named comm: String) -> Int32? {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
-        for e in entries {
-            guard let pid = Int32(e),
-                  let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { continue }
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            guard fields.count > 2, Int32(fields[1]) == parent else { continue }
-            let name = stat[stat.index(after: stat.firstIndex(of: "(")!)..<close]
-            if name == comm { return pid }
+        Daemon.children(of: parent).first { p in
+            (try? String(contentsOfFile: "/proc/\(p)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines) == comm
         }
-        return nil
     }
 
     /// The container's file system as the host reaches it (through its PID 1's root).

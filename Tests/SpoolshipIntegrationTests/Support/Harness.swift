@@ -301,17 +301,31 @@ final class Daemon: @unchecked Sendable {
         return String(decoding: data, as: UTF8.self)
     }
 
-    /// SIGKILL if still running, then wait for it to be reaped. Safe to call twice.
+    /// SIGKILL if still running, then wait for it to be reaped. Safe to call twice. Its
+    /// children go first: a daemon started under strace (`Cluster.launch(under:)`) would
+    /// otherwise go on running, detached, once strace is killed.
     func stop() {
         lock.lock()
         defer { lock.unlock() }
         if stopped { return }
         stopped = true
         if process.isRunning {
+            for child in Self.children(of: process.processIdentifier) { _ = Glibc.kill(child, SIGKILL) }
             _ = Glibc.kill(process.processIdentifier, SIGKILL)
             _ = Harness.waitUntil(timeout: 10) { !process.isRunning }
         }
     }
 
     deinit { stop() }
+
+    /// The processes whose parent is `pid` (from /proc/*/stat).
+    static func children(of pid: Int32) -> [Int32] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { e -> Int32? in
+            guard let p = Int32(e), let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 2 && Int32(fields[1]) == pid ? p : nil
+        }
+    }
 }
