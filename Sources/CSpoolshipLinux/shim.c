@@ -93,15 +93,6 @@ ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count) {
     return sendfile(out_fd, in_fd, (off_t *)offset, count);
 }
 
-int spsh_has_writers(int fd) {
-    if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
-        fcntl(fd, F_SETLEASE, F_UNLCK);
-        return 0;
-    }
-    if (errno == EAGAIN) return 1;
-    return -1;
-}
-
 int spsh_take_read_lease(int fd) {
     if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) return 0;
     if (errno == EAGAIN) return 1;

@@ -356,9 +356,10 @@ public final class Agent: @unchecked Sendable {
     /// How many sealed files a scan hands over to the shipper at a time.
     static let admitBatch = 256
 
-    /// In progress, by the bytes of its name: a dotfile or `*.tmp` (Names.isInProgress).
+    /// In progress, by the bytes of its name (Names.isInProgress: the ASCII prefix and suffix
+    /// it looks at survive the decoding of bytes that are not UTF-8).
     static func inProgress(_ raw: [UInt8]) -> Bool {
-        raw.first == UInt8(ascii: ".") || raw.count > 4 && Array(raw.suffix(4)) == Array(".tmp".utf8)
+        Names.isInProgress(String(decoding: raw, as: UTF8.self))
     }
 
     /// Seals one file: checks that it is a complete regular file with a shippable name, and

@@ -259,12 +259,14 @@ public enum Files {
     }
 
     /// Whether some process has the file open for writing; nil when the kernel cannot tell us
-    /// (a lease needs the file's owner or CAP_LEASE).
+    /// (a lease needs the file's owner or CAP_LEASE). A read lease taken and given back at once.
     public static func hasWriters(_ fd: OwnedFD) -> Bool? {
-        switch spsh_has_writers(fd.raw) {
-        case 0: return false
-        case 1: return true
-        default: return nil
+        switch takeReadLease(fd) {
+        case .held:
+            releaseLease(fd)
+            return false
+        case .writers: return true
+        case .unavailable: return nil
         }
     }
 

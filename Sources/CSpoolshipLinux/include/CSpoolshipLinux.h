@@ -28,11 +28,6 @@ int spsh_openat2(int dirfd, const char *path, int flags, unsigned int mode, uint
 /// ENOTDIR (a directory on the way).
 int spsh_openat_beneath(int dirfd, const char *path, int flags, unsigned int mode);
 int spsh_accept4_cloexec(int fd);
-/// Whether another process holds `fd`'s file open for writing: 1 yes, 0 no, -1 unknown (errno
-/// set; EACCES when we neither own the file nor have CAP_LEASE). Uses a read lease (fcntl
-/// F_SETLEASE F_RDLCK), which the kernel grants only when no one has the file open for writing,
-/// and releases it at once.
-int spsh_has_writers(int fd);
 /// Takes a read lease on `fd` (opened read-only) and keeps it: 0 taken, 1 someone has the file
 /// open for writing, -1 not possible (errno; EACCES when we neither own the file nor have
 /// CAP_LEASE). Any later open for writing breaks it, and waits for our release (or the
