@@ -4,7 +4,11 @@ import PackageDescription
 // Module split (docs/ARCHITECTURE.md says more):
 //   SpoolshipCore   pure logic: wire codec, names, segment keys, record logs. No syscalls.
 //   SpoolshipIO     the Linux data path: fd owners, sendfile/splice/inotify/fsync wrappers.
-//   SpoolshipDaemon the agent and the collector, built from the two above.
+//   SpoolshipDaemon what both daemons share: settings files, logging, systemd, metrics, the
+//                   control socket, the lifecycle.
+//   SpoolshipAgent  the agent (spool watching, sealing, rotation, the session, the reaper).
+//   SpoolshipCollector the collector (handshake, admission, splicing, commit, the data dir).
+//   SpoolshipDemo   the demo's harness (`spoolship demo`).
 //   SpoolshipCommands the three programs' command lines; the executables are one line each.
 //   C targets       libsystemd, zlib and ISA-L (system libraries), and a _GNU_SOURCE shim for
 //                   the calls Swift's Glibc module hides (splice, pipe2, openat2, renameat2).
@@ -56,12 +60,33 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: v5),
+        .target(
+            name: "SpoolshipAgent",
+            dependencies: [
+                "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
+            swiftSettings: v5),
+        .target(
+            name: "SpoolshipCollector",
+            dependencies: [
+                "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
+            swiftSettings: v5),
+        .target(
+            name: "SpoolshipDemo",
+            dependencies: ["SpoolshipDaemon", "SpoolshipCollector"],
+            swiftSettings: v5),
         // The three programs (agent, collector, operator's tool) as one library, so that the
         // package can ship one binary that runs the program its name says.
         .target(
             name: "SpoolshipCommands",
             dependencies: [
-                "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
+                "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon", "SpoolshipAgent", "SpoolshipCollector",
+                "SpoolshipDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

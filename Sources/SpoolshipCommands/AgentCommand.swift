@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipDaemon
+import SpoolshipAgent
 import SpoolshipIO
 
 struct AgentCommand: ParsableCommand {

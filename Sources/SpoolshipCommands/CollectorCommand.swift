@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipDaemon
+import SpoolshipCollector
 import SpoolshipIO
 
 struct CollectorCommand: ParsableCommand {

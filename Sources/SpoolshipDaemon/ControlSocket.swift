@@ -71,7 +71,7 @@ public struct ObservedSettings: Equatable, Sendable {
 public final class ControlServer: @unchecked Sendable {
     public let path: String
     /// "agent" or "collector", for the error documents.
-    let daemon: String
+    public let daemon: String
     private let listener: Socket
     private let lock: OwnedFD
     private let logger: Logger
@@ -81,9 +81,9 @@ public final class ControlServer: @unchecked Sendable {
     /// The socket file's identity, so that a stop removes only its own file.
     private let inode: (dev: UInt64, ino: UInt64)
 
-    static let maxRequest = 256
-    static let readDeadline = 2.0
-    static let writeDeadline = 5.0
+    public static let maxRequest = 256
+    public static let readDeadline = 2.0
+    public static let writeDeadline = 5.0
 
     /// Binds the socket (making its directory, mode 0700, if missing). `respond` maps a
     /// request line (without its newline) to the answer's bytes; it runs on the control thread.

@@ -9,7 +9,7 @@ extension Socket {
     /// Accepts clients and hands each to `handle`, on the calling thread, until `stopping`
     /// opens or the socket is shut down. A failed accept (EMFILE and friends) is logged, and
     /// the loop waits a moment for descriptors to come back.
-    func acceptClients(until stopping: Latch, logger: Logger, name: String, _ handle: (Socket) -> Void) {
+    public func acceptClients(until stopping: Latch, logger: Logger, name: String, _ handle: (Socket) -> Void) {
         while !stopping.isOpen {
             let client: Socket
             do {
@@ -28,7 +28,7 @@ extension Socket {
         }
     }
 
-    enum BoundedRead {
+    public enum BoundedRead {
         /// What was wanted, up to the end that `until` found.
         case complete([UInt8])
         /// More than `max` bytes without an end.
@@ -41,7 +41,7 @@ extension Socket {
 
     /// Reads until `end` finds where the request ends (the index its bytes stop at), within
     /// `seconds`; at most `max` bytes are kept without an end, and at most `readLimit` read.
-    func receiveRequest(until end: ([UInt8]) -> Int?, max: Int, readLimit: Int, within seconds: Double, sendTimeout: Double) -> BoundedRead {
+    public func receiveRequest(until end: ([UInt8]) -> Int?, max: Int, readLimit: Int, within seconds: Double, sendTimeout: Double) -> BoundedRead {
         let deadline = monotonicNow() + seconds
         var bytes: [UInt8] = []
         while true {

@@ -33,14 +33,14 @@ public enum SpoolshipLogging {
     }
 
     /// The level every handler uses; a reload may change it.
-    static let level = Locked<Logger.Level>(.info)
+    public static let level = Locked<Logger.Level>(.info)
 
     public static func setLevel(_ l: Logger.Level) { level.withLock { $0 = l } }
 
     /// Whether standard error is connected to the journal: JOURNAL_STREAM holds "DEV:INO" of
     /// the stream systemd connected, and it must be our standard error (not a pipe that a
     /// child inherited the variable through).
-    static func underJournald() -> Bool {
+    public static func underJournald() -> Bool {
         guard let v = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] else { return false }
         let parts = v.split(separator: ":")
         guard parts.count == 2, let dev = UInt64(parts[0]), let ino = UInt64(parts[1]) else { return false }
@@ -66,11 +66,11 @@ public enum LogText {
 
     /// Every value escaped (an array or a dictionary as its description), but text that is
     /// escaped already (`EscapedText`, for a name that is not valid UTF-8).
-    static func escaped(_ m: Logger.Metadata) -> Logger.Metadata {
+    public static func escaped(_ m: Logger.Metadata) -> Logger.Metadata {
         m.mapValues(escaped)
     }
 
-    static func escaped(_ v: Logger.Metadata.Value) -> Logger.Metadata.Value {
+    public static func escaped(_ v: Logger.Metadata.Value) -> Logger.Metadata.Value {
         if case .stringConvertible(let c) = v, c is EscapedText { return v }
         return .string(escaped(v.description))
     }
@@ -78,21 +78,21 @@ public enum LogText {
 
 /// swift-log's stream handler, with the level shared (and changeable at reload), and every
 /// message and value escaped (`LogText`).
-struct LevelledStreamHandler: LogHandler {
-    var inner: StreamLogHandler
-    var metadata: Logger.Metadata {
+public struct LevelledStreamHandler: LogHandler {
+    public var inner: StreamLogHandler
+    public var metadata: Logger.Metadata {
         get { inner.metadata }
         set { inner.metadata = LogText.escaped(newValue) }
     }
-    var logLevel: Logger.Level {
+    public var logLevel: Logger.Level {
         get { SpoolshipLogging.level.withLock { $0 } }
         set { SpoolshipLogging.setLevel(newValue) }
     }
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { inner[metadataKey: key] }
         set { inner[metadataKey: key] = newValue.map(LogText.escaped) }
     }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    public func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
         guard level >= logLevel else { return }
         let text = Logger.Message(stringLiteral: LogText.escaped(message.description))
         let values = metadata.map(LogText.escaped)
@@ -106,22 +106,22 @@ struct LevelledStreamHandler: LogHandler {
 /// SYSLOG_IDENTIFIER and the code location, and every metadata key as a field of its own:
 /// upper-cased, with characters outside [A-Z0-9_] as '_' (`agent.id` becomes AGENT_ID,
 /// `spool.name` SPOOL_NAME, `segment.name` SEGMENT_NAME, `peer` PEER, `offset` OFFSET).
-struct JournalLogHandler: LogHandler {
-    let label: String
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level {
+public struct JournalLogHandler: LogHandler {
+    public let label: String
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level {
         get { SpoolshipLogging.level.withLock { $0 } }
         set { SpoolshipLogging.setLevel(newValue) }
     }
 
-    init(label: String) { self.label = label }
+    public init(label: String) { self.label = label }
 
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    static func priority(_ l: Logger.Level) -> Int {
+    public static func priority(_ l: Logger.Level) -> Int {
         switch l {
         case .trace, .debug: return 7
         case .info: return 6
@@ -133,14 +133,14 @@ struct JournalLogHandler: LogHandler {
     }
 
     /// A metadata key as a journal field name.
-    static func fieldName(_ key: String) -> String {
+    public static func fieldName(_ key: String) -> String {
         var name = String(key.uppercased().map { ($0.isASCII && ($0.isLetter || $0.isNumber)) ? $0 : "_" })
         while name.hasPrefix("_") { name.removeFirst() }
         if name.isEmpty || name.first!.isNumber { name = "F" + name }
         return String(name.prefix(64))
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
         guard level >= logLevel else { return }
         var all = metadata
         if let e = explicit { all.merge(e) { $1 } }

@@ -13,7 +13,7 @@ public final class SpoolshipMetricsFactory: MetricsFactory, @unchecked Sendable 
     public init() {}
 
     /// The help line of each metric, by name.
-    static let help: [String: String] = [
+    public static let help: [String: String] = [
         "spoolship_agent_shipped_segments_total": "Segments the collector acknowledged as committed, since the agent started.",
         "spoolship_agent_shipped_bytes_total": "Bytes of the segments the collector acknowledged as committed, since the agent started.",
         "spoolship_agent_sent_bytes_total": "Segment bytes sent to the collector with sendfile (resends included).",
@@ -42,7 +42,7 @@ public final class SpoolshipMetricsFactory: MetricsFactory, @unchecked Sendable 
     ]
 
     /// fdatasync takes from well under a millisecond (a cache) to seconds (a busy disk).
-    static let fsyncBuckets: [Duration] = [
+    public static let fsyncBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500), .milliseconds(5),
         .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
         .seconds(1), .microseconds(2_500_000), .seconds(5), .seconds(10),
@@ -83,86 +83,6 @@ public final class SpoolshipMetricsFactory: MetricsFactory, @unchecked Sendable 
     public func destroyTimer(_ handler: any TimerHandler) {}
 }
 
-/// The gauges of the live state, set from a status snapshot just before each scrape, so that
-/// `/metrics` and `spoolship status` read the same figures.
-public final class AgentGauges: @unchecked Sendable {
-    private let factory: any MetricsFactory
-    private let lock = NSLock()
-    private var perSpool: [String: (segments: CoreMetrics.Gauge, bytes: CoreMetrics.Gauge, age: CoreMetrics.Gauge, rotated: CoreMetrics.Gauge, unshippable: CoreMetrics.Gauge)] = [:]
-    private let connected: CoreMetrics.Gauge
-
-    private var lastUpdate = -Double.infinity
-
-    public init(factory: any MetricsFactory) {
-        self.factory = factory
-        connected = CoreMetrics.Gauge(label: "spoolship_agent_connected", factory: factory)
-    }
-
-    /// Sets the gauges from `status()` at most once a second: the agent's status walks its
-    /// whole backlog under the agent's lock, and scrapers asking in a loop must not hold up the
-    /// data path. (The counters are always current.)
-    public func updateIfDue(_ status: () -> AgentStatus) {
-        let now = monotonicNow()
-        lock.lock()
-        let due = now - lastUpdate >= 1
-        if due { lastUpdate = now }
-        lock.unlock()
-        if due { update(status()) }
-    }
-
-    private func update(_ s: AgentStatus) {
-        lock.lock()
-        defer { lock.unlock() }
-        connected.record(s.connection.state == "connected" ? 1 : 0)
-        for sp in s.spools {
-            if perSpool[sp.name] == nil {
-                let d = [("spool", sp.name)]
-                perSpool[sp.name] = (CoreMetrics.Gauge(label: "spoolship_agent_pending_segments", dimensions: d, factory: factory),
-                                     CoreMetrics.Gauge(label: "spoolship_agent_pending_bytes", dimensions: d, factory: factory),
-                                     CoreMetrics.Gauge(label: "spoolship_agent_oldest_pending_age_seconds", dimensions: d, factory: factory),
-                                     CoreMetrics.Gauge(label: "spoolship_agent_rotated_files_to_seal", dimensions: d, factory: factory),
-                                     CoreMetrics.Gauge(label: "spoolship_agent_unshippable_files", dimensions: d, factory: factory))
-            }
-            let g = perSpool[sp.name]!
-            g.segments.record(sp.pendingSegments)
-            g.bytes.record(Double(sp.pendingBytes))
-            g.age.record(sp.oldestPendingAgeSeconds ?? 0)
-            g.rotated.record(sp.rotatedToSeal)
-            g.unshippable.record(sp.unshippable)
-        }
-        // A spool that a reload removed has nothing pending here any more: its gauges go to
-        // zero instead of keeping their last values (which would hold an alert for ever).
-        let present = Set(s.spools.map(\.name))
-        for (name, g) in perSpool where !present.contains(name) {
-            g.segments.record(0)
-            g.bytes.record(0)
-            g.age.record(0)
-            g.rotated.record(0)
-            g.unshippable.record(0)
-        }
-    }
-}
-
-public final class CollectorGauges: @unchecked Sendable {
-    private let agents, partials, partialBytes, free, reserve: CoreMetrics.Gauge
-
-    public init(factory: any MetricsFactory) {
-        agents = CoreMetrics.Gauge(label: "spoolship_collector_connected_agents", factory: factory)
-        partials = CoreMetrics.Gauge(label: "spoolship_collector_partials", factory: factory)
-        partialBytes = CoreMetrics.Gauge(label: "spoolship_collector_partial_bytes", factory: factory)
-        free = CoreMetrics.Gauge(label: "spoolship_collector_free_bytes", factory: factory)
-        reserve = CoreMetrics.Gauge(label: "spoolship_collector_free_space_reserve_bytes", factory: factory)
-    }
-
-    public func update(_ s: CollectorStatus) {
-        agents.record(s.agents.count)
-        partials.record(s.totals.partials)
-        partialBytes.record(Double(s.totals.partialBytes))
-        if let f = s.disk.freeBytes { free.record(Double(f)) }
-        reserve.record(Double(s.disk.reserveBytes))
-    }
-}
-
 /// `--metrics-listen`: a small HTTP/1.1 responder for Prometheus, written by hand on threads of
 /// its own. `GET /metrics` answers the registry in the text format 0.0.4; `GET /healthz` 200
 /// "ok" while the daemon's loops turn, 503 and the reason otherwise. One request a connection;
@@ -178,10 +98,10 @@ public final class MetricsServer: @unchecked Sendable {
     private let stopping = Latch()
     private let active = Locked(0)
 
-    static let maxHead = 8 << 10
-    static let headDeadline = 5.0
-    static let sendDeadline = 10.0
-    static let maxActive = 4
+    public static let maxHead = 8 << 10
+    public static let headDeadline = 5.0
+    public static let sendDeadline = 10.0
+    public static let maxActive = 4
 
     /// `render` gives the exposition; `health` nil when healthy, else why not.
     public init(listen: Endpoint, portFile: String?, logger: Logger,
@@ -225,13 +145,13 @@ public final class MetricsServer: @unchecked Sendable {
         listener.shutdown()
     }
 
-    static func response(_ code: Int, _ reason: String, contentType: String = "text/plain; charset=utf-8", body: [UInt8], head: Bool = false, extra: String = "") -> [UInt8] {
+    public static func response(_ code: Int, _ reason: String, contentType: String = "text/plain; charset=utf-8", body: [UInt8], head: Bool = false, extra: String = "") -> [UInt8] {
         let h = "HTTP/1.1 \(code) \(reason)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n\(extra)Connection: close\r\n\r\n"
         return Array(h.utf8) + (head ? [] : body)
     }
 
     /// Where the blank line ends the head (CRLF CRLF, or LF LF from lax clients).
-    static func endOfHead(_ b: [UInt8]) -> Int? {
+    public static func endOfHead(_ b: [UInt8]) -> Int? {
         guard b.count >= 2 else { return nil }
         for i in 1..<b.count where b[i] == 10 {
             if b[i - 1] == 10 { return i + 1 }
@@ -257,7 +177,7 @@ public final class MetricsServer: @unchecked Sendable {
         }
     }
 
-    func respond(to head: [UInt8]) -> [UInt8] {
+    public func respond(to head: [UInt8]) -> [UInt8] {
         // The request line, up to its LF (bytes: in a Swift String, CR LF is one Character).
         let firstLine = head.prefix { $0 != 10 }
         let requestLine = String(decoding: firstLine, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)

@@ -31,16 +31,17 @@ public func monotonicNow() -> Double {
 }
 
 /// A one-shot flag that threads can wait on.
-final class Latch: @unchecked Sendable {
+public final class Latch: @unchecked Sendable {
     private let cond = NSCondition()
     private var done = false
-    func open() {
+    public init() {}
+    public func open() {
         cond.lock(); done = true; cond.broadcast(); cond.unlock()
     }
-    var isOpen: Bool { cond.lock(); defer { cond.unlock() }; return done }
+    public var isOpen: Bool { cond.lock(); defer { cond.unlock() }; return done }
     /// Waits up to `timeout` seconds; returns whether the latch is open.
     @discardableResult
-    func wait(timeout: Double) -> Bool {
+    public func wait(timeout: Double) -> Bool {
         cond.lock(); defer { cond.unlock() }
         let deadline = Date(timeIntervalSinceNow: timeout)
         while !done { if !cond.wait(until: deadline) { break } }

@@ -81,7 +81,7 @@ public final class Heartbeats: @unchecked Sendable {
     }
 
     /// The loops that have not beaten for `limit` seconds, with how long.
-    func stale(limit: Double) -> [(String, Double)] {
+    public func stale(limit: Double) -> [(String, Double)] {
         let now = monotonicNow()
         lock.lock()
         defer { lock.unlock() }

@@ -5,7 +5,7 @@ import Glibc
 /// While one is shown, log lines written to standard error erase it first and draw it again
 /// after themselves, so that the two do not run into each other.
 public final class TerminalProgress: @unchecked Sendable {
-    static let shown = Locked<TerminalProgress?>(nil)
+    public static let shown = Locked<TerminalProgress?>(nil)
     private let lock = NSLock()
     private var line = ""
     private var lastDraw = -Double.infinity
@@ -49,7 +49,7 @@ public final class TerminalProgress: @unchecked Sendable {
     public static func mib(_ bytes: UInt64) -> String { String(format: "%.1f", Double(bytes) / 1_048_576) }
 
     /// Runs `body` (which writes a log line to standard error) with the bar erased around it.
-    static func aroundLogLine(_ body: () -> Void) {
+    public static func aroundLogLine(_ body: () -> Void) {
         guard let p = shown.withLock({ $0 }) else { return body() }
         p.lock.lock()
         defer { p.lock.unlock() }

@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Glibc
 import SpoolshipDaemon
+import SpoolshipAgent
+import SpoolshipCollector
 import SpoolshipIO
 
 struct Status: ParsableCommand {

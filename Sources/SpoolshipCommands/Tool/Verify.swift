@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import SpoolshipDaemon
+import SpoolshipCollector
 
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(

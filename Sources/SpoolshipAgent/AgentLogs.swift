@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipIO
+import SpoolshipDaemon
 
 /// A log stream's active file, as the rotator last saw it.
 struct StreamState {

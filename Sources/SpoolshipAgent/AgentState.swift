@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipIO
+import SpoolshipDaemon
 
 /// A segment the agent sealed and has not finished with.
 extension Segment {

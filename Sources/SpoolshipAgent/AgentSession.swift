@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipIO
+import SpoolshipDaemon
 
 /// One connection to the collector. The calling thread sends (offers, then DATA frames with
 /// sendfile as answers come back); a reader thread takes answers, checkpoints and commit

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import SpoolshipCore
 import SpoolshipIO
+import SpoolshipDaemon
 
 /// Checks a collector's data dir against its ledgers: every committed segment present with
 /// the size and checksum recorded, and no file that the ledger does not know.

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipIO
+import SpoolshipDaemon
 
 /// The collector's data dir:
 ///
@@ -348,9 +349,4 @@ final class AgentStore: @unchecked Sendable {
         }
         return nil
     }
-}
-
-public struct DaemonError: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ d: String) { description = d }
 }

@@ -6,12 +6,12 @@ import SpoolshipDaemon
 /// stdio buffer, so that they keep their order with the daemons' lines relayed among them).
 /// When standard output is a terminal, a status line stays under them, redrawn in place;
 /// otherwise there is none, and the output reads the same piped into a file.
-final class DemoOutput: @unchecked Sendable {
+public final class DemoOutput: @unchecked Sendable {
     private let lock = NSLock()
-    let terminal = isatty(STDOUT_FILENO) == 1
+    public let terminal = isatty(STDOUT_FILENO) == 1
     private var status = ""
 
-    func line(_ s: String) {
+    public func line(_ s: String) {
         lock.lock()
         defer { lock.unlock() }
         if status.isEmpty { Self.write(s + "\n") } else { Self.write("\r\u{1B}[K" + s + "\n" + status) }
@@ -21,7 +21,7 @@ final class DemoOutput: @unchecked Sendable {
 
     /// The status line (on a terminal only), redrawn at most every 100 ms, and cut to the
     /// terminal's width so that it never wraps.
-    func setStatus(_ s: String) {
+    public func setStatus(_ s: String) {
         guard terminal else { return }
         lock.lock()
         defer { lock.unlock() }
@@ -34,28 +34,28 @@ final class DemoOutput: @unchecked Sendable {
         Self.write("\r\u{1B}[K" + status)
     }
 
-    func clearStatus() {
+    public func clearStatus() {
         lock.lock()
         defer { lock.unlock() }
         if !status.isEmpty { Self.write("\r\u{1B}[K") }
         status = ""
     }
 
-    static func write(_ s: String, fd: Int32 = STDOUT_FILENO) {
+    public static func write(_ s: String, fd: Int32 = STDOUT_FILENO) {
         TerminalProgress.write(s, fd: fd)
     }
 }
 
 /// A daemon the demo runs: its standard output and error are relayed, line by line and
 /// prefixed with its name, through the demo's output.
-final class DemoDaemon: @unchecked Sendable {
-    let name: String
+public final class DemoDaemon: @unchecked Sendable {
+    public let name: String
     private let process = Process()
     private let relay: Thread
     private let relayed = Locked(0)
     private let relayDone = Locked(false)
 
-    init(_ name: String, executable: URL, arguments: [String], out: DemoOutput) throws {
+    public init(_ name: String, executable: URL, arguments: [String], out: DemoOutput) throws {
         self.name = name
         let pipe = Pipe()
         process.executableURL = executable
@@ -92,23 +92,23 @@ final class DemoDaemon: @unchecked Sendable {
         }
     }
 
-    var isRunning: Bool { process.isRunning }
+    public var isRunning: Bool { process.isRunning }
 
     /// How it ended, for a message: "exit 1; its messages are above" (when it printed any).
-    var ending: String {
+    public var ending: String {
         exitDescription + (relayed.withLock { $0 } > 0 ? "; its messages are above" : "")
     }
 
     /// "exit N" or "killed by signal N".
-    var exitDescription: String {
+    public var exitDescription: String {
         process.terminationReason == .uncaughtSignal ? "killed by signal \(process.terminationStatus)" : "exit \(process.terminationStatus)"
     }
 
-    var exitedCleanly: Bool { !process.isRunning && process.terminationReason == .exit && process.terminationStatus == 0 }
+    public var exitedCleanly: Bool { !process.isRunning && process.terminationReason == .exit && process.terminationStatus == 0 }
 
     /// Waits up to `timeout` seconds for the process to end; returns whether it did. Its last
     /// lines are relayed before this returns (or 2 s more have passed).
-    func wait(timeout: Double) -> Bool {
+    public func wait(timeout: Double) -> Bool {
         let deadline = monotonicNow() + timeout
         while process.isRunning {
             if monotonicNow() >= deadline { return false }
@@ -120,14 +120,14 @@ final class DemoDaemon: @unchecked Sendable {
     }
 
     /// SIGTERM (a graceful stop), then waits up to `timeout` seconds; returns whether it ended.
-    func stop(timeout: Double) -> Bool {
+    public func stop(timeout: Double) -> Bool {
         if process.isRunning { _ = Glibc.kill(process.processIdentifier, SIGTERM) }
         return wait(timeout: timeout)
     }
 
     /// The demo's way out when something failed: SIGTERM, and SIGKILL if it is still running
     /// 5 s later.
-    func kill() {
+    public func kill() {
         if stop(timeout: 5) { return }
         _ = Glibc.kill(process.processIdentifier, SIGKILL)
         _ = wait(timeout: 10)
@@ -140,7 +140,7 @@ nonisolated(unsafe) var demoInterrupted: sig_atomic_t = 0
 /// On SIGINT or SIGTERM the demo stops what it started and says so, instead of dying and
 /// leaving an agent and a collector running. SIGPIPE is ignored: with its output gone
 /// (`spoolship demo | head`), it still runs to its end and stops them.
-func demoHandleSignals() {
+public func demoHandleSignals() {
     demoInterrupted = 0  // initialised here, not first in the handler
     signal(SIGPIPE, SIG_IGN)
     signal(SIGINT) { demoInterrupted = $0 }
@@ -148,31 +148,31 @@ func demoHandleSignals() {
 }
 
 /// What the producers did, shared with the demo's main thread.
-struct DemoProduced {
-    struct Blob {
+public struct DemoProduced {
+    public struct Blob {
         var name: String
         var bytes: [UInt8]
         /// When it was renamed into the spool (monotonic seconds).
         var droppedAt: Double
     }
-    var blobs: [Blob] = []
+    public var blobs: [Blob] = []
     /// The log stream's bytes, as written to `app.log`.
-    var log = Data()
+    public var log = Data()
     /// When each record was written (monotonic seconds), by sequence number (from 1).
-    var recordTimes: [Double] = [0]
-    var blobsDone = false
-    var logDone = false
-    var error: String?
-    var stop = false
+    public var recordTimes: [Double] = [0]
+    public var blobsDone = false
+    public var logDone = false
+    public var error: String?
+    public var stop = false
 }
 
-enum DemoProducers {
+public enum DemoProducers {
     /// Blob sizes, in the order they are dropped: 0 B to 4 MiB.
-    static let blobSizes = [4096, 0, 1 << 20, 100, 65_536, 1, 3 << 20, 10_000, 500_000, 4 << 20, 100_000, 2 << 20]
+    public static let blobSizes = [4096, 0, 1 << 20, 100, 65_536, 1, 3 << 20, 10_000, 500_000, 4 << 20, 100_000, 2 << 20]
 
     /// Drops the blobs into `inbox` one at a time over `seconds`, each written under a hidden
     /// `.NAME.tmp` name and then renamed, as a producer should (a copy goes to `originals`).
-    static func dropBlobs(inbox: String, originals: String, seconds: Double, shared: Locked<DemoProduced>) {
+    public static func dropBlobs(inbox: String, originals: String, seconds: Double, shared: Locked<DemoProduced>) {
         let start = monotonicNow()
         let interval = seconds / Double(blobSizes.count)
         do {
@@ -200,7 +200,7 @@ enum DemoProducers {
     /// creates a new one (the spool's reopen = "path"), and the agent seals the rotated file
     /// as soon as the batch that was writing to it closes it. A copy of every byte goes to
     /// `copy`.
-    static func writeLog(path: String, copy: String, seconds: Double, period: Double = 0.05, perBatch: Int = 20, shared: Locked<DemoProduced>) {
+    public static func writeLog(path: String, copy: String, seconds: Double, period: Double = 0.05, perBatch: Int = 20, shared: Locked<DemoProduced>) {
         let start = monotonicNow()
         var seq = 0
         var rng = UInt64(0x5EED)
@@ -248,7 +248,7 @@ enum DemoProducers {
     }
 
     /// A log line as an application would write it: `TIME SEQ LEVEL message`.
-    static func record(seq: Int, rng: inout UInt64) -> String {
+    public static func record(seq: Int, rng: inout UInt64) -> String {
         rng = rng &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
         let r = Int(truncatingIfNeeded: rng >> 33)
         var ts = timespec()
@@ -271,21 +271,21 @@ enum DemoProducers {
     }
 
     /// The sequence number of a record line (its second field).
-    static func seq(ofRecord line: Data.SubSequence) -> Int? {
+    public static func seq(ofRecord line: Data.SubSequence) -> Int? {
         let fields = line.split(separator: 32, maxSplits: 2)
         guard fields.count >= 2 else { return nil }
         return Int(String(decoding: fields[1], as: UTF8.self))
     }
 
     /// The first and last record in a log segment's bytes.
-    static func recordRange(_ d: Data) -> (first: Int, last: Int)? {
+    public static func recordRange(_ d: Data) -> (first: Int, last: Int)? {
         let lines = d.split(separator: 10)
         guard let f = lines.first.flatMap(seq(ofRecord:)), let l = lines.last.flatMap(seq(ofRecord:)) else { return nil }
         return (f, l)
     }
 
     /// `size` bytes from a xorshift generator, 8 at a time (quick even in a debug build).
-    static func pseudoRandom(_ size: Int, seed: UInt64) -> [UInt8] {
+    public static func pseudoRandom(_ size: Int, seed: UInt64) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: size)
         var x = 0x9E37_79B9_7F4A_7C15 &* seed
         bytes.withUnsafeMutableBytes { p in
@@ -302,14 +302,14 @@ enum DemoProducers {
         return bytes
     }
 
-    static func write(_ bytes: [UInt8], to path: String) throws {
+    public static func write(_ bytes: [UInt8], to path: String) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw DaemonError("cannot create \(path): \(String(cString: strerror(errno)))") }
         let ok = writeAll(fd, bytes)
         guard close(fd) == 0, ok else { throw DaemonError("cannot write \(path): \(String(cString: strerror(errno)))") }
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var off = 0
         while off < bytes.count {
             let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
@@ -322,7 +322,7 @@ enum DemoProducers {
 }
 
 /// Sizes for people: `0 B`, `100 B`, `4.0 KiB`, `1.0 MiB`.
-func demoSize(_ n: Int) -> String {
+public func demoSize(_ n: Int) -> String {
     if n < 1024 { return "\(n) B" }
     if n < 1 << 20 { return String(format: "%.1f KiB", Double(n) / 1024) }
     return String(format: "%.1f MiB", Double(n) / 1_048_576)

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipIO
+import SpoolshipDaemon
 
 /// How the producers of a log spool learn to reopen the path after a rotation.
 public enum ReopenMethod: Sendable, Equatable, CustomStringConvertible {

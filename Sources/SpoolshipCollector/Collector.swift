@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import SpoolshipCore
 import SpoolshipIO
+import SpoolshipDaemon
 
 public struct CollectorConfig: Sendable {
     public var listen: Endpoint

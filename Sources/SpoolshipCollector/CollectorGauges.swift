@@ -1,0 +1,24 @@
+import CoreMetrics
+import Foundation
+import Glibc
+import SpoolshipDaemon
+
+public final class CollectorGauges: @unchecked Sendable {
+    private let agents, partials, partialBytes, free, reserve: CoreMetrics.Gauge
+
+    public init(factory: any MetricsFactory) {
+        agents = CoreMetrics.Gauge(label: "spoolship_collector_connected_agents", factory: factory)
+        partials = CoreMetrics.Gauge(label: "spoolship_collector_partials", factory: factory)
+        partialBytes = CoreMetrics.Gauge(label: "spoolship_collector_partial_bytes", factory: factory)
+        free = CoreMetrics.Gauge(label: "spoolship_collector_free_bytes", factory: factory)
+        reserve = CoreMetrics.Gauge(label: "spoolship_collector_free_space_reserve_bytes", factory: factory)
+    }
+
+    public func update(_ s: CollectorStatus) {
+        agents.record(s.agents.count)
+        partials.record(s.totals.partials)
+        partialBytes.record(Double(s.totals.partialBytes))
+        if let f = s.disk.freeBytes { free.record(Double(f)) }
+        reserve.record(Double(s.disk.reserveBytes))
+    }
+}
