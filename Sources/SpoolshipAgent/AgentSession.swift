@@ -7,12 +7,17 @@ import SpoolshipDaemon
 
 /// One connection to the collector. The calling thread sends (offers, then DATA frames with
 /// sendfile as answers come back); a reader thread takes answers, checkpoints and commit
-/// acknowledgements, and processes acknowledgements in batches.
+/// acknowledgements, and processes acknowledgements in batches. It talks to the agent's
+/// segment queue only; what becomes of a segment that cannot ship as sealed is the agent's
+/// to say (`Agent.drop`, `refuse`, `sealAgain`), never sealed here.
+///
+/// `@unchecked Sendable`: every stored `var` is read and written only while holding `cond`
+/// (the sender and the reader share them); the `let`s are Sendable.
 final class AgentSession: @unchecked Sendable {
     unowned let agent: Agent
-    var logger: Logger
-    private var socket: Socket?
-    // Under agent.state:
+    let logger: Logger
+    private let cond = NSCondition()
+    // Under `cond`:
     private var inflight: [UInt64: UInt64] = [:]      // tag -> segment id
     private var sendQueue: [(tag: UInt64, offset: UInt64)] = []
     /// Offers to withdraw (ERROR 104): answered, but their segment is gone before any DATA.
@@ -37,20 +42,22 @@ final class AgentSession: @unchecked Sendable {
     }
 
     var config: AgentConfig { agent.config }
-    var state: NSCondition { agent.state }
+    var queue: SegmentQueue { agent.queue }
+    private func locked<R>(_ body: () throws -> R) rethrows -> R {
+        cond.lock()
+        defer { cond.unlock() }
+        return try body()
+    }
+    /// Wakes the sender (new offers, a stop).
+    private func wake() { cond.lock(); cond.broadcast(); cond.unlock() }
 
     func run() throws {
         let sock = try Socket.connect(config.collector, timeout: config.connectTimeout)
-        socket = sock
         // A stop shuts this socket down at once: a DATA frame under way is cut, and the
         // collector keeps what arrived (the next start resumes from it).
-        let stoppedAlready = state.withLock { () -> Bool in
-            agent.currentSocket = sock
-            return agent.stopped
-        }
-        if stoppedAlready { sock.shutdown() }
+        agent.connection.hold(sock)
         defer {
-            state.withLock { agent.currentSocket = nil }
+            agent.connection.release()
             sock.shutdown()
             try? sock.fd.close()
         }
@@ -67,14 +74,14 @@ final class AgentSession: @unchecked Sendable {
         logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
         established = true
         agent.stats.connected()
-        state.withLock { agent.connectedTo = welcome.collectorID; agent.connectedSince = Date().timeIntervalSince1970 }
-        defer { state.withLock { agent.connectedTo = nil; agent.connectedSince = nil } }
-        state.withLock {
-            // Everything not yet acknowledged is offered again on a new connection. (A welcome
-            // alone is not progress: a collector that accepts and then fails every offer must
-            // not keep `--once` alive forever.)
-            agent.toOffer = agent.segments.values.filter { !$0.acked }.map { $0.id }.sorted()
-        }
+        agent.health.update { $0.connectedTo = welcome.collectorID; $0.connectedSince = Date().timeIntervalSince1970 }
+        defer { agent.health.update { $0.connectedTo = nil; $0.connectedSince = nil } }
+        // Everything not yet acknowledged is offered again on a new connection. (A welcome
+        // alone is not progress: a collector that accepts and then fails every offer must not
+        // keep `--once` alive forever.)
+        queue.offerAllAgain()
+        queue.onChange { [self] in wake() }
+        defer { queue.onChange(nil) }
         let readerDone = Latch()
         startThread("reader \(config.collector)") { [self] in
             readLoop(sock, decoder)
@@ -132,10 +139,10 @@ final class AgentSession: @unchecked Sendable {
     }
 
     private func fail(_ e: Error) {
-        state.lock()
+        cond.lock()
         if failure == nil { failure = e }
-        state.broadcast()
-        state.unlock()
+        cond.broadcast()
+        cond.unlock()
     }
 
     // MARK: sending
@@ -146,44 +153,40 @@ final class AgentSession: @unchecked Sendable {
             var offers: [Frame] = []
             var sends: [(tag: UInt64, offset: UInt64, segment: Segment)] = []
             var ping = false
-            state.lock()
+            var tooLarge: [Segment] = []
+            cond.lock()
             while true {
-                if let f = failure { state.unlock(); throw f }
-                if agent.stopped { state.unlock(); return }
-                if config.once && agent.segments.isEmpty && agent.rotations.isEmpty && !agent.scanning && agent.unsettled.isEmpty { state.unlock(); return }
-                if config.once && !agent.scanning && monotonicNow() - agent.lastProgress > config.timeout {
+                if let f = failure { cond.unlock(); throw f }
+                if agent.threads.isStopped { cond.unlock(); return }
+                if config.once && agent.everythingShipped { cond.unlock(); return }
+                if config.once && !agent.blobs.isScanning && queue.sinceProgress > config.timeout {
                     // checkFinished reports it, with the segments still pending.
-                    state.unlock()
+                    cond.unlock()
                     return
                 }
-                agent.releaseDeferred()
-                let canOffer = inflight.count < window && !agent.toOffer.isEmpty
+                let canOffer = inflight.count < window && queue.hasOffers
                 if canOffer || !sendQueue.isEmpty || !withdrawals.isEmpty { break }
                 let idle = monotonicNow() - lastSent
                 if idle >= config.ioTimeout / 3 { ping = true; break }
                 if !inflight.isEmpty && monotonicNow() - lastHeard > config.ioTimeout {
-                    state.unlock()
+                    cond.unlock()
                     throw DaemonError("no word from collector \(config.collector) for \(Int(config.ioTimeout)) s with \(inflight.count) segment(s) outstanding")
                 }
-                agent.heartbeats.beat("shipper")
-                _ = state.wait(until: Date(timeIntervalSinceNow: min(1, max(0.05, config.ioTimeout / 3 - idle))))
+                agent.threads.heartbeats.beat("shipper")
+                _ = cond.wait(until: Date(timeIntervalSinceNow: min(1, max(0.05, config.ioTimeout / 3 - idle))))
             }
-            while inflight.count < window, !agent.toOffer.isEmpty {
-                let id = agent.toOffer.removeFirst()
-                guard let s = agent.segments[id], !s.acked else { continue }
+            for s in queue.nextOffers(max: window - inflight.count) {
                 if s.size > maxSegment {
-                    state.unlock()
-                    agent.refuse(id, reason: "\(s.size) bytes is more than the collector's maximum segment size of \(maxSegment)")
-                    state.lock()
+                    tooLarge.append(s)
                     continue
                 }
                 let tag = nextTag
                 nextTag += 1
-                inflight[tag] = id
+                inflight[tag] = s.id
                 offers.append(.offer(Offer(tag: tag, kind: s.kind, key: s.key)))
             }
             for q in sendQueue {
-                if let id = inflight[q.tag], let s = agent.segments[id] {
+                if let id = inflight[q.tag], let s = queue.segment(id) {
                     sends.append((q.tag, q.offset, s))
                 } else {
                     // Forgotten since the answer (dropped, refused): the collector holds the
@@ -196,7 +199,10 @@ final class AgentSession: @unchecked Sendable {
             for tag in withdrawals { offers.append(Self.withdrawal(tag)) }
             withdrawals.removeAll()
             if ping && offers.isEmpty && sends.isEmpty && inflight.isEmpty { lastHeard = monotonicNow() }
-            state.unlock()
+            cond.unlock()
+            for s in tooLarge {
+                agent.refuse(s.id, reason: "\(s.size) bytes is more than the collector's maximum segment size of \(maxSegment)")
+            }
 
             var w = FrameWriter()
             for o in offers { w.append(o) }
@@ -213,10 +219,10 @@ final class AgentSession: @unchecked Sendable {
     }
 
     private func sendData(_ sock: Socket, tag: UInt64, offset: UInt64, segment s: Segment) throws {
-        guard let dir = agent.directory(for: s) else { return }
+        guard let dir = agent.dirs.holding(s) else { return }
         let label = "\(s.spool)/\(s.name)"
-        guard let fd = try openIfPresent(dir, s.name, label: label) else {
-            state.withLock { inflight[tag] = nil }
+        guard let fd = try Files.openIfPresent(dir, s.name, label: label) else {
+            locked { inflight[tag] = nil }
             var w = FrameWriter()
             w.append(Self.withdrawal(tag))
             try sock.sendAll(w.bytes)
@@ -224,19 +230,14 @@ final class AgentSession: @unchecked Sendable {
             return
         }
         let st = try Files.fstat(fd)
-        guard UInt64(st.st_dev) == s.dev, UInt64(st.st_ino) == s.ino, UInt64(st.st_size) == s.size, agent.mtimeNs(st) == s.mtimeNs else {
+        guard s.isSealed(st) else {
             // Changed after it was sealed: withdraw the offer, drop this seal; the file is
             // sealed again as it is now.
-            state.withLock { inflight[tag] = nil }
+            locked { inflight[tag] = nil }
             var w = FrameWriter()
             w.append(Self.withdrawal(tag))
             try sock.sendAll(w.bytes)
-            if s.kind == .log {
-                agent.sealAgain(s)
-            } else {
-                agent.drop(s.id, reason: "the file changed after it was sealed; sealing it again")
-                agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
-            }
+            agent.sealAgain(s, reason: "the file changed after it was sealed; sealing it again")
             return
         }
         let count = s.size - offset
@@ -250,20 +251,12 @@ final class AgentSession: @unchecked Sendable {
             try ZeroCopy.sendFile(fd, offset: Int64(offset + sent), count: Int64(n), to: sock)
             sent += n
             agent.stats.sent(bytes: n)
-            agent.heartbeats.beat("shipper")
+            agent.threads.heartbeats.beat("shipper")
         }
     }
 
     static func withdrawal(_ tag: UInt64) -> Frame {
         .error(code: ErrorCode.withdrawn.rawValue, tag: tag, message: "the file changed or went away before its data was sent")
-    }
-
-    private func openIfPresent(_ dir: OwnedFD, _ name: String, label: String) throws -> OwnedFD? {
-        do {
-            return try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
-        } catch let e as SyscallError where e.errno == ENOENT {
-            return nil
-        }
     }
 
     // MARK: receiving
@@ -279,7 +272,7 @@ final class AgentSession: @unchecked Sendable {
                 if !acks.isEmpty { acknowledge(acks) }
                 guard let bytes = try receive(sock) else { continue }
                 if bytes.isEmpty { throw DaemonError("collector \(config.collector) closed the connection") }
-                state.withLock { lastHeard = monotonicNow() }
+                locked { lastHeard = monotonicNow() }
                 decoder.feed(bytes)
             }
         } catch {
@@ -294,7 +287,7 @@ final class AgentSession: @unchecked Sendable {
         do {
             return try sock.receive(max: 64 * 1024)
         } catch let e as SyscallError where e.errno == ETIMEDOUT {
-            let silent = state.withLock { !inflight.isEmpty && monotonicNow() - lastHeard > config.ioTimeout }
+            let silent = locked { !inflight.isEmpty && monotonicNow() - lastHeard > config.ioTimeout }
             if silent { throw DaemonError("no word from collector \(config.collector) for \(Int(config.ioTimeout)) s") }
             return nil
         }
@@ -303,13 +296,13 @@ final class AgentSession: @unchecked Sendable {
     private func handle(_ f: Frame, _ acks: inout [(UInt64, String)]) throws {
         switch f {
         case .answer(let tag, let status, let offset):
-            state.lock()
-            defer { state.unlock() }
-            guard let id = inflight[tag], let s = agent.segments[id] else { return }
+            cond.lock()
+            defer { cond.unlock() }
+            guard let id = inflight[tag], let s = queue.segment(id) else { return }
             if status == .committed {
                 // An answer to send is not progress yet (a full collector disk answers, then
                 // fails): only durable bytes and commits are.
-                agent.lastProgress = monotonicNow()
+                queue.progressed()
                 madeProgress = true
                 acks.append((tag, s.name))
             } else {
@@ -319,24 +312,26 @@ final class AgentSession: @unchecked Sendable {
                     agent.stats.resumed(bytes: offset)
                 }
                 sendQueue.append((tag, offset))
-                state.broadcast()
+                cond.broadcast()
             }
         case .checkpoint:
-            state.withLock { agent.lastProgress = monotonicNow(); madeProgress = true }
+            queue.progressed()
+            locked { madeProgress = true }
         case .committed(let tag, let stored):
-            state.withLock { agent.lastProgress = monotonicNow(); madeProgress = true }
+            queue.progressed()
+            locked { madeProgress = true }
             acks.append((tag, stored))
         case .pong:
             break
         case .error(let code, let tag, let message):
             let c = ErrorCode(rawValue: code)
-            if c == .agentIDInUse { state.withLock { idInUse = true } }
+            if c == .agentIDInUse { locked { idInUse = true } }
             if tag != 0, let c = c, c.retryLater {
                 // No room at the collector for now: keep the file, offer it again later.
                 logger.warning("collector cannot take a segment now; offering it again later", metadata: ["error.code": "\(c)", "error": "\(message)"])
                 agent.stats.error(.deferred)
-                let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
-                if let id = id { agent.offerLater(id) }
+                let id: UInt64? = locked { inflight.removeValue(forKey: tag) }
+                if let id = id { queue.offerLater(id) }
                 return
             }
             if tag != 0, let c = c, !c.closesConnection {
@@ -344,21 +339,16 @@ final class AgentSession: @unchecked Sendable {
                 // checksum did not match).
                 logger.warning("collector could not commit a segment; offering it again", metadata: ["error.code": "\(c)", "error": "\(message)"])
                 agent.stats.error(c == .checksumMismatch ? .checksum : .segment)
-                let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
-                if let id = id, c == .checksumMismatch, let s = state.withLock({ agent.segments[id] }) {
-                    if s.kind == .log {
-                        agent.sealAgain(s)
-                    } else {
-                        agent.drop(id, reason: "checksum mismatch at the collector")
-                        agent.admit([agent.seal(spool: s.spool, name: s.name)].compactMap { $0 })
-                    }
+                let id: UInt64? = locked { inflight.removeValue(forKey: tag) }
+                if let id = id, c == .checksumMismatch, let s = queue.segment(id) {
+                    agent.sealAgain(s, reason: "checksum mismatch at the collector")
                 } else if let id = id {
-                    state.withLock { agent.toOffer.insert(id, at: 0); state.broadcast() }
+                    queue.offerFirst(id)
                 }
                 return
             }
             if (c == .badName || c == .tooLarge), tag != 0 {
-                let id: UInt64? = state.withLock { inflight.removeValue(forKey: tag) }
+                let id: UInt64? = locked { inflight.removeValue(forKey: tag) }
                 if let id = id { agent.refuse(id, reason: message) }
             }
             refusedByCollector = true
@@ -372,10 +362,10 @@ final class AgentSession: @unchecked Sendable {
     }
 
     private func acknowledge(_ acks: [(UInt64, String)]) {
-        let ids: [(UInt64, String)] = state.withLock {
+        let ids: [(UInt64, String)] = locked {
             acks.compactMap { (tag, stored) in inflight.removeValue(forKey: tag).map { ($0, stored) } }
         }
-        agent.acknowledged(ids)
-        state.withLock { state.broadcast() }
+        agent.reaper.reap(queue.acknowledged(ids))
+        wake()
     }
 }

@@ -82,47 +82,46 @@ extension Agent {
     public func status() -> AgentStatus {
         let snap = stats.snapshot()
         let now = Date().timeIntervalSince1970
-        return state.withLock {
-            // A segment waits since it was sealed; one found sealed at start, since its file
-            // was last modified (the seal time is not kept in the state).
-            var bySpool: [String: (count: Int, bytes: UInt64, oldest: Double?)] = [:]
-            for s in segments.values where !s.acked {
-                var e = bySpool[s.spool] ?? (0, 0, nil)
-                e.count += 1
-                e.bytes += s.size
-                e.oldest = min(e.oldest ?? .infinity, s.sealedAt ?? Double(s.mtimeNs) / 1e9)
-                bySpool[s.spool] = e
-            }
-            var rotated: [String: Int] = [:]
-            for r in rotations.values { rotated[r.spool, default: 0] += 1 }
-            var st = AgentStatus.idle(config: config, stats: snap, state: stopped ? "stopping" : "running")
-            func age(_ since: Double?) -> Double? { since.map { StatusFormat.seconds(now - $0) } }
-            var oldest: Double?
-            for i in st.spools.indices {
-                let name = st.spools[i].name
-                guard let e = bySpool[name] else { st.spools[i].rotatedToSeal = rotated[name] ?? 0; continue }
-                st.spools[i].pendingSegments = e.count
-                st.spools[i].pendingBytes = e.bytes
-                st.spools[i].oldestPendingAgeSeconds = age(e.oldest)
-                st.spools[i].rotatedToSeal = rotated[name] ?? 0
-                st.totals.pendingSegments += e.count
-                st.totals.pendingBytes += e.bytes
-                oldest = min(oldest ?? .infinity, e.oldest ?? .infinity)
-            }
-            st.totals.oldestPendingAgeSeconds = age(oldest)
-            for e in unshippable.values.sorted(by: { ($0.spool, $0.display) < ($1.spool, $1.display) }) {
-                if let i = st.spools.firstIndex(where: { $0.name == e.spool }) { st.spools[i].unshippable += 1 }
-                if st.leftBehind.count < AgentStatus.leftBehindShown {
-                    st.leftBehind.append(AgentStatus.LeftBehind(spool: e.spool, name: e.display, reason: e.reason))
-                }
-            }
-            st.connection.state = connectedTo == nil ? "disconnected" : "connected"
-            st.connection.collectorId = connectedTo
-            st.connection.connectedSeconds = connectedSince.map { StatusFormat.seconds(now - $0) }
-            st.connection.lastError = lastError
-            st.connection.lastErrorAgeSeconds = lastErrorTime.map { StatusFormat.seconds(now - $0) }
-            return st
+        let h = health.read()
+        // A segment waits since it was sealed; one found sealed at start, since its file was
+        // last modified (the seal time is not kept in the state).
+        var bySpool: [String: (count: Int, bytes: UInt64, oldest: Double?)] = [:]
+        for s in queue.all where !s.acked {
+            var e = bySpool[s.spool] ?? (0, 0, nil)
+            e.count += 1
+            e.bytes += s.size
+            e.oldest = min(e.oldest ?? .infinity, s.sealedAt ?? Double(s.mtimeNs) / 1e9)
+            bySpool[s.spool] = e
         }
+        var rotated: [String: Int] = [:]
+        for r in rotations.all { rotated[r.spool, default: 0] += 1 }
+        var st = AgentStatus.idle(config: config, stats: snap, state: threads.isStopped ? "stopping" : "running")
+        func age(_ since: Double?) -> Double? { since.map { StatusFormat.seconds(now - $0) } }
+        var oldest: Double?
+        for i in st.spools.indices {
+            let name = st.spools[i].name
+            guard let e = bySpool[name] else { st.spools[i].rotatedToSeal = rotated[name] ?? 0; continue }
+            st.spools[i].pendingSegments = e.count
+            st.spools[i].pendingBytes = e.bytes
+            st.spools[i].oldestPendingAgeSeconds = age(e.oldest)
+            st.spools[i].rotatedToSeal = rotated[name] ?? 0
+            st.totals.pendingSegments += e.count
+            st.totals.pendingBytes += e.bytes
+            oldest = min(oldest ?? .infinity, e.oldest ?? .infinity)
+        }
+        st.totals.oldestPendingAgeSeconds = age(oldest)
+        for e in leftBehind.all {
+            if let i = st.spools.firstIndex(where: { $0.name == e.spool }) { st.spools[i].unshippable += 1 }
+            if st.leftBehind.count < AgentStatus.leftBehindShown {
+                st.leftBehind.append(AgentStatus.LeftBehind(spool: e.spool, name: e.display, reason: e.reason))
+            }
+        }
+        st.connection.state = h.connectedTo == nil ? "disconnected" : "connected"
+        st.connection.collectorId = h.connectedTo
+        st.connection.connectedSeconds = h.connectedSince.map { StatusFormat.seconds(now - $0) }
+        st.connection.lastError = h.lastError
+        st.connection.lastErrorAgeSeconds = h.lastErrorTime.map { StatusFormat.seconds(now - $0) }
+        return st
     }
 }
 

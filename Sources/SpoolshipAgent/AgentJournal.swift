@@ -5,75 +5,6 @@ import SpoolshipCore
 import SpoolshipIO
 import SpoolshipDaemon
 
-/// A segment the agent sealed and has not finished with.
-extension Segment {
-    /// Whether `st` is this segment's file (device and inode).
-    func isSameFile(_ st: stat) -> Bool { UInt64(st.st_dev) == dev && UInt64(st.st_ino) == ino }
-
-    /// Whether `st` is this segment's file as it was sealed (size and mtime too).
-    func isSealed(_ st: stat) -> Bool {
-        isSameFile(st) && UInt64(st.st_size) == size && Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec) == mtimeNs
-    }
-}
-
-struct Segment: Sendable {
-    var id: UInt64
-    var spool: String
-    var name: String
-    var kind: SegmentKind
-    var dev: UInt64
-    var ino: UInt64
-    var size: UInt64
-    var crc: UInt32
-    var mtimeNs: Int64
-    var acked: Bool = false
-    var stored: String?
-    /// When this process sealed it (wall clock; not in the state file): nil for a segment
-    /// found sealed in the state at start.
-    var sealedAt: Double?
-
-    var key: SegmentKey { SegmentKey(spool: spool, name: name, size: size, crc: crc) }
-
-    var sealRecord: StateRecord {
-        var r = StateRecord(op: .seal, id: id)
-        r.spool = spool; r.name = name; r.kind = kind; r.dev = dev; r.ino = ino
-        r.size = size; r.crc = crc; r.mtimeNs = mtimeNs
-        return r
-    }
-}
-
-/// A log stream's active file that was (or is about to be) renamed aside as segment `seq`,
-/// and is not sealed yet.
-struct Rotation: Sendable {
-    var id: UInt64
-    var spool: String
-    var stream: String
-    var seq: UInt64
-    var dev: UInt64
-    var ino: UInt64
-    // In memory only:
-    /// Whether the rename into the rotated directory is known to have happened.
-    var renamed = false
-    /// The file's size when it was renamed: it can only grow from there.
-    var sizeAtRotation: UInt64 = 0
-    /// Whether both directories were synced since the rename (R1: a renamed file counts only
-    /// once its directory is synced); the sealer syncs them first when not.
-    var synced = false
-    /// When the sealer first found a writer holding the file, and when it last said so.
-    var waitingSince: Double?
-    var lastWarned: Double = 0
-
-    var rawName: String { LogNames.segmentName(stream: stream, seq: seq, compressed: false) }
-    var gzName: String { LogNames.segmentName(stream: stream, seq: seq, compressed: true) }
-    var streamKey: String { "\(spool)/\(stream)" }
-
-    var record: StateRecord {
-        var r = StateRecord(op: .rotate, id: id)
-        r.spool = spool; r.name = stream; r.seq = seq; r.dev = dev; r.ino = ino
-        return r
-    }
-}
-
 /// What the journal held at start.
 struct LoadedState {
     var segments: [UInt64: Segment] = [:]
@@ -87,7 +18,10 @@ struct LoadedState {
 /// (`state.journal`, format in docs/FORMATS.md), replayed at start and compacted when it grows.
 /// Acks are synced before anything is deleted (R4); seals and dones need no sync of their own,
 /// since a lost seal is redone from the file and a lost done is redone from the ack.
-final class AgentJournal {
+///
+/// `@unchecked Sendable`: appends come from several threads (the sealers, the rotator, the
+/// reaper, a session's re-seal); `fd` and `appended` change only while holding `lock`.
+final class AgentJournal: @unchecked Sendable {
     let dir: String
     static let fileName = "state.journal"
     private var fd: OwnedFD

@@ -1,0 +1,322 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipCore
+import SpoolshipIO
+import SpoolshipDaemon
+
+/// The reaper keeps rule R4 whole: a spool file is deleted (or archived) only after the
+/// collector acknowledged its segment as committed, and the acknowledgement is journaled and
+/// synced before the file goes. For each batch: journal the acks (synced), move each file
+/// aside and check it, unlink it (or rename it into the archive dir), sync its directory,
+/// journal it done, and hand it back to the queue. A crash anywhere is finished at the next
+/// start (`recover`): a journaled ack whose file is still there is removed again.
+///
+/// `@unchecked Sendable`: every stored `var` is read and written only while holding `cond`;
+/// the `let`s are Sendable or thread-safe.
+final class Reaper: @unchecked Sendable {
+    private let cond = NSCondition()
+    private let journal: AgentJournal
+    private let queue: SegmentQueue
+    private let dirs: SpoolDirectories
+    /// Each spool's archive dir (`--archive-dir`), or none: acknowledged files are deleted.
+    private let archiveDirs: [String: OwnedFD]
+    private let threads: AgentThreads
+    private let logger: Logger
+    private let stats: AgentStats
+    /// Where the reaper sends names to seal again (files that took a shipped one's name, a
+    /// shipped file put back), and the names it puts back itself.
+    private let sealer: BlobSealer
+    /// Rewrites the journal when it has grown (the agent gathers the live state).
+    private let compact: @Sendable () -> Void
+    // Under `cond`:
+    /// Acknowledged segments waiting for the reaper.
+    private var pending: [Segment] = []
+    /// Acknowledged segments whose ack record is already synced (a retry must not append it
+    /// again).
+    private var journaled: Set<UInt64> = []
+    private var idle = false
+
+    /// How long files moved aside wait before the reaper looks at them again and removes them
+    /// (see `moveAside`), and how many are held at once (each holds a descriptor).
+    static let removalGrace = 0.1
+    static let removalChunk = 1024
+
+    init(journal: AgentJournal, queue: SegmentQueue, dirs: SpoolDirectories, archiveDirs: [String: OwnedFD], threads: AgentThreads,
+         sealer: BlobSealer, logger: Logger, stats: AgentStats, compact: @escaping @Sendable () -> Void) {
+        self.journal = journal
+        self.queue = queue
+        self.dirs = dirs
+        self.archiveDirs = archiveDirs
+        self.threads = threads
+        self.sealer = sealer
+        self.logger = logger
+        self.stats = stats
+        self.compact = compact
+        threads.onStop { [cond] in cond.lock(); cond.broadcast(); cond.unlock() }
+    }
+
+    /// At start, before any thread: finishes removing what was acknowledged before the last
+    /// stop. A file that cannot be removed now is retried by the reaper's thread, never a
+    /// failed start.
+    func recover(_ acked: [Segment]) {
+        guard !acked.isEmpty else { return }
+        let failed = finish(acked)
+        cond.lock()
+        journaled.formUnion(failed.map(\.id))
+        pending += failed
+        cond.unlock()
+    }
+
+    /// Hands acknowledged segments to the reaper.
+    func reap(_ acked: [Segment]) {
+        guard !acked.isEmpty else { return }
+        cond.lock()
+        pending += acked
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Waits up to `timeout` seconds for the reaper to finish what it holds after a stop.
+    func waitIdle(timeout: Double) {
+        cond.lock()
+        let until = Date(timeIntervalSinceNow: timeout)
+        while !idle { if !cond.wait(until: until) { break } }
+        cond.unlock()
+    }
+
+    /// The reaper's thread. A file that cannot be removed is logged and retried a little
+    /// later, alone: it never holds up the others.
+    func run() {
+        while true {
+            cond.lock()
+            while pending.isEmpty && !threads.isStopped {
+                threads.heartbeats.beat("reaper")
+                _ = cond.wait(until: Date(timeIntervalSinceNow: 1))
+            }
+            threads.heartbeats.beat("reaper")
+            if pending.isEmpty { idle = true; cond.broadcast(); cond.unlock(); return }
+            let batch = pending
+            pending.removeAll()
+            let unjournaled = batch.filter { !journaled.contains($0.id) }
+            cond.unlock()
+            do {
+                try journal.append(unjournaled.map { var r = StateRecord(op: .ack, id: $0.id); r.stored = $0.stored; return r }, sync: true)
+            } catch {
+                // Still acknowledged in memory, so never offered again; retry shortly.
+                logger.error("cannot record acknowledgements; retrying", metadata: ["error": "\(error)"])
+                cond.lock()
+                pending = batch + pending
+                _ = cond.wait(until: Date(timeIntervalSinceNow: 1))
+                cond.unlock()
+                continue
+            }
+            cond.lock()
+            journaled.formUnion(unjournaled.map(\.id))
+            cond.unlock()
+            let failed = finish(batch)
+            if !failed.isEmpty {
+                cond.lock()
+                if threads.isStopped {
+                    // Stopping: what cannot be removed now is removed at the next start.
+                    idle = true
+                    cond.broadcast()
+                    cond.unlock()
+                    return
+                }
+                pending += failed
+                _ = cond.wait(until: Date(timeIntervalSinceNow: 5))
+                cond.unlock()
+            }
+        }
+    }
+
+    /// Deletes (or archives) the local copies of acknowledged segments, syncs their
+    /// directories, and records them done. Returns the segments that failed, to retry.
+    private func finish(_ batch: [Segment]) -> [Segment] {
+        var touched: [String: OwnedFD] = [:]
+        var removed: [Segment] = []
+        var failed: [Segment] = []
+        var rescan: [(String, String)] = []
+        func cannotRemove(_ s: Segment, _ error: Error) {
+            logger.error("cannot remove an acknowledged file; will retry", metadata: ["spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)"])
+            stats.error(.remove)
+            failed.append(s)
+        }
+        for start in stride(from: 0, to: batch.count, by: Self.removalChunk) {
+            var held: [Aside] = []
+            for s in batch[start..<min(start + Self.removalChunk, batch.count)] {
+                do {
+                    switch try moveAside(s, touched: &touched, rescan: &rescan) {
+                    case .done: removed.append(s)
+                    case .retry: failed.append(s)
+                    case .moved(let a): held.append(a)
+                    }
+                } catch {
+                    cannotRemove(s, error)
+                }
+            }
+            // An open(2) that found one of these files by its name just before the move takes
+            // its write access, which breaks the lease, within microseconds; the grace covers a
+            // producer that the scheduler holds up in between, unless for longer than it.
+            if !held.isEmpty { usleep(UInt32(Self.removalGrace * 1_000_000)) }
+            for a in held {
+                do {
+                    try removeAside(a, rescan: &rescan)
+                    removed.append(a.segment)
+                } catch {
+                    cannotRemove(a.segment, error)
+                }
+                Files.releaseLease(a.fd)
+            }
+        }
+        var synced = removed
+        for (key, d) in touched {
+            do {
+                try Files.fsync(d)
+            } catch {
+                // R4: not done until its directory is synced. Retry those of this directory.
+                logger.error("cannot sync a spool directory after removing files; will retry", metadata: ["directory": "\(key)", "error": "\(error)"])
+                let spool = key.hasPrefix("archive/") ? String(key.dropFirst("archive/".count))
+                    : key.hasPrefix("rotated/") ? String(key.dropFirst("rotated/".count)) : key
+                failed += synced.filter { $0.spool == spool }
+                synced.removeAll { $0.spool == spool }
+            }
+        }
+        do {
+            try journal.append(synced.map { StateRecord(op: .done, id: $0.id) }, sync: false)
+        } catch {
+            logger.error("cannot record removed files as done; the next start checks them again", metadata: ["error": "\(error)"])
+        }
+        cond.lock()
+        for s in synced { journaled.remove(s.id) }
+        cond.unlock()
+        rescan += queue.finished(synced)
+        compact()
+        // Files that took the name meanwhile are new segments: the blob watcher seals them.
+        for (spool, name) in rescan { sealer.requestSeal(spool: spool, name: name) }
+        return failed
+    }
+
+    /// An acknowledged file moved aside, held open (with a read lease where the kernel gives
+    /// one) from before the move until its removal.
+    private struct Aside {
+        var segment: Segment
+        var dir: OwnedFD
+        var fd: OwnedFD
+        var lease: Files.ReadLease
+    }
+
+    private enum MoveAside {
+        case done, retry
+        case moved(Aside)
+    }
+
+    /// The private name a file is moved aside to (ignored by scans: it starts with a dot).
+    static func asideName(_ id: UInt64) -> String { ".spoolship-reap-\(id)" }
+
+    /// Removes acknowledged files, never another file that took the name, and never a file
+    /// that changed since it was sealed or that a process holds open for writing. In two steps,
+    /// a batch at a time (`finish`):
+    ///
+    /// 1. `moveAside`: if the name holds the sealed file (device, inode, size, mtime), open it,
+    ///    take a read lease (the kernel gives one only while no one has the file open for
+    ///    writing, and any later open for writing breaks it), and rename it aside to a private
+    ///    dotfile name (`.spoolship-reap-<id>`, ignored by scans), without replacing. A file
+    ///    held open for writing, or grown or rewritten since its seal, is left where it is: it
+    ///    is sealed again and ships whole as the next version once closed.
+    /// 2. `removeAside`, once `removalGrace` has passed: from the move on no one can open it by
+    ///    its name, and an open(2) that found it by its name just before the move has got its
+    ///    write access by now (unless the scheduler held that producer up for longer). If the
+    ///    aside name holds the sealed file, unchanged, and the lease is whole (where no lease
+    ///    could be had: no writer in /proc), unlink it (or rename it into the archive dir).
+    ///    Otherwise put it back, under its name or as `name~N` if the name is taken again, and
+    ///    seal it again: a new file that replaced the name just before the move, or the
+    ///    shipped file being written, which ships again.
+    ///
+    /// Without the lease and the wait, a producer that appends in place and had just opened
+    /// the file would write into an unlinked file, lost. A crash between the steps leaves the
+    /// aside name, which the next start finishes.
+    private func moveAside(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> MoveAside {
+        guard let dir = dirs.holding(s) else { return .done }
+        // The directory is synced whatever happens below: a retry after a failed directory
+        // sync finds the file already gone, and must still sync before recording it done.
+        touched[s.kind == .log ? "rotated/\(s.spool)" : s.spool] = dir
+        if let adir = archiveDirs[s.spool] { touched["archive/\(s.spool)"] = adir }
+        let label = "\(s.spool)/\(s.name)"
+        let aside = Self.asideName(s.id)
+        let asideLabel = "\(s.spool)/\(aside)"
+        if try Files.statAt(dir, aside, label: asideLabel) != nil {
+            // Moved aside before a crash: held now, and looked at with the rest.
+            guard let fd = try Files.openIfPresent(dir, aside, label: asideLabel) else { return .done }
+            return .moved(Aside(segment: s, dir: dir, fd: fd, lease: Files.takeReadLease(fd)))
+        }
+        guard let fd = try Files.openIfPresent(dir, s.name, label: label) else { return .done }  // gone: nothing of ours is left
+        let st = try Files.fstat(fd)
+        guard s.isSealed(st) else {
+            if s.isSameFile(st) {
+                // Appended to or rewritten after the seal: the collector has the version that
+                // was sealed; this one ships as the next.
+                changedAfterSeal(s, name: s.name)
+                if s.kind == .blob { rescan.append((s.spool, s.name)) }
+            }
+            return .done  // else another file took the name: it is not ours to remove
+        }
+        let lease = Files.takeReadLease(fd)
+        if lease == .writers {
+            changedAfterSeal(s, name: s.name)
+            if s.kind == .blob { rescan.append((s.spool, s.name)) }
+            return .done
+        }
+        guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return .retry }
+        return .moved(Aside(segment: s, dir: dir, fd: fd, lease: lease))
+    }
+
+    private func removeAside(_ a: Aside, rescan: inout [(String, String)]) throws {
+        let s = a.segment
+        let label = "\(s.spool)/\(s.name)"
+        let aside = Self.asideName(s.id)
+        let asideLabel = "\(s.spool)/\(aside)"
+        guard let moved = try Files.statAt(a.dir, aside, label: asideLabel) else { return }
+        let held = try Files.fstat(a.fd)
+        let written: Bool
+        switch a.lease {
+        case .held: written = !Files.readLeaseIntact(a.fd)
+        case .writers: written = true
+        case .unavailable: written = !Processes.writers(dev: UInt64(held.st_dev), ino: UInt64(held.st_ino)).isEmpty
+        }
+        let ours = s.isSameFile(moved) && UInt64(held.st_dev) == UInt64(moved.st_dev) && UInt64(held.st_ino) == UInt64(moved.st_ino)
+        if ours && s.isSealed(moved) && !written {
+            if let adir = archiveDirs[s.spool] {
+                var attempt = 0
+                while try !Files.renameNoReplace(a.dir, aside, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
+                    attempt += 1
+                }
+            } else {
+                try Files.unlink(a.dir, aside, label: asideLabel)
+            }
+            return
+        }
+        var attempt = 0
+        while try !Files.renameNoReplace(a.dir, aside, a.dir, Names.alternateName(s.name, attempt: attempt), label: label) {
+            attempt += 1
+        }
+        let putBack = Names.alternateName(s.name, attempt: attempt)
+        sealer.putBack(spool: s.spool, name: putBack)
+        if s.isSameFile(moved) {
+            changedAfterSeal(s, name: putBack)
+        } else {
+            logger.notice("a new file took the name of a shipped one; it stays and is shipped too", metadata: [
+                "spool.name": "\(s.spool)", "segment.name": "\(putBack)"])
+        }
+        if s.kind == .blob { rescan.append((s.spool, putBack)) }
+    }
+
+    /// A shipped file that a producer appended to, rewrote or still holds open for writing: it
+    /// stays, and is sealed and shipped again whole once closed (the collector keeps both
+    /// versions, the later as `name~N`).
+    private func changedAfterSeal(_ s: Segment, name: String) {
+        logger.notice("a shipped file changed after it was sealed or is still open for writing; it stays and ships again whole once closed", metadata: [
+            "spool.name": "\(s.spool)", "segment.name": "\(name)", "bytes.shipped": "\(s.size)"])
+    }
+}
