@@ -113,6 +113,13 @@ let package = Package(
         .testTarget(
             name: "SpoolshipCoreTests",
             dependencies: ["SpoolshipCore", "SpoolshipFuzzing"]),
+        // In-process tests of the agent's parts (the segment queue, a rotation model test).
+        .testTarget(
+            name: "SpoolshipAgentTests",
+            dependencies: [
+                "SpoolshipAgent", "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "SpoolshipIntegrationTests",
             dependencies: ["SpoolshipCore", "SpoolshipIO"],

@@ -90,7 +90,7 @@ final class LogSealer: @unchecked Sendable {
     }
 
     /// Tries to seal every renamed rotation once.
-    private func sealPending() {
+    func sealPending() {
         for r in table.renamed {
             if threads.isStopped { return }
             sealRotation(r)
