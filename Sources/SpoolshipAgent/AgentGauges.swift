@@ -5,6 +5,9 @@ import SpoolshipDaemon
 
 /// The gauges of the live state, set from a status snapshot just before each scrape, so that
 /// `/metrics` and `spoolship status` read the same figures.
+///
+/// `@unchecked Sendable`: scrapes come on the metrics server's threads; `perSpool` and
+/// `lastUpdate` change only while holding `lock`, and the gauges are thread-safe.
 public final class AgentGauges: @unchecked Sendable {
     private let factory: any MetricsFactory
     private let lock = NSLock()
@@ -19,7 +22,7 @@ public final class AgentGauges: @unchecked Sendable {
     }
 
     /// Sets the gauges from `status()` at most once a second: the agent's status walks its
-    /// whole backlog under the agent's lock, and scrapers asking in a loop must not hold up the
+    /// whole backlog (under its parts' locks), and scrapers asking in a loop must not hold up the
     /// data path. (The counters are always current.)
     public func updateIfDue(_ status: () -> AgentStatus) {
         let now = monotonicNow()

@@ -4,6 +4,10 @@ import Glibc
 import SpoolshipDaemon
 
 /// The agent's figures since the process started (a reload keeps them).
+///
+/// `@unchecked Sendable`: the data path's threads all count here; every stored `var` is read
+/// and written only while holding `lock`, and the metrics (swift-metrics handlers) are
+/// thread-safe.
 public final class AgentStats: @unchecked Sendable {
     /// What went wrong, as counted in `errors` (and the metric's `kind` label).
     public enum ErrorKind: String, CaseIterable, Sendable, Codable {

@@ -111,7 +111,7 @@ final class BlobSealer: @unchecked Sendable {
     /// `--once`: the scanner seals everything there is now, a batch at a time while the first
     /// ones ship, then what waits out its settle time or is asked for again, until the run ends
     /// (`finished`).
-    func scanOnce(finished: @escaping () -> Bool) {
+    func scanOnce(finished: @escaping @Sendable () -> Bool) {
         locked { scanning = true }
         watching.open()
         threads.spawn("scanner") { [self] in

@@ -61,7 +61,7 @@ enum LogRecovery {
                 var adopted: [Rotation] = []
                 for name in present.sorted() {
                     if name.hasPrefix(".") {
-                        if name.hasSuffix(".tmp") { try? Files.unlink(rdir, name, label: "\(rlabel)/\(name)") }
+                        if name.hasSuffix(".tmp") { _ = try? Files.unlink(rdir, name, label: "\(rlabel)/\(name)") }
                         continue  // reaper leftovers are the reaper's
                     }
                     if sealedNames.contains(name) || rotating.contains(name) { continue }

@@ -198,14 +198,14 @@ final class LogSealer: @unchecked Sendable {
                 try Files.rename(rdir, tmp, rdir, r.gzName, label: "\(rlabel)/\(r.gzName)")
                 return (st, result.size, result.crc)
             } catch {
-                try? Files.unlink(rdir, tmp, label: tmp)
+                _ = try? Files.unlink(rdir, tmp, label: tmp)
                 throw error
             }
         } catch {
             if error is StoppedWork { throw error }
             logger.warning("cannot compress a rotated log file; shipping it uncompressed", metadata: [
                 "spool.name": "\(r.spool)", "segment.name": "\(r.rawName)", "error": "\(error)"])
-            try? Files.unlink(rdir, r.gzName, label: r.gzName)
+            _ = try? Files.unlink(rdir, r.gzName, label: r.gzName)
             return nil
         }
     }
