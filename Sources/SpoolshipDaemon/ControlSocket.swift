@@ -219,23 +219,16 @@ public final class ControlServer: @unchecked Sendable {
 
 /// The settings a daemon takes at start only (the control socket, the metrics listener), to
 /// tell at a reload which of them changed and wait for a restart.
-public final class FixedAtStart: @unchecked Sendable {
-    private let lock = NSLock()
-    private var atStart: ObservedSettings?
+public struct FixedAtStart: Sendable {
+    public let atStart: ObservedSettings
 
-    public init() {}
-
-    public func record(_ settings: ObservedSettings) {
-        lock.lock(); defer { lock.unlock() }
-        atStart = settings
-    }
+    public init(_ atStart: ObservedSettings) { self.atStart = atStart }
 
     /// The keys whose new value differs from the one in use.
     public func changed(_ next: ObservedSettings) -> [String] {
-        lock.lock(); defer { lock.unlock() }
         var out: [String] = []
-        if next.controlSocket != atStart?.controlSocket { out.append("control-socket") }
-        if next.metrics != atStart?.metrics { out.append("metrics-listen") }
+        if next.controlSocket != atStart.controlSocket { out.append("control-socket") }
+        if next.metrics != atStart.metrics { out.append("metrics-listen") }
         return out
     }
 }
