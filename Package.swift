@@ -58,8 +58,7 @@ let package = Package(
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-            ],
-            swiftSettings: v5),
+            ]),
         .target(
             name: "SpoolshipAgent",
             dependencies: [
@@ -78,8 +77,7 @@ let package = Package(
             swiftSettings: v5),
         .target(
             name: "SpoolshipDemo",
-            dependencies: ["SpoolshipDaemon", "SpoolshipCollector"],
-            swiftSettings: v5),
+            dependencies: ["SpoolshipDaemon", "SpoolshipCollector"]),
         // The three programs (agent, collector, operator's tool) as one library, so that the
         // package can ship one binary that runs the program its name says.
         .target(
@@ -89,8 +87,7 @@ let package = Package(
                 "SpoolshipDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: v5),
+            ]),
         .executableTarget(name: "spoolship-agent", dependencies: ["SpoolshipCommands"]),
         .executableTarget(name: "spoolship-collector", dependencies: ["SpoolshipCommands"]),
         .executableTarget(name: "spoolship", dependencies: ["SpoolshipCommands"]),

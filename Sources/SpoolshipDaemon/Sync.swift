@@ -15,7 +15,7 @@ public final class Locked<Value>: @unchecked Sendable {
 /// Starts a named thread (the data path runs on threads of its own, never on Swift's
 /// cooperative pool, because it blocks in sendfile, splice and fsync).
 @discardableResult
-public func startThread(_ name: String, stackSize: Int = 1 << 20, _ body: @escaping () -> Void) -> Thread {
+public func startThread(_ name: String, stackSize: Int = 1 << 20, _ body: @escaping @Sendable () -> Void) -> Thread {
     let t = Thread(block: body)
     t.name = name
     t.stackSize = stackSize

@@ -91,7 +91,7 @@ public final class Heartbeats: @unchecked Sendable {
     /// Starts the watchdog thread when the manager asked for one: it checks every half
     /// interval, and pings only when no loop is stale (stale: no beat for half the interval,
     /// at least `minimumStale` seconds). `status` is called at each turn for the STATUS= line.
-    public func startWatchdog(logger: Logger, minimumStale: Double = 5, status: @escaping () -> String) {
+    public func startWatchdog(logger: Logger, minimumStale: Double = 5, status: @escaping @Sendable () -> String) {
         let interval = Systemd.watchdogInterval()
         startThread("watchdog") { [self] in
             var lastStatus = ""
