@@ -110,6 +110,10 @@ let package = Package(
         .testTarget(
             name: "SpoolshipCoreTests",
             dependencies: ["SpoolshipCore", "SpoolshipFuzzing"]),
+        // In-process tests of what needs no daemon: settings precedence, the lifecycle runner.
+        .testTarget(
+            name: "SpoolshipDaemonTests",
+            dependencies: ["SpoolshipDaemon", "SpoolshipAgent", "SpoolshipCollector", "SpoolshipIO"]),
         .testTarget(
             name: "SpoolshipIntegrationTests",
             dependencies: ["SpoolshipCore", "SpoolshipIO"],
