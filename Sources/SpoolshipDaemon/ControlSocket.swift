@@ -68,7 +68,7 @@ public struct ObservedSettings: Equatable, Sendable {
 /// A lock file beside the socket (`PATH.lock`, flock) is held for the daemon's life: whoever
 /// holds it owns the path, so a socket file left by a killed daemon is replaced at the next
 /// start, and a second daemon given the same path is told so instead of stealing it.
-public final class ControlServer: @unchecked Sendable {
+public final class ControlServer: Sendable {
     public let path: String
     /// "agent" or "collector", for the error documents.
     public let daemon: String

@@ -1,6 +1,10 @@
 import Foundation
 
 /// A lock around a value, for state shared between a daemon's threads.
+///
+/// `@unchecked Sendable`: `value` is read and written only inside `withLock`, under `lock`.
+/// It stays usable from modules still in Swift 5 mode with values that are not `Sendable`;
+/// new code in Swift 6 mode holds its state in a `Mutex` (Synchronization) instead.
 public final class Locked<Value>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Value
@@ -31,6 +35,9 @@ public func monotonicNow() -> Double {
 }
 
 /// A one-shot flag that threads can wait on.
+///
+/// `@unchecked Sendable`: `done` is read and written only with `cond` locked (a `Mutex` has
+/// no condition to wait on with a deadline).
 public final class Latch: @unchecked Sendable {
     private let cond = NSCondition()
     private var done = false
