@@ -58,8 +58,7 @@ let package = Package(
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-            ],
-            swiftSettings: v5),
+            ]),
         .target(
             name: "SpoolshipAgent",
             dependencies: [
@@ -77,8 +76,7 @@ let package = Package(
             swiftSettings: v5),
         .target(
             name: "SpoolshipDemo",
-            dependencies: ["SpoolshipDaemon", "SpoolshipCollector"],
-            swiftSettings: v5),
+            dependencies: ["SpoolshipDaemon", "SpoolshipCollector"]),
         // The three programs (agent, collector, operator's tool) as one library, so that the
         // package can ship one binary that runs the program its name says.
         .target(
@@ -88,8 +86,7 @@ let package = Package(
                 "SpoolshipDemo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: v5),
+            ]),
         .executableTarget(name: "spoolship-agent", dependencies: ["SpoolshipCommands"]),
         .executableTarget(name: "spoolship-collector", dependencies: ["SpoolshipCommands"]),
         .executableTarget(name: "spoolship", dependencies: ["SpoolshipCommands"]),
@@ -119,6 +116,10 @@ let package = Package(
                 "SpoolshipAgent", "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // In-process tests of what needs no daemon: settings precedence, the lifecycle runner.
+        .testTarget(
+            name: "SpoolshipDaemonTests",
+            dependencies: ["SpoolshipDaemon", "SpoolshipAgent", "SpoolshipCollector", "SpoolshipIO"]),
         .testTarget(
             name: "SpoolshipIntegrationTests",
             dependencies: ["SpoolshipCore", "SpoolshipIO"],

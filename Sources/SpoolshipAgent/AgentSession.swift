@@ -83,8 +83,10 @@ final class AgentSession: @unchecked Sendable {
         queue.onChange { [self] in wake() }
         defer { queue.onChange(nil) }
         let readerDone = Latch()
+        // What the handshake read past WELCOME goes to the reader with the decoder.
+        let handedOver = decoder
         startThread("reader \(config.collector)") { [self] in
-            readLoop(sock, decoder)
+            readLoop(sock, handedOver)
             readerDone.open()
         }
         defer {

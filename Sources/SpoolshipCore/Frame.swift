@@ -378,7 +378,7 @@ public enum FrameCodec {
 /// An incremental decoder: feed it bytes as they arrive, in slices of any size, and take whole
 /// frames out. A DATA frame's payload is not consumed: after `.data(_, _, length)` the caller
 /// takes `length` payload bytes, first from `takeBuffered(upTo:)`, then from the stream.
-public struct FrameDecoder {
+public struct FrameDecoder: Sendable {
     public let maxBody: Int
     private var buffer: [UInt8] = []
     private var start = 0

@@ -68,7 +68,7 @@ public struct ObservedSettings: Equatable, Sendable {
 /// A lock file beside the socket (`PATH.lock`, flock) is held for the daemon's life: whoever
 /// holds it owns the path, so a socket file left by a killed daemon is replaced at the next
 /// start, and a second daemon given the same path is told so instead of stealing it.
-public final class ControlServer: @unchecked Sendable {
+public final class ControlServer: Sendable {
     public let path: String
     /// "agent" or "collector", for the error documents.
     public let daemon: String
@@ -79,7 +79,7 @@ public final class ControlServer: @unchecked Sendable {
     private let stopping = Latch()
     private let done = Latch()
     /// The socket file's identity, so that a stop removes only its own file.
-    private let inode: (dev: UInt64, ino: UInt64)
+    private let socketFile: PathStatus
 
     public static let maxRequest = 256
     public static let readDeadline = 2.0
@@ -102,24 +102,24 @@ public final class ControlServer: @unchecked Sendable {
             throw DaemonError("control socket \(path) belongs to another running daemon (it holds \(path).lock); give this one its own --control-socket")
         }
         lock = l
-        var st = stat()
-        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
+        // What is at the path now; a failure to look counts as nothing there (the bind says more).
+        let before = try? Files.linkStatus(path)
+        if let b = before, !b.isSocket {
             throw DaemonError("control socket \(path): a file that is not a socket is in the way; remove it or choose another path")
         }
-        if (st.st_mode & S_IFMT) == S_IFSOCK, let live = try? Socket.connectUnix(path, timeout: 1) {
+        if before?.isSocket == true, let live = try? Socket.connectUnix(path, timeout: 1) {
             // Nobody holds the lock, yet something listens there: not a socket of ours that
             // a killed daemon left (that one refuses connections), so not ours to replace.
             try? live.fd.close()
             throw DaemonError("control socket \(path): another program listens on that path; choose another path")
         }
         listener = try Socket.listenUnix(path, mode: 0o600)
-        guard lstat(path, &st) == 0 else { throw SyscallError(call: "lstat", path: path, errno: Glibc.errno) }
-        inode = (UInt64(st.st_dev), UInt64(st.st_ino))
-        var dst = stat()
-        if !dir.isEmpty, stat(dir, &dst) == 0, dst.st_mode & 0o077 != 0 {
+        guard let bound = try Files.linkStatus(path) else { throw SyscallError(call: "lstat", path: path, errno: ENOENT) }
+        socketFile = bound
+        if !dir.isEmpty, let d = try? Files.status(dir), d.permissions & 0o077 != 0 {
             // The socket's own mode keeps others out (connect needs write permission on it).
             logger.notice("the control socket's directory is open to others; the socket itself is owner-only", metadata: [
-                "path": "\(dir)", "mode": "\(String(dst.st_mode & 0o777, radix: 8))"])
+                "path": "\(dir)", "mode": "\(String(d.permissions, radix: 8))"])
         }
     }
 
@@ -179,9 +179,8 @@ public final class ControlServer: @unchecked Sendable {
         stopping.open()
         listener.shutdown()
         done.wait(timeout: Self.writeDeadline + 1)
-        var st = stat()
-        if lstat(path, &st) == 0, UInt64(st.st_dev) == inode.dev, UInt64(st.st_ino) == inode.ino {
-            _ = unlink(path)
+        if let now = try? Files.linkStatus(path), now.isSameFile(as: socketFile) {
+            _ = try? Files.unlink(path: path)
         }
         try? listener.fd.close()
     }
@@ -220,23 +219,16 @@ public final class ControlServer: @unchecked Sendable {
 
 /// The settings a daemon takes at start only (the control socket, the metrics listener), to
 /// tell at a reload which of them changed and wait for a restart.
-public final class FixedAtStart: @unchecked Sendable {
-    private let lock = NSLock()
-    private var atStart: ObservedSettings?
+public struct FixedAtStart: Sendable {
+    public let atStart: ObservedSettings
 
-    public init() {}
-
-    public func record(_ settings: ObservedSettings) {
-        lock.lock(); defer { lock.unlock() }
-        atStart = settings
-    }
+    public init(_ atStart: ObservedSettings) { self.atStart = atStart }
 
     /// The keys whose new value differs from the one in use.
     public func changed(_ next: ObservedSettings) -> [String] {
-        lock.lock(); defer { lock.unlock() }
         var out: [String] = []
-        if next.controlSocket != atStart?.controlSocket { out.append("control-socket") }
-        if next.metrics != atStart?.metrics { out.append("metrics-listen") }
+        if next.controlSocket != atStart.controlSocket { out.append("control-socket") }
+        if next.metrics != atStart.metrics { out.append("metrics-listen") }
         return out
     }
 }

@@ -92,12 +92,13 @@ public struct LevelledStreamHandler: LogHandler {
         get { inner[metadataKey: key] }
         set { inner[metadataKey: key] = newValue.map(LogText.escaped) }
     }
-    public func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
-        guard level >= logLevel else { return }
-        let text = Logger.Message(stringLiteral: LogText.escaped(message.description))
-        let values = metadata.map(LogText.escaped)
+    public func log(event: LogEvent) {
+        guard event.level >= logLevel else { return }
+        var escaped = event
+        escaped.message = Logger.Message(stringLiteral: LogText.escaped(event.message.description))
+        escaped.metadata = event.metadata.map(LogText.escaped)
         TerminalProgress.aroundLogLine {
-            inner.log(level: level, message: text, metadata: values, source: source, file: file, function: function, line: line)
+            inner.log(event: escaped)
         }
     }
 }
@@ -140,10 +141,11 @@ public struct JournalLogHandler: LogHandler {
         return String(name.prefix(64))
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
+        let (level, message, file, function, line) = (event.level, event.message, event.file, event.function, event.line)
         guard level >= logLevel else { return }
         var all = metadata
-        if let e = explicit { all.merge(e) { $1 } }
+        if let e = event.metadata { all.merge(e) { $1 } }
         var fields = [
             "MESSAGE=\(LogText.escaped(message.description))",
             "PRIORITY=\(Self.priority(level))",

@@ -7,7 +7,7 @@ import SpoolshipIO
 
 /// The swift-metrics factory of a daemon with `--metrics-listen`: every metric goes to one
 /// swift-prometheus registry, with its help text (docs/OPERATIONS.md lists them).
-public final class SpoolshipMetricsFactory: MetricsFactory, @unchecked Sendable {
+public final class SpoolshipMetricsFactory: MetricsFactory, Sendable {
     public let registry = PrometheusCollectorRegistry()
 
     public init() {}
@@ -88,7 +88,7 @@ public final class SpoolshipMetricsFactory: MetricsFactory, @unchecked Sendable 
 /// "ok" while the daemon's loops turn, 503 and the reason otherwise. One request a connection;
 /// the request head must arrive within 5 s and fit in 8 KiB; at most 4 connections are served
 /// at once (more get 503). Anything else gets 400, 404, 405, 408 or 431, and the daemon goes on.
-public final class MetricsServer: @unchecked Sendable {
+public final class MetricsServer: Sendable {
     public let port: UInt16
     private let listen: Endpoint
     private let listener: Socket

@@ -39,29 +39,3 @@ public enum Signals {
         }
     }
 }
-
-/// A stop request that may come before the thing to stop exists (SIGTERM during start-up):
-/// the request is remembered and delivered once a handler is set.
-public final class StopRequest: @unchecked Sendable {
-    private let lock = NSLock()
-    private var requested = false
-    private var handler: (() -> Void)?
-
-    public init() {}
-
-    public func request() {
-        lock.lock()
-        requested = true
-        let h = handler
-        lock.unlock()
-        h?()
-    }
-
-    public func onRequest(_ h: @escaping () -> Void) {
-        lock.lock()
-        handler = h
-        let already = requested
-        lock.unlock()
-        if already { h() }
-    }
-}

@@ -1,6 +1,10 @@
 import Foundation
 
 /// A lock around a value, for state shared between a daemon's threads.
+///
+/// `@unchecked Sendable`: `value` is read and written only inside `withLock`, under `lock`.
+/// It stays usable from modules still in Swift 5 mode with values that are not `Sendable`;
+/// new code in Swift 6 mode holds its state in a `Mutex` (Synchronization) instead.
 public final class Locked<Value>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Value
@@ -15,7 +19,7 @@ public final class Locked<Value>: @unchecked Sendable {
 /// Starts a named thread (the data path runs on threads of its own, never on Swift's
 /// cooperative pool, because it blocks in sendfile, splice and fsync).
 @discardableResult
-public func startThread(_ name: String, stackSize: Int = 1 << 20, _ body: @escaping () -> Void) -> Thread {
+public func startThread(_ name: String, stackSize: Int = 1 << 20, _ body: @escaping @Sendable () -> Void) -> Thread {
     let t = Thread(block: body)
     t.name = name
     t.stackSize = stackSize
@@ -31,6 +35,9 @@ public func monotonicNow() -> Double {
 }
 
 /// A one-shot flag that threads can wait on.
+///
+/// `@unchecked Sendable`: `done` is read and written only with `cond` locked (a `Mutex` has
+/// no condition to wait on with a deadline).
 public final class Latch: @unchecked Sendable {
     private let cond = NSCondition()
     private var done = false

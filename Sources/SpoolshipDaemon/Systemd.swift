@@ -2,6 +2,7 @@ import CSpoolshipSystemd
 import Foundation
 import Glibc
 import Logging
+import Synchronization
 
 /// The service manager's side of things, through libsystemd: readiness and status
 /// (sd_notify), the watchdog, and sockets passed by socket activation. Outside systemd
@@ -46,21 +47,27 @@ public enum Systemd {
 /// beats at every turn (its waits are bounded, so a healthy loop beats at least every few
 /// seconds). The watchdog thread sends WATCHDOG=1 only while every loop has beaten within the
 /// allowed time; a loop that hangs stops the pings, and the manager restarts the daemon.
-public final class Heartbeats: @unchecked Sendable {
+public final class Heartbeats: Sendable {
     /// The process's one set: the watchdog thread is started once, whatever runs in it.
     public static let shared = Heartbeats()
-    private let lock = NSLock()
-    private var last: [String: Double] = [:]
-    private var stuckReported: Set<String> = []
+
+    struct State {
+        /// Each registered loop's last beat (monotonic seconds).
+        var last: [String: Double] = [:]
+        /// The stale loops already reported, until they beat again.
+        var stuckReported: Set<String> = []
+    }
+
+    let state = Mutex(State())
 
     public init() {}
 
     public func beat(_ name: String) {
         let now = monotonicNow()
-        lock.lock()
-        last[name] = now
-        stuckReported.remove(name)
-        lock.unlock()
+        state.withLock {
+            $0.last[name] = now
+            $0.stuckReported.remove(name)
+        }
     }
 
     /// Beats for the calling thread, when its name is a registered loop (long work such as a
@@ -68,30 +75,36 @@ public final class Heartbeats: @unchecked Sendable {
     public func beatCurrentThread() {
         guard let name = Thread.current.name else { return }
         let now = monotonicNow()
-        lock.lock()
-        if last[name] != nil { last[name] = now }
-        lock.unlock()
+        state.withLock { if $0.last[name] != nil { $0.last[name] = now } }
     }
 
     public func remove(_ name: String) {
-        lock.lock()
-        last[name] = nil
-        stuckReported.remove(name)
-        lock.unlock()
+        state.withLock {
+            $0.last[name] = nil
+            $0.stuckReported.remove(name)
+        }
     }
 
     /// The loops that have not beaten for `limit` seconds, with how long.
     public func stale(limit: Double) -> [(String, Double)] {
         let now = monotonicNow()
-        lock.lock()
-        defer { lock.unlock() }
+        let last = state.withLock { $0.last }
         return last.filter { now - $0.value > limit }.map { ($0.key, now - $0.value) }.sorted { $0.0 < $1.0 }
+    }
+
+    /// Of `stale`, those not reported yet; they count as reported from now on.
+    func newlyStuck(_ stale: [(String, Double)]) -> [(String, Double)] {
+        state.withLock { s in
+            let fresh = stale.filter { !s.stuckReported.contains($0.0) }
+            for (n, _) in fresh { s.stuckReported.insert(n) }
+            return fresh
+        }
     }
 
     /// Starts the watchdog thread when the manager asked for one: it checks every half
     /// interval, and pings only when no loop is stale (stale: no beat for half the interval,
     /// at least `minimumStale` seconds). `status` is called at each turn for the STATUS= line.
-    public func startWatchdog(logger: Logger, minimumStale: Double = 5, status: @escaping () -> String) {
+    public func startWatchdog(logger: Logger, minimumStale: Double = 5, status: @escaping @Sendable () -> String) {
         let interval = Systemd.watchdogInterval()
         startThread("watchdog") { [self] in
             var lastStatus = ""
@@ -107,11 +120,7 @@ public final class Heartbeats: @unchecked Sendable {
                     if stale.isEmpty {
                         Systemd.notify("WATCHDOG=1")
                     } else {
-                        lock.lock()
-                        let fresh = stale.filter { !stuckReported.contains($0.0) }
-                        for (n, _) in fresh { stuckReported.insert(n) }
-                        lock.unlock()
-                        for (n, age) in fresh {
+                        for (n, age) in newlyStuck(stale) {
                             logger.critical("a thread made no progress; not pinging the watchdog", metadata: ["thread": "\(n)", "seconds": "\(Int(age))"])
                         }
                     }

@@ -4,6 +4,9 @@ import Glibc
 /// A one-line progress bar on standard error, drawn only when standard error is a terminal.
 /// While one is shown, log lines written to standard error erase it first and draw it again
 /// after themselves, so that the two do not run into each other.
+///
+/// `@unchecked Sendable`: `line` and `lastDraw` are read and written only with `lock` held,
+/// which is also held around each log line written while the bar is shown (`aroundLogLine`).
 public final class TerminalProgress: @unchecked Sendable {
     public static let shown = Locked<TerminalProgress?>(nil)
     private let lock = NSLock()

@@ -1,44 +1,52 @@
 import Foundation
 import Glibc
 import SpoolshipDaemon
+import Synchronization
 
 /// What the demo prints: lines on standard output, each written at once with write(2) (no
 /// stdio buffer, so that they keep their order with the daemons' lines relayed among them).
 /// When standard output is a terminal, a status line stays under them, redrawn in place;
 /// otherwise there is none, and the output reads the same piped into a file.
-public final class DemoOutput: @unchecked Sendable {
-    private let lock = NSLock()
+public final class DemoOutput: Sendable {
     public let terminal = isatty(STDOUT_FILENO) == 1
-    private var status = ""
 
-    public func line(_ s: String) {
-        lock.lock()
-        defer { lock.unlock() }
-        if status.isEmpty { Self.write(s + "\n") } else { Self.write("\r\u{1B}[K" + s + "\n" + status) }
+    struct State {
+        /// The status line shown under the lines ("" when none).
+        var status = ""
+        var lastDraw = -Double.infinity
     }
 
-    private var lastDraw = -Double.infinity
+    /// Held while writing, so that lines and the status line never interleave.
+    let state = Mutex(State())
+
+    public init() {}
+
+    public func line(_ s: String) {
+        state.withLock { st in
+            if st.status.isEmpty { Self.write(s + "\n") } else { Self.write("\r\u{1B}[K" + s + "\n" + st.status) }
+        }
+    }
 
     /// The status line (on a terminal only), redrawn at most every 100 ms, and cut to the
     /// terminal's width so that it never wraps.
     public func setStatus(_ s: String) {
         guard terminal else { return }
-        lock.lock()
-        defer { lock.unlock() }
-        let now = monotonicNow()
-        guard now - lastDraw >= 0.1 else { return }
-        lastDraw = now
-        var ws = winsize()
-        let width = ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &ws) == 0 && ws.ws_col > 1 ? Int(ws.ws_col) - 1 : 79
-        status = String(s.prefix(width))
-        Self.write("\r\u{1B}[K" + status)
+        state.withLock { st in
+            let now = monotonicNow()
+            guard now - st.lastDraw >= 0.1 else { return }
+            st.lastDraw = now
+            var ws = winsize()
+            let width = ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &ws) == 0 && ws.ws_col > 1 ? Int(ws.ws_col) - 1 : 79
+            st.status = String(s.prefix(width))
+            Self.write("\r\u{1B}[K" + st.status)
+        }
     }
 
     public func clearStatus() {
-        lock.lock()
-        defer { lock.unlock() }
-        if !status.isEmpty { Self.write("\r\u{1B}[K") }
-        status = ""
+        state.withLock { st in
+            if !st.status.isEmpty { Self.write("\r\u{1B}[K") }
+            st.status = ""
+        }
     }
 
     public static func write(_ s: String, fd: Int32 = STDOUT_FILENO) {
@@ -48,6 +56,11 @@ public final class DemoOutput: @unchecked Sendable {
 
 /// A daemon the demo runs: its standard output and error are relayed, line by line and
 /// prefixed with its name, through the demo's output.
+///
+/// `@unchecked Sendable`: `Process` and `Thread` are not Sendable, but both are set once in
+/// `init` and never replaced; the process is started, asked and signalled only by the demo's
+/// main thread, and the relay thread touches only the pipe it was given, the demo's
+/// `DemoOutput` and the `Locked` counters.
 public final class DemoDaemon: @unchecked Sendable {
     public let name: String
     private let process = Process()
@@ -134,7 +147,9 @@ public final class DemoDaemon: @unchecked Sendable {
     }
 }
 
-/// The signal (SIGINT or SIGTERM) that interrupted the demo, or 0.
+/// The signal (SIGINT or SIGTERM) that interrupted the demo, or 0. `nonisolated(unsafe)`: a
+/// signal handler can take no lock (a Mutex is not async-signal-safe); it only stores a
+/// `sig_atomic_t`, and the main thread only reads it.
 nonisolated(unsafe) var demoInterrupted: sig_atomic_t = 0
 
 /// On SIGINT or SIGTERM the demo stops what it started and says so, instead of dying and
