@@ -3,6 +3,7 @@ import Glibc
 import Logging
 @testable import SpoolshipAgent
 import SpoolshipCore
+import SpoolshipDaemon
 import SpoolshipIO
 import Testing
 
@@ -27,6 +28,20 @@ import Testing
             z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
             z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
             return z ^ (z >> 31)
+        }
+    }
+
+    /// A new agent on the state dir, as after a restart. The old one let go of the lock, but a
+    /// child process that another test in this process forks holds a copy of the lock's
+    /// descriptor until its exec (close-on-exec acts only then): wait that out, up to 10 s.
+    static func restart(_ config: AgentConfig, _ logger: Logger) throws -> Agent {
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while true {
+            do {
+                return try Agent(config: config, logger: logger)
+            } catch let e as DaemonError where e.description.contains("another agent is running") && Date() < deadline {
+                usleep(10_000)
+            }
         }
     }
 
@@ -67,7 +82,7 @@ import Testing
                 agent.logSealer.sealPending()
             case .restart:
                 agent.close()
-                agent = try Agent(config: config, logger: logger)
+                agent = try Self.restart(config, logger)
             case .crashAfterJournal, .crashAfterRename:
                 // The rotator's first steps for one stream, then the process dies.
                 var st = stat()
@@ -79,7 +94,7 @@ import Testing
                     #expect(rename("\(spoolDir)/\(stream)", "\(spoolDir)/\(LogNames.rotatedDirName)/\(r.rawName)") == 0)
                 }
                 agent.close()
-                agent = try Agent(config: config, logger: logger)
+                agent = try Self.restart(config, logger)
             }
         }
         // Drain: rotate whatever is left, and seal every rotation.
@@ -109,7 +124,7 @@ import Testing
         }
         // And a restart finds the same segments in the journal.
         agent.close()
-        agent = try Agent(config: config, logger: logger)
+        agent = try Self.restart(config, logger)
         #expect(Set(agent.queue.all.map(\.name)) == Set(segments.map(\.name)))
         agent.close()
     }
