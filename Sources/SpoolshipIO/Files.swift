@@ -279,7 +279,7 @@ public enum Files {
     }
 
     /// A read lease held on a descriptor (see `spsh_take_read_lease`).
-    public enum ReadLease {
+    public enum ReadLease: Sendable {
         /// Held: no one had the file open for writing when it was taken.
         case held
         /// Someone has the file open for writing.

@@ -130,7 +130,7 @@ public final class Socket: Sendable {
 
     /// Waits up to `timeout` seconds for a connection: the socket, nil when the listening
     /// socket was shut down, or `.timedOut`.
-    public enum AcceptResult { case accepted(Socket), timedOut, shutDown }
+    public enum AcceptResult: Sendable { case accepted(Socket), timedOut, shutDown }
     public func accept(timeout: Double) throws -> AcceptResult {
         var pfd = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
         let n = poll(&pfd, 1, Int32(timeout * 1000))
