@@ -114,7 +114,6 @@ let package = Package(
             dependencies: ["SpoolshipCore", "SpoolshipFuzzing"]),
         .testTarget(
             name: "SpoolshipIntegrationTests",
-            dependencies: ["SpoolshipCore", "SpoolshipIO"],
-            swiftSettings: v5),
+            dependencies: ["SpoolshipCore", "SpoolshipIO"]),
     ]
 )
