@@ -48,8 +48,7 @@ let package = Package(
             dependencies: ["CSpoolshipZlib", "CSpoolshipISAL", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "SpoolshipIO",
-            dependencies: ["SpoolshipCore", "CSpoolshipLinux", "CSpoolshipZlib"],
-            swiftSettings: v5),
+            dependencies: ["SpoolshipCore", "CSpoolshipLinux", "CSpoolshipZlib"]),
         .target(
             name: "SpoolshipDaemon",
             dependencies: [
@@ -122,7 +121,6 @@ let package = Package(
             dependencies: ["SpoolshipDaemon", "SpoolshipAgent", "SpoolshipCollector", "SpoolshipIO"]),
         .testTarget(
             name: "SpoolshipIntegrationTests",
-            dependencies: ["SpoolshipCore", "SpoolshipIO"],
-            swiftSettings: v5),
+            dependencies: ["SpoolshipCore", "SpoolshipIO"]),
     ]
 )

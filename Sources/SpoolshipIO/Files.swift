@@ -2,6 +2,7 @@ import CSpoolshipLinux
 import Foundation
 import Glibc
 import SpoolshipCore
+import Synchronization
 
 /// File-system operations, each wrapped once, with errors naming the call and the path.
 public enum Files {
@@ -215,16 +216,18 @@ public enum Files {
         }
         let slice = (size + Int64(parts) - 1) / Int64(parts)
         let bounds = (0..<parts).map { i in (Int64(i) * slice, min(size, Int64(i + 1) * slice)) }
-        var crcs = [UInt32](repeating: 0, count: parts)
-        var failure: Error?
-        let lock = NSLock()
+        let shared = SliceResults(parts)
         let group = DispatchGroup()
         for i in 1..<parts {
             group.enter()
             let t = Thread {
                 var c = CRC32()
-                do { try checksum(fd, from: bounds[i].0, to: bounds[i].1, into: &c) } catch { lock.lock(); failure = error; lock.unlock() }
-                lock.lock(); crcs[i] = c.value; lock.unlock()
+                do {
+                    try checksum(fd, from: bounds[i].0, to: bounds[i].1, into: &c)
+                } catch {
+                    shared.state.withLock { $0.failure = error }
+                }
+                shared.state.withLock { $0.crcs[i] = c.value }
                 group.leave()
             }
             t.name = "checksum-\(i)"
@@ -238,12 +241,17 @@ public enum Files {
             throw error
         }
         group.wait()
+        let (crcs, failure) = shared.state.withLock { ($0.crcs, $0.failure) }
         if let f = failure { throw f }
         var crc = first.value
-        lock.lock()
         for i in 1..<parts { crc = CRC32.combine(crc, crcs[i], lengthOfB: bounds[i].1 - bounds[i].0) }
-        lock.unlock()
         return crc
+    }
+
+    /// The slices' CRCs and the last error, written by the slices' threads.
+    private final class SliceResults: Sendable {
+        let state: Mutex<(crcs: [UInt32], failure: (any Error)?)>
+        init(_ parts: Int) { state = Mutex((Array(repeating: 0, count: parts), nil)) }
     }
 
     /// Replaces `path` atomically and durably with `bytes`: write a temp file beside it, fsync,
@@ -271,7 +279,7 @@ public enum Files {
     }
 
     /// A read lease held on a descriptor (see `spsh_take_read_lease`).
-    public enum ReadLease {
+    public enum ReadLease: Sendable {
         /// Held: no one had the file open for writing when it was taken.
         case held
         /// Someone has the file open for writing.

@@ -4,7 +4,10 @@ import Glibc
 /// Directory watches with inotify(7). Events are read in a buffer loop (a directory watch
 /// carries names, so events have different sizes); IN_Q_OVERFLOW is passed on so that the
 /// owner rescans.
-public final class Inotify: @unchecked Sendable {
+///
+/// Sendable (checked): one thread reads events, others may `wake` it (a write(2) to a pipe,
+/// which the kernel makes safe from any thread); the descriptors are `OwnedFD`s, set at init.
+public final class Inotify: Sendable {
     public struct Event: Sendable {
         public var watch: Int32
         public var mask: UInt32

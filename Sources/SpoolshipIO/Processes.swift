@@ -12,7 +12,7 @@ public enum Processes {
         _ = spsh_fix_mmap_threshold(128 << 10)
     }
 
-    public enum Outcome: Equatable, CustomStringConvertible {
+    public enum Outcome: Equatable, CustomStringConvertible, Sendable {
         case exited(Int32)
         case killedBySignal(Int32)
         case timedOut(Double)

@@ -1,5 +1,6 @@
 import CSpoolshipLinux
 import Glibc
+import Synchronization
 
 /// A host and port, parsed from `HOST:PORT` (IPv4 or a name that resolves to IPv4; `[v6]:port`
 /// for IPv6).
@@ -36,7 +37,11 @@ public struct Endpoint: CustomStringConvertible, Sendable, Equatable {
 
 /// Blocking TCP sockets. Deadlines are SO_RCVTIMEO / SO_SNDTIMEO: a call that waits longer
 /// fails with EAGAIN, which `Socket` reports as a timeout.
-public final class Socket: @unchecked Sendable {
+///
+/// Sendable (checked): one thread reads and writes a socket, and another may stop it
+/// (`shutdown`, which wakes the first); the descriptor is an `OwnedFD` and the one mutable
+/// field is behind a `Mutex`.
+public final class Socket: Sendable {
     public let fd: OwnedFD
     public let peer: String
 
@@ -112,20 +117,20 @@ public final class Socket: @unchecked Sendable {
                 return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a -> String in
                     var addr = a.pointee.sin6_addr
                     inet_ntop(AF_INET6, &addr, &host, 64)
-                    return "[\(String(cString: host))]:\(port)"
+                    return "[\(host.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })]:\(port)"
                 }
             }
             return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a -> String in
                 var addr = a.pointee.sin_addr
                 inet_ntop(AF_INET, &addr, &host, 64)
-                return "\(String(cString: host)):\(port)"
+                return "\(host.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }):\(port)"
             }
         }
     }
 
     /// Waits up to `timeout` seconds for a connection: the socket, nil when the listening
     /// socket was shut down, or `.timedOut`.
-    public enum AcceptResult { case accepted(Socket), timedOut, shutDown }
+    public enum AcceptResult: Sendable { case accepted(Socket), timedOut, shutDown }
     public func accept(timeout: Double) throws -> AcceptResult {
         var pfd = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
         let n = poll(&pfd, 1, Int32(timeout * 1000))
@@ -192,10 +197,10 @@ public final class Socket: @unchecked Sendable {
         setsockopt(fd.raw, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    /// Sets the receive and send deadlines (seconds; 0 = none).
     /// The receive deadline set last by `setTimeouts` (a read with a deadline puts it back).
-    private var receiveTimeout: Double = 0
+    private let receiveTimeout = Mutex<Double>(0)
 
+    /// Sets the receive and send deadlines (seconds; 0 = none).
     public func setTimeouts(receive: Double, send: Double) {
         // A zero timeval means no deadline at all: a deadline that is nearly over (what is
         // left of one, say) must stay a deadline, of at least a millisecond.
@@ -204,7 +209,7 @@ public final class Socket: @unchecked Sendable {
             let t = max(s, 0.001)
             return timeval(tv_sec: Int(t), tv_usec: Int((t - Double(Int(t))) * 1e6))
         }
-        receiveTimeout = receive
+        receiveTimeout.withLock { $0 = receive }
         var r = tv(receive), w = tv(send)
         setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &r, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd.raw, SOL_SOCKET, SO_SNDTIMEO, &w, socklen_t(MemoryLayout<timeval>.size))
@@ -258,7 +263,7 @@ public final class Socket: @unchecked Sendable {
         }
         defer {
             if deadline != nil {
-                let r = receiveTimeout
+                let r = receiveTimeout.withLock { $0 }
                 var tv = timeval(tv_sec: Int(r), tv_usec: Int((r - Double(Int(r))) * 1e6))
                 setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             }

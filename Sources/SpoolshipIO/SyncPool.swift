@@ -9,14 +9,19 @@ import Glibc
 /// of one per file, while every file keeps its own fdatasync and its own error (R2: an error
 /// poisons that file only). syncfs(2) would flush everything at once, but it cannot say which
 /// file failed.
+///
+/// `@unchecked Sendable`: every `var` below is read and written only with `cond` held (the
+/// caller waits on it for the batch, the workers for work, which a `Mutex` cannot do), and
+/// `busy` lets one batch at a time use them.
 public final class SyncPool: @unchecked Sendable {
     private let cond = NSCondition()
+    // Under `cond`:
     private var queue: [(OwnedFD, Int)] = []
     private var results: [SyscallError?] = []
     private var remaining = 0
+    /// The running batch's timer, called on the worker threads.
+    private var timed: (@Sendable (Double) -> Void)?
     private let busy = NSLock()
-    /// The running batch's timer (under `cond`).
-    private var timed: ((Double) -> Void)?
 
     public init(threads: Int) {
         for i in 0..<max(1, threads) {
@@ -32,7 +37,7 @@ public final class SyncPool: @unchecked Sendable {
 
     /// fdatasyncs every descriptor, in parallel; returns each one's error, or nil. `timed` gets
     /// each call's seconds (on the thread that made it).
-    public func fdatasyncAll(_ fds: [OwnedFD], timed: ((Double) -> Void)? = nil) -> [SyscallError?] {
+    public func fdatasyncAll(_ fds: [OwnedFD], timed: (@Sendable (Double) -> Void)? = nil) -> [SyscallError?] {
         if fds.count == 1 {
             let started = monotonicSeconds()
             defer { timed?(monotonicSeconds() - started) }

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A failed system call: which call, on what (a path or a peer), and the errno.
 /// Prints like `splice(/data/.spoolship/partial/web-1/ab12.part): No space left on device (errno 28)`.
@@ -35,30 +36,41 @@ public func syscall<T: FixedWidthInteger>(_ call: String, _ path: @autoclosure (
 
 /// A file descriptor with exactly one owner, closed exactly once (by `close()` or on deinit).
 /// Other code uses the raw number only while it holds the owner.
-public final class OwnedFD: @unchecked Sendable {
-    public private(set) var raw: Int32
+///
+/// Sendable (checked): the number lives in an atomic, and `close()` takes it out with one
+/// exchange, so of two threads closing at once exactly one calls close(2), and a thread that
+/// reads `raw` sees either the open descriptor or -1. What no type can promise is that a
+/// number read before another thread's close is not reused by the kernel before it is used:
+/// a descriptor shared between threads (a socket one thread reads while another may stop it)
+/// is woken with shutdown(2), which leaves the number in place, and closed by the thread
+/// that uses it.
+public final class OwnedFD: Sendable {
+    private let number: Atomic<Int32>
     public let label: String
 
     public init(_ raw: Int32, label: String) {
         precondition(raw >= 0)
-        self.raw = raw
+        number = Atomic(raw)
         self.label = label
     }
+
+    /// The descriptor, or -1 once closed.
+    public var raw: Int32 { number.load(ordering: .acquiring) }
 
     public var isOpen: Bool { raw >= 0 }
 
     /// Closes the descriptor, reporting the error of close(2) (on some file systems a late
     /// write error shows only here). EINTR is not retried: on Linux the fd is gone either way.
     public func close() throws {
-        guard raw >= 0 else { return }
-        let fd = raw
-        raw = -1
+        let fd = number.exchange(-1, ordering: .acquiringAndReleasing)
+        guard fd >= 0 else { return }
         if Glibc.close(fd) < 0 && Glibc.errno != EINTR {
             throw SyscallError(call: "close", path: label, errno: Glibc.errno)
         }
     }
 
     deinit {
-        if raw >= 0 { _ = Glibc.close(raw) }
+        let fd = number.load(ordering: .relaxed)
+        if fd >= 0 { _ = Glibc.close(fd) }
     }
 }

@@ -30,7 +30,8 @@ public enum ZeroCopy {
 
 /// Moves bytes from a socket into a file through a pipe: socket -> pipe -> file, with
 /// splice(2). The pipe belongs to one connection; after an error it may still hold bytes that
-/// belong to nobody, so it is replaced (never reused while it holds data).
+/// belong to nobody, so it is replaced (never reused while it holds data). Not Sendable: the
+/// thread that reads the connection owns it.
 public final class Splicer {
     private var readEnd: OwnedFD
     private var writeEnd: OwnedFD

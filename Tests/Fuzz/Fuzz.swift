@@ -29,7 +29,7 @@ struct Replay {
         let args = CommandLine.arguments
         if args.count == 3 && args[1] == "--seeds" {
             for (name, bytes) in FuzzTarget.seeds() {
-                FileManager.default.createFile(atPath: "\(args[2])/\(name)", contents: Data(bytes))
+                _ = FileManager.default.createFile(atPath: "\(args[2])/\(name)", contents: Data(bytes))
             }
             print("spoolship-fuzz: wrote \(FuzzTarget.seeds().count) seeds to \(args[2])")
             return

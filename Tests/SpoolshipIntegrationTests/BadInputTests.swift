@@ -218,13 +218,12 @@ final class RawClient {
         var silent: [Socket] = []
         for _ in 0..<1000 { silent.append(try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)) }
         var peakDescriptors = openDescriptors(collector.pid)
-        let lock = NSLock()
-        var droppedAt: Double?
-        func tricklerDropped() -> Double? { lock.lock(); defer { lock.unlock() }; return droppedAt }
+        let droppedAt = Locked<Double?>(nil)  // set by the trickling thread
+        func tricklerDropped() -> Double? { droppedAt.value }
         let t = Thread {
             // After the last byte, keep probing: a closed connection fails a send.
             for b in trickle + [UInt8](repeating: 0, count: 30) {
-                do { try trickler.sendAll([b]) } catch { lock.lock(); droppedAt = Harness.monotonicNow(); lock.unlock(); return }
+                do { try trickler.sendAll([b]) } catch { droppedAt.value = Harness.monotonicNow(); return }
                 usleep(1_000_000)  // the byte rate is what is under test
             }
         }

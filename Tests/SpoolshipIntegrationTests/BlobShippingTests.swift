@@ -72,7 +72,7 @@ import Testing
         try c.startCollector()
         let spool = try c.spool()
         let held = spool.appendingPathComponent("held.bin")
-        FileManager.default.createFile(atPath: held.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: held.path, contents: nil)
         let writer = try FileHandle(forWritingTo: held)
         writer.write(Data(repeating: 1, count: 1000))
         let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)]))

@@ -103,7 +103,7 @@ import Testing
         // Drain: every blob and every record arrives.
         let dest = c.committed(spool: "blobs")
         var stream = LogStreamCheck.Result(records: 0, segments: [], bytes: 0)
-        let drained = try Harness.waitUntil(timeout: 180) {
+        let drained = Harness.waitUntil(timeout: 180) {
             checkBlobs()
             guard Harness.files(in: blobs).isEmpty, Harness.files(in: dest).count == p.names.count else { return false }
             guard let r = try? LogStreamCheck.verify(in: c.committed(spool: "app"), stream: "api.log") else { return false }

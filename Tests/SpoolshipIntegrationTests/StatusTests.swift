@@ -24,16 +24,16 @@ import Testing
         p.standardInput = FileHandle.nullDevice
         try p.run()
         // Read while it runs: an answer larger than a pipe's buffer must not block it.
-        var o = Data(), e = Data()
+        let o = Locked(Data()), e = Locked(Data())
         let group = DispatchGroup()
-        DispatchQueue.global().async(group: group) { o = out.fileHandleForReading.readDataToEndOfFile() }
-        DispatchQueue.global().async(group: group) { e = err.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: group) { o.value = out.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: group) { e.value = err.fileHandleForReading.readDataToEndOfFile() }
         guard Harness.waitUntil(timeout: timeout, { !p.isRunning }) else {
             p.terminate()
             throw TestFailure("spoolship \(args.joined(separator: " ")) did not finish in \(timeout) s")
         }
         _ = group.wait(timeout: .now() + 5)
-        return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        return Run(status: p.terminationStatus, stdout: String(decoding: o.value, as: UTF8.self), stderr: String(decoding: e.value, as: UTF8.self))
     }
 
     /// `spoolship status --socket PATH --json`, parsed.
@@ -209,7 +209,7 @@ import Testing
         try c.startCollector()
         let logs = try c.spool("logs")
         let file = logs.appendingPathComponent("app.log")
-        FileManager.default.createFile(atPath: file.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: file.path, contents: nil)
         // The test is the producer: it keeps the file open for writing after the rotation.
         let writer = try FileHandle(forWritingTo: file)
         writer.write(Data(repeating: 65, count: 10_000))
@@ -328,7 +328,7 @@ import Testing
         #expect(r.stdout.isEmpty)
         #expect(r.stderr == "spoolship status: nothing answers at \(path): no such socket (is the daemon running, with this --control-socket?)\n", "\(r.stderr)")
         // A regular file where the socket should be.
-        FileManager.default.createFile(atPath: path, contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data("x".utf8))
         let f = try Self.spoolship(["status", "--socket", path, "--json"])
         #expect(f.status == 1)
         #expect(f.stderr.contains(path), "\(f.stderr)")

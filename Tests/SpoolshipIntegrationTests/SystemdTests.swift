@@ -243,7 +243,7 @@ import Testing
         let journal = try NotifySocket(path: jdir.appendingPathComponent("socket").path)
         defer { journal.close() }
         let log = c.nextLog("collector")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         var st = stat()
         #expect(stat(log.path, &st) == 0)
         let portFile = c.root.appendingPathComponent("collector.port")

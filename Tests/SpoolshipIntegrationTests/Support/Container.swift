@@ -6,11 +6,11 @@ import Glibc
 /// it is booted with --volatile=overlay, so that what the test installs and writes lives in a
 /// tmpfs over it and goes with the container. It shares the host's network, so that a fault
 /// proxy of the test on 127.0.0.1 can sit between the daemons inside.
-final class Container: @unchecked Sendable {
+final class Container: Sendable {
     let name: String
     let nspawn: Daemon
     /// The container's PID 1, as the host sees it.
-    private(set) var leader: Int32 = 0
+    let leader: Int32
 
     /// --register=no and --keep-unit: no machined or system bus is needed on the host (which
     /// need not run systemd itself).
@@ -21,12 +21,15 @@ final class Container: @unchecked Sendable {
         var args = ["--quiet", "--directory", root, "--volatile=overlay", "--boot", "--register=no", "--keep-unit",
                     "--machine", name, "--console=read-only", "--link-journal=no"]
         for (host, inside) in binds { args.append("--bind-ro=\(host):\(inside)") }
-        nspawn = try Daemon("/usr/bin/systemd-nspawn", args, log: log, env: ["SYSTEMD_COLORS": "0"])
+        let nspawn = try Daemon("/usr/bin/systemd-nspawn", args, log: log, env: ["SYSTEMD_COLORS": "0"])
+        self.nspawn = nspawn
+        var leader: Int32 = 0
         let found = Harness.waitUntil(timeout: 30) {
             guard let pid = Self.child(of: nspawn.pid, named: "systemd") else { return !nspawn.isRunning }
             leader = pid
             return true
         }
+        self.leader = leader
         guard found, leader > 0 else { throw TestFailure("systemd-nspawn did not start systemd:\n\(nspawn.output)") }
         var state = ""
         let up = Harness.waitUntil(timeout: timeout) {
@@ -61,7 +64,7 @@ final class Container: @unchecked Sendable {
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw Harness.Failure.errno("mkstemp", "/tmp/spoolship-nsenter-XXXXXX") }
         Glibc.close(fd)
-        let out = URL(fileURLWithPath: String(cString: template))
+        let out = URL(fileURLWithPath: template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         defer { unlink(out.path) }
         let handle = try FileHandle(forWritingTo: out)
         p.standardInput = FileHandle.nullDevice

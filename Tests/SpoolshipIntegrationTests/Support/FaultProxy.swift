@@ -10,8 +10,12 @@ import Glibc
 /// Connection teardown never closes a descriptor another thread may still be using: the fds of a
 /// connection are closed only once both of its pump threads have exited (a blackholed connection keeps
 /// them open until `resetAll()`/`stop()`).
+///
+/// `@unchecked Sendable`: every `var` of the proxy and of its connections is read and written only
+/// with `cond` held (a condition, not a `Mutex`: `stop()` and `resetAll()` wait on it for the pump
+/// threads); the rest is `let`.
 final class FaultProxy: @unchecked Sendable {
-    enum Fault { case none, resetAfter(bytes: Int), closeAfter(bytes: Int), blackholeAfter(bytes: Int) }
+    enum Fault: Sendable { case none, resetAfter(bytes: Int), closeAfter(bytes: Int), blackholeAfter(bytes: Int) }
 
     struct SocketError: Error, CustomStringConvertible {
         let call: String
@@ -138,6 +142,7 @@ final class FaultProxy: @unchecked Sendable {
 
     // MARK: - Connections
 
+    /// `@unchecked Sendable`: its `var`s are the proxy's, under the proxy's `cond` (see above).
     private final class Connection: @unchecked Sendable {
         enum State { case open, blackholed, closing }
         let id: Int

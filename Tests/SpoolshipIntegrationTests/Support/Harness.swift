@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// Helpers for tests that launch the real binaries.
 enum Harness {
@@ -233,15 +234,29 @@ enum Harness {
     }
 }
 
+/// A value that several threads read and write (a test's own thread and one it starts),
+/// behind a `Mutex`.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    var value: Value {
+        get { mutex.withLock { $0 } }
+        set { mutex.withLock { $0 = newValue } }
+    }
+}
+
 /// A launched child process whose stdout+stderr go to a log file (which survives the process, so its
 /// output can be printed on failure). The log is appended to, so a restarted daemon can share it.
-final class Daemon: @unchecked Sendable {
+///
+/// Sendable (checked): a test may stop it from another thread than the one that started it;
+/// Foundation's `Process` is Sendable, and whether it was stopped is behind a `Mutex` (held
+/// for the whole of `stop`, so that a second caller returns once the process is gone).
+final class Daemon: Sendable {
     let executable: URL
     let arguments: [String]
     let logURL: URL
     private let process = Process()
-    private let lock = NSLock()
-    private var stopped = false
+    private let stopped = Mutex(false)
 
     /// `executable` is a name in `Harness.binDir` (or a path, if it contains "/"). Starts it at once.
     init(_ executable: String, _ args: [String], log: URL, env: [String: String] = [:]) throws {
@@ -305,14 +320,14 @@ final class Daemon: @unchecked Sendable {
     /// children go first: a daemon started under strace (`Cluster.launch(under:)`) would
     /// otherwise go on running, detached, once strace is killed.
     func stop() {
-        lock.lock()
-        defer { lock.unlock() }
-        if stopped { return }
-        stopped = true
-        if process.isRunning {
-            for child in Self.children(of: process.processIdentifier) { _ = Glibc.kill(child, SIGKILL) }
-            _ = Glibc.kill(process.processIdentifier, SIGKILL)
-            _ = Harness.waitUntil(timeout: 10) { !process.isRunning }
+        stopped.withLock { stopped in
+            if stopped { return }
+            stopped = true
+            if process.isRunning {
+                for child in Self.children(of: process.processIdentifier) { _ = Glibc.kill(child, SIGKILL) }
+                _ = Glibc.kill(process.processIdentifier, SIGKILL)
+                _ = Harness.waitUntil(timeout: 10) { !process.isRunning }
+            }
         }
     }
 

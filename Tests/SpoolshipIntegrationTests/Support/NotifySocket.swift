@@ -1,14 +1,16 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// Plays the service manager's side of sd_notify(3): a datagram socket at a path, given to a
 /// daemon as NOTIFY_SOCKET, that records every message it receives, in order.
-final class NotifySocket: @unchecked Sendable {
+///
+/// Sendable (checked): a thread of its own receives; what it received, and whether the socket
+/// was closed, are behind a `Mutex`.
+final class NotifySocket: Sendable {
     let path: String
     private let fd: Int32
-    private let lock = NSLock()
-    private var messages: [(time: Double, text: String)] = []
-    private var closed = false
+    private let state = Mutex<(messages: [(time: Double, text: String)], closed: Bool)>(([], false))
 
     convenience init(dir: URL) throws {
         try self.init(path: dir.appendingPathComponent("notify.sock").path)
@@ -39,17 +41,17 @@ final class NotifySocket: @unchecked Sendable {
                 let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
                 if n > 0 {
                     let text = String(decoding: buf[0..<n], as: UTF8.self)
-                    lock.lock(); messages.append((Harness.monotonicNow(), text)); lock.unlock()
+                    state.withLock { $0.messages.append((Harness.monotonicNow(), text)) }
                 }
             }
         }
         t.start()
     }
 
-    private var isClosed: Bool { lock.lock(); defer { lock.unlock() }; return closed }
+    private var isClosed: Bool { state.withLock { $0.closed } }
 
     /// Every message so far; a message may hold several NAME=VALUE lines.
-    var all: [(time: Double, text: String)] { lock.lock(); defer { lock.unlock() }; return messages }
+    var all: [(time: Double, text: String)] { state.withLock { $0.messages } }
 
     /// The lines so far, split out of the messages.
     var lines: [String] { all.flatMap { $0.text.split(separator: "\n").map(String.init) } }
@@ -69,7 +71,7 @@ final class NotifySocket: @unchecked Sendable {
     var environment: [String: String] { ["NOTIFY_SOCKET": path] }
 
     func close() {
-        lock.lock(); closed = true; lock.unlock()
+        state.withLock { $0.closed = true }
         Glibc.close(fd)
         unlink(path)
     }
