@@ -71,8 +71,7 @@ let package = Package(
                 "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
-            ],
-            swiftSettings: v5),
+            ]),
         .target(
             name: "SpoolshipDemo",
             dependencies: ["SpoolshipDaemon", "SpoolshipCollector"]),

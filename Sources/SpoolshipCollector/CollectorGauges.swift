@@ -3,7 +3,8 @@ import Foundation
 import Glibc
 import SpoolshipDaemon
 
-public final class CollectorGauges: @unchecked Sendable {
+/// The collector's gauges, set from its status (`update`) on each metrics scrape.
+public final class CollectorGauges: Sendable {
     private let agents, partials, partialBytes, free, reserve: CoreMetrics.Gauge
 
     public init(factory: any MetricsFactory) {

@@ -4,6 +4,10 @@ import Glibc
 import SpoolshipDaemon
 
 /// The collector's figures since start. Per-connection figures live in `ConnectionStats`.
+///
+/// `@unchecked Sendable`: every connection's threads count into it and status reads it; its
+/// `var`s (`s`, `errors`, `receiveRing`) are touched only under `lock`, and the rest are lets
+/// (the metrics handles are thread-safe).
 public final class CollectorStats: @unchecked Sendable {
     public enum ErrorKind: String, CaseIterable, Sendable, Codable {
         /// A peer was refused during the handshake (bad preamble, unknown agent, credentials).
@@ -140,6 +144,8 @@ public final class CollectorStats: @unchecked Sendable {
 
 /// One collector connection's figures: written by its reader and durability threads, read by
 /// the control socket's thread.
+///
+/// `@unchecked Sendable`: its one `var`, `s`, is touched only under `lock`.
 final class ConnectionStats: @unchecked Sendable {
     struct Snapshot {
         var agentID: String?

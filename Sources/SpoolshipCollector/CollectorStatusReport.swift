@@ -99,14 +99,13 @@ extension Collector {
     /// The partial files under `.spoolship/partial/<agent>/`, counted per agent (read from
     /// the directory: what is on disk, left-overs of agents not connected included).
     func partialsByAgent() -> [String: (count: Int, bytes: UInt64)] {
-        let root = "\(config.dataDir)/.spoolship/partial"
         var out: [String: (count: Int, bytes: UInt64)] = [:]
-        let fm = FileManager.default
-        for agent in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
+        for (agent, dir) in dataDir.partialDirectories() {
             var e = (count: 0, bytes: UInt64(0))
-            for name in (try? fm.contentsOfDirectory(atPath: "\(root)/\(agent)")) ?? [] where name.hasSuffix(".part") {
-                var st = stat()
-                guard lstat("\(root)/\(agent)/\(name)", &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            for entry in (try? Files.entries(dir)) ?? [] {
+                guard let name = entry.name, DataDirLayout.isPartialFile(name),
+                      let st = try? Files.statAt(dir, name, label: dataDir.layout.partialFilePath(agent: agent, name: name)),
+                      (st.st_mode & S_IFMT) == S_IFREG else { continue }
                 e.count += 1
                 e.bytes += UInt64(st.st_size)
             }

@@ -5,18 +5,12 @@ import SpoolshipCore
 import SpoolshipIO
 import SpoolshipDaemon
 
-/// The collector's data dir:
-///
-///     <data-dir>/<agent-id>/<spool>/<name>        committed segments (complete, verified, durable)
-///     <data-dir>/.spoolship/lock                  held by the running collector (flock)
-///     <data-dir>/.spoolship/partial/<agent-id>/   partial data, one file per segment key
-///     <data-dir>/.spoolship/ledger/<agent-id>.ledger  every committed segment, append-only
-///
-/// Agent ids and spool names cannot start with '.', so the private area never collides with
-/// an agent's directory. Every directory below the data dir is opened beneath its parent,
-/// symlinks refused (Files.openBeneath: openat2, or one openat a component where it is refused).
-final class DataDir: @unchecked Sendable {
-    let path: String
+/// The collector's data dir, open (its layout is `DataDirLayout`). Every directory below the
+/// data dir is opened beneath its parent, symlinks refused (Files.openBeneath: openat2, or one
+/// openat a component where it is refused).
+final class DataDir: Sendable {
+    let layout: DataDirLayout
+    var path: String { layout.path }
     let root: OwnedFD
     let area: OwnedFD
     let partialRoot: OwnedFD
@@ -25,37 +19,51 @@ final class DataDir: @unchecked Sendable {
     private let agents = Locked<[String: AgentStore]>([:])
 
     init(path: String) throws {
-        self.path = path
+        let layout = DataDirLayout(path: path)
+        self.layout = layout
         try Files.makeDirectories(path)
         root = try Files.openDirectory(path)
-        area = try Files.ensureDirectory(root, ".spoolship", label: "\(path)/.spoolship", mode: 0o700)
-        guard let l = try Files.lockExclusive("\(path)/.spoolship/lock") else {
-            throw DaemonError("another collector is running on the data dir \(path) (it holds \(path)/.spoolship/lock)")
+        area = try Files.ensureDirectory(root, DataDirLayout.area, label: layout.areaPath, mode: 0o700)
+        guard let l = try Files.lockExclusive(layout.lockPath) else {
+            throw DaemonError("another collector is running on the data dir \(path) (it holds \(layout.lockPath))")
         }
         lock = l
-        partialRoot = try Files.ensureDirectory(area, "partial", label: "\(path)/.spoolship/partial", mode: 0o700)
-        ledgerRoot = try Files.ensureDirectory(area, "ledger", label: "\(path)/.spoolship/ledger", mode: 0o700)
+        partialRoot = try Files.ensureDirectory(area, DataDirLayout.partialName, label: layout.partialRootPath, mode: 0o700)
+        ledgerRoot = try Files.ensureDirectory(area, DataDirLayout.ledgerName, label: layout.ledgerRootPath, mode: 0o700)
     }
 
     /// Removes partials untouched for `maxAge` seconds: segments their agent never offered
     /// again (deleted on the agent, or the agent retired). Runs at start, before any
     /// connection, so no partial in use can be removed. Returns how many were removed.
     func removeStalePartials(maxAge: Double, logger: Logger) -> Int {
-        let fm = FileManager.default
-        let root = "\(path)/.spoolship/partial"
-        let cutoff = Date(timeIntervalSinceNow: -maxAge)
+        let cutoff = Date().timeIntervalSince1970 - maxAge
         var removed = 0
-        for agent in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
-            for name in (try? fm.contentsOfDirectory(atPath: "\(root)/\(agent)")) ?? [] where name.hasSuffix(".part") {
-                let p = "\(root)/\(agent)/\(name)"
-                guard let m = (try? fm.attributesOfItem(atPath: p))?[.modificationDate] as? Date, m < cutoff else { continue }
-                if unlink(p) == 0 {
+        for (agent, dir) in partialDirectories() {
+            for e in (try? Files.entries(dir)) ?? [] {
+                guard let name = e.name, DataDirLayout.isPartialFile(name) else { continue }
+                let p = layout.partialFilePath(agent: agent, name: name)
+                guard let st = try? Files.statAt(dir, name, label: p),
+                      Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 < cutoff else { continue }
+                if (try? Files.unlink(dir, name, label: p)) == true {
                     removed += 1
                     logger.notice("removed a stale partial", metadata: ["path": "\(p)", "agent.id": "\(agent)"])
                 }
             }
         }
         return removed
+    }
+
+    /// Every agent's partial directory under `.spoolship/partial`, open, by agent id (what is
+    /// on disk: agents not connected included).
+    func partialDirectories() -> [(agent: String, dir: OwnedFD)] {
+        var out: [(agent: String, dir: OwnedFD)] = []
+        for e in (try? Files.entries(partialRoot)) ?? [] {
+            guard let agent = e.name,
+                  let dir = try? Files.openBeneath(partialRoot, agent, O_RDONLY | O_DIRECTORY, label: layout.partialPath(agent: agent))
+            else { continue }
+            out.append((agent, dir))
+        }
+        return out
     }
 
     /// The store of one agent, opened (and its ledger loaded) on first use.
@@ -70,6 +78,12 @@ final class DataDir: @unchecked Sendable {
 }
 
 /// One agent's corner of the data dir: its directories, its ledger, and which connection owns it.
+///
+/// `@unchecked Sendable`: the reader and durability threads of the owning connection, and the
+/// threads of connections claiming the agent, share it. Its mutable state is guarded: the
+/// ledger map, the directories, the owner and `nextVersion` by `state`; `_broken` and the
+/// ledger file by `ledgerLock`. `leftovers` has no lock: only the reader thread of the
+/// connection that owns the store (`claim`) touches it.
 final class AgentStore: @unchecked Sendable {
     let id: String
     let dataDir: DataDir
@@ -115,7 +129,7 @@ final class AgentStore: @unchecked Sendable {
         var attempt = state.withLock { nextVersion[key] ?? 0 }
         while true {
             let candidate = Names.alternateName(name, attempt: attempt)
-            if try Files.renameNoReplace(partialDir, partialName, dir, candidate, label: "\(agentPath)/\(spool)/\(candidate)") {
+            if try Files.renameNoReplace(partialDir, partialName, dir, candidate, label: dataDir.layout.segmentPath(agent: id, spool: spool, name: candidate)) {
                 // Remembered only for names that have versions: most names never come again.
                 if attempt > 0 { state.withLock { nextVersion[key] = attempt + 1 } }
                 return candidate
@@ -124,17 +138,18 @@ final class AgentStore: @unchecked Sendable {
         }
     }
 
-    var agentPath: String { "\(dataDir.path)/\(id)" }
-    var partialPath: String { "\(dataDir.path)/.spoolship/partial/\(id)" }
-    var ledgerPath: String { "\(dataDir.path)/.spoolship/ledger/\(id).ledger" }
+    var agentPath: String { dataDir.layout.agentPath(id) }
+    var partialPath: String { dataDir.layout.partialPath(agent: id) }
+    var ledgerPath: String { dataDir.layout.ledgerPath(agent: id) }
 
     init(id: String, dataDir: DataDir, logger: Logger) throws {
         self.id = id
         self.dataDir = dataDir
-        partialDir = try Files.ensureDirectory(dataDir.partialRoot, id, label: "\(dataDir.path)/.spoolship/partial/\(id)", mode: 0o700)
-        let lpath = "\(dataDir.path)/.spoolship/ledger/\(id).ledger"
-        let existed = try Files.statAt(dataDir.ledgerRoot, "\(id).ledger", label: lpath) != nil
-        ledgerFD = try Files.openBeneath(dataDir.ledgerRoot, "\(id).ledger", O_RDWR | O_CREAT | O_APPEND, mode: 0o600, label: lpath)
+        partialDir = try Files.ensureDirectory(dataDir.partialRoot, id, label: dataDir.layout.partialPath(agent: id), mode: 0o700)
+        let lpath = dataDir.layout.ledgerPath(agent: id)
+        let lname = DataDirLayout.ledgerFileName(agent: id)
+        let existed = try Files.statAt(dataDir.ledgerRoot, lname, label: lpath) != nil
+        ledgerFD = try Files.openBeneath(dataDir.ledgerRoot, lname, O_RDWR | O_CREAT | O_APPEND, mode: 0o600, label: lpath)
         let bytes = try Files.readAll(ledgerFD)
         let contents = try RecordLog.parse(bytes, kind: LedgerEntry.kind, version: LedgerEntry.version, as: LedgerEntry.self)
         for e in contents.records { ledger[e.key] = e.stored }
@@ -157,9 +172,9 @@ final class AgentStore: @unchecked Sendable {
             try Files.truncate(ledgerFD, Int64(contents.goodBytes))
             try Files.fdatasync(ledgerFD)
         }
-        let fm = FileManager.default
-        for name in (try? fm.contentsOfDirectory(atPath: partialPath)) ?? [] where name.hasSuffix(".part") {
-            guard let st = try Files.statAt(partialDir, name, label: "\(partialPath)/\(name)"), (st.st_mode & S_IFMT) == S_IFREG else { continue }
+        for e in (try? Files.entries(partialDir)) ?? [] {
+            guard let name = e.name, DataDirLayout.isPartialFile(name),
+                  let st = try Files.statAt(partialDir, name, label: dataDir.layout.partialFilePath(agent: id, name: name)), (st.st_mode & S_IFMT) == S_IFREG else { continue }
             leftovers[name] = (UInt64(st.st_size), Double(st.st_mtim.tv_sec))
         }
     }
@@ -183,7 +198,7 @@ final class AgentStore: @unchecked Sendable {
         var freed: UInt64 = 0
         for (name, info) in leftovers.sorted(by: { $0.value.since < $1.value.since }) where name != keep {
             guard freed < bytes else { break }
-            let label = "\(partialPath)/\(name)"
+            let label = dataDir.layout.partialFilePath(agent: id, name: name)
             _ = try? Files.unlink(partialDir, name, label: label)
             leftovers[name] = nil
             freed += info.bytes
@@ -312,7 +327,7 @@ final class AgentStore: @unchecked Sendable {
             a = try Files.ensureDirectory(dataDir.root, id, label: agentPath)
             agentDir = a
         }
-        let d = try Files.ensureDirectory(a, spool, label: "\(agentPath)/\(spool)")
+        let d = try Files.ensureDirectory(a, spool, label: dataDir.layout.spoolPath(agent: id, spool: spool))
         spoolDirs[spool] = d
         return d
     }
@@ -326,7 +341,7 @@ final class AgentStore: @unchecked Sendable {
         // One component at a time, each relative to its parent's handle.
         guard try Files.statAt(dataDir.root, id, label: agentPath) != nil else { return nil }
         let agent = try Files.openBeneath(dataDir.root, id, O_RDONLY | O_DIRECTORY, label: agentPath)
-        guard try Files.statAt(agent, spool, label: "\(agentPath)/\(spool)") != nil else { return nil }
+        guard try Files.statAt(agent, spool, label: dataDir.layout.spoolPath(agent: id, spool: spool)) != nil else { return nil }
         return try spoolDir(spool)
     }
 
@@ -338,7 +353,7 @@ final class AgentStore: @unchecked Sendable {
         // Up to the first name that is free, as a commit takes it (`commitName`).
         for attempt in 0... {
             let name = Names.alternateName(key.name, attempt: attempt)
-            let label = "\(agentPath)/\(key.spool)/\(name)"
+            let label = dataDir.layout.segmentPath(agent: id, spool: key.spool, name: name)
             guard let st = try Files.statAt(dir, name, label: label) else { return nil }
             guard (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_size) == key.size else { continue }
             let fd = try Files.openBeneath(dir, name, O_RDONLY, label: label)

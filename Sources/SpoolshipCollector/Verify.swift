@@ -34,16 +34,19 @@ public struct VerifyProgress: Sendable {
 public enum Verifier {
     public static func verify(dataDir: String, progress: (VerifyProgress) -> Void = { _ in }) throws -> VerifyReport {
         var report = VerifyReport()
-        let ledgerDir = "\(dataDir)/.spoolship/ledger"
-        let fm = FileManager.default
-        guard fm.fileExists(atPath: ledgerDir) else {
-            throw DaemonError("\(dataDir) is not a spoolship data dir (no .spoolship/ledger)")
+        let layout = DataDirLayout(path: dataDir)
+        let ledgerDir = layout.ledgerRootPath
+        // Everything below the data dir is listed and opened through descriptors, beneath it.
+        guard let root = try? Files.openDirectory(dataDir),
+              let ledgers = try? Files.openBeneath(root, DataDirLayout.ledgerRelativePath, O_RDONLY | O_DIRECTORY, label: ledgerDir)
+        else {
+            throw DaemonError("\(dataDir) is not a spoolship data dir (no \(DataDirLayout.ledgerRelativePath))")
         }
         // First every ledger, so that the totals are known before any file is read.
         var entries: [(agent: String, entry: LedgerEntry)] = []
-        for file in try fm.contentsOfDirectory(atPath: ledgerDir).sorted() where file.hasSuffix(".ledger") {
-            let agent = String(file.dropLast(".ledger".count))
-            let fd = try Files.open("\(ledgerDir)/\(file)", O_RDONLY)
+        for file in try Files.entries(ledgers).compactMap(\.name).sorted() {
+            guard let agent = DataDirLayout.agent(ofLedgerFile: file) else { continue }
+            let fd = try Files.openBeneath(ledgers, file, O_RDONLY, label: "\(ledgerDir)/\(file)")
             let contents = try RecordLog.parse(try Files.readAll(fd), kind: LedgerEntry.kind, version: LedgerEntry.version, as: LedgerEntry.self)
             if contents.droppedTail { report.damaged.append("\(ledgerDir)/\(file): damaged tail after byte \(contents.goodBytes)") }
             if contents.damagedLines > 0 { report.damaged.append("\(ledgerDir)/\(file): \(contents.damagedLines) damaged line(s)") }
@@ -54,9 +57,9 @@ public enum Verifier {
         var known: Set<String> = []
         for (agent, e) in entries {
             defer { p.entries += 1; p.bytes += e.size; progress(p) }
-            let rel = "\(agent)/\(e.spool)/\(e.stored)"
+            let rel = DataDirLayout.relative(agent: agent, spool: e.spool, name: e.stored)
             known.insert(rel)
-            let path = "\(dataDir)/\(rel)"
+            let path = layout.segmentPath(agent: agent, spool: e.spool, name: e.stored)
             guard let f = try? Files.open(path, O_RDONLY | O_NOFOLLOW) else {
                 report.missing.append("\(rel): in the ledger (\(e.size) bytes), not on disk")
                 continue
@@ -75,13 +78,14 @@ public enum Verifier {
             report.checked += 1
             report.bytes += size
         }
-        for agent in try fm.contentsOfDirectory(atPath: dataDir).sorted() where !agent.hasPrefix(".") {
-            let adir = "\(dataDir)/\(agent)"
-            guard let spools = try? fm.contentsOfDirectory(atPath: adir) else { continue }
-            for spool in spools.sorted() {
-                guard let names = try? fm.contentsOfDirectory(atPath: "\(adir)/\(spool)") else { continue }
-                for n in names.sorted() where !known.contains("\(agent)/\(spool)/\(n)") {
-                    report.unknown.append("\(agent)/\(spool)/\(n): not in the ledger")
+        for agent in try Files.entries(root).compactMap(\.name).sorted() where DataDirLayout.isAgentDirectory(agent) {
+            guard let adir = try? Files.openBeneath(root, agent, O_RDONLY | O_DIRECTORY, label: layout.agentPath(agent)),
+                  let spools = try? Files.entries(adir) else { continue }
+            for spool in spools.compactMap(\.name).sorted() {
+                guard let sdir = try? Files.openBeneath(adir, spool, O_RDONLY | O_DIRECTORY, label: layout.spoolPath(agent: agent, spool: spool)),
+                      let names = try? Files.entries(sdir) else { continue }
+                for n in names.map(\.display).sorted() where !known.contains(DataDirLayout.relative(agent: agent, spool: spool, name: n)) {
+                    report.unknown.append("\(DataDirLayout.relative(agent: agent, spool: spool, name: n)): not in the ledger")
                 }
             }
         }

@@ -6,8 +6,8 @@ import SpoolshipCore
 /// The first byte chooses:
 ///   bit 0  the side: 0, the collector reading an agent (preamble, then each frame's header
 ///          and body parsed as `readFrame` does, driven through `CollectorHandshake` and, once
-///          accepted, the checks on OFFER and DATA); 1, an agent reading a collector (the
-///          incremental `FrameDecoder`, fed in slices).
+///          accepted, the collector's own OFFER and DATA rules, `OfferAdmission`); 1, an
+///          agent reading a collector (the incremental `FrameDecoder`, fed in slices).
 ///   bit 1  whether the collector requires credentials.
 ///   bits 2-7  how the agent's side slices its input.
 /// Every frame that decodes must encode and decode back to itself, and decoding in slices
@@ -31,7 +31,12 @@ public enum FuzzTarget {
     static let secret = Array(repeating: UInt8(0x5a), count: 32)
     static let nonce = Array(repeating: UInt8(0xa5), count: Auth.nonceSize)
     static let maxBody = 8192
-    static let maxSegment: UInt64 = 1 << 40
+    /// The collector's defaults (CollectorConfig): max-segment-size 2^40, a partial limit of
+    /// 64 GiB (so the largest segment is 64 GiB), a window of 512, a reserve of 256 MiB.
+    static let limits = OfferAdmission.Limits(largestSegment: min(1 << 40, 64 << 30), window: 512,
+                                              maxPartialBytes: 64 << 30, freeSpaceReserve: 256 << 20)
+    /// The free space the fuzzed collector's disk has.
+    static let freeBytes: UInt64 = 1 << 40
 
     @discardableResult
     public static func run(_ input: [UInt8]) -> Reach {
@@ -53,8 +58,8 @@ public enum FuzzTarget {
         precondition(again == frame, "\(frame) decodes as \(again) after encoding")
     }
 
-    /// As `CollectorConnection.handshake` and `readLoop`: stops at the first refusal, as the
-    /// connection would close.
+    /// As `CollectorConnection.handshake` and `readLoop`, with the collector's own OFFER and
+    /// DATA rules (`OfferAdmission`): stops at the first refusal, as the connection would close.
     static func collectorSide(_ bytes: ArraySlice<UInt8>, requireAuth: Bool) -> Reach {
         var reach: Reach = []
         var rest = bytes
@@ -66,7 +71,8 @@ public enum FuzzTarget {
         guard let pre = take(Wire.preamble.count), Array(pre) == Wire.preamble else { return reach }
         var handshake = CollectorHandshake(agents: requireAuth ? ["fuzz-agent": secret] : nil, nonce: { nonce })
         var accepted = false
-        var offers: [UInt64: SegmentKey] = [:]
+        // The open offers: each one's segment and the offset its bytes have reached.
+        var offers: [UInt64: (key: SegmentKey, expected: UInt64)] = [:]
         var hello: Hello?
         while let header = take(Wire.headerSize) {
             let frame: Frame
@@ -107,20 +113,42 @@ public enum FuzzTarget {
             }
             switch frame {
             case .offer(let o):
-                guard (try? Names.validateIdentifier(o.key.spool, what: "spool name")) != nil,
-                      (try? Names.validateSegmentName(o.key.name)) != nil
-                else { return reach.union(.refused) }
-                // The collector's largest segment (max-segment-size is at most 2^62).
-                guard o.key.size <= maxSegment else { return reach.union(.refused) }
+                // The collector's own decision (OfferAdmission), for a fresh data dir: nothing
+                // committed, no partial, nothing left over, the disk roomy.
+                if OfferAdmission.screen(o, limits: limits, openOffers: offers.count, tagOpen: offers[o.tag] != nil) != nil {
+                    return reach.union(.refused)
+                }
                 let partial = o.key.partialFileName
                 precondition(partial.count == 37 && !partial.contains("/"), "partial name \(partial)")
-                offers[o.tag] = o.key
-                reach.insert(.offered)
+                // A newer offer of the same segment replaces the older one.
+                for (tag, open) in offers where open.key == o.key { offers[tag] = nil }
+                var facts = OfferAdmission.Facts(onOffer: offers.values.reduce(0) { $0 + $1.key.size },
+                                                 coming: offers.values.reduce(0) { $0 + ($1.key.size - $1.expected) })
+                decision: while true {
+                    switch OfferAdmission.decide(o, agentID: hello?.agentID ?? "?", facts: facts, limits: limits) {
+                    case .lookUpCommitted: facts.committed = false
+                    case .lookAtPartial: facts.heldBytes = 0
+                    case .dropLeftovers: facts.droppedBytes = 0
+                    case .measureFreeSpace: facts.freeBytes = .bytes(freeBytes)
+                    case .refuse: return reach.union(.refused)
+                    case .committed: preconditionFailure("\(o.key) committed on a fresh data dir")
+                    case .deferred: break decision
+                    case .sendFrom(let offset):
+                        precondition(offset == 0, "\(o.key) resumed from \(offset) with no partial")
+                        offers[o.tag] = (o.key, offset)
+                        reach.insert(.offered)
+                        break decision
+                    }
+                }
             case .data(let tag, let offset, let length):
-                guard let key = offers[tag], offset == 0, length <= key.size else { return reach.union(.refused) }
+                if OfferAdmission.checkData(tag: tag, offset: offset, length: length, open: offers[tag]) != nil {
+                    return reach.union(.refused)
+                }
                 // The payload follows the frame; the collector splices it.
                 guard take(Int(length)) != nil else { return reach }
-                offers[tag] = nil
+                let (key, expected) = offers[tag]!
+                // Complete: committed, and the offer closes.
+                offers[tag] = expected + length == key.size ? nil : (key, expected + length)
                 reach.insert(.payload)
             case .ping:
                 break

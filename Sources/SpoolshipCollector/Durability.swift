@@ -1,0 +1,252 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipCore
+import SpoolshipDaemon
+import SpoolshipIO
+
+// Checkpoint and commit: what makes a connection's bytes durable and acknowledges them. The
+// durability rules kept here (docs/ARCHITECTURE.md, and ../shared/DESIGN.md, define them):
+//
+//   R1  An acknowledged offset never exceeds the last successful fdatasync of that file; a new
+//       file counts only after its directory is fsynced. `checkpoint` acknowledges what the
+//       file held before its fdatasync began, and syncs the partial directory first for a new
+//       file; `commit` acknowledges only after the file's fdatasync, the rename, the spool
+//       directory's fsync and the ledger's fdatasync.
+//   R2  An fsync, fdatasync or close error poisons the file: never retried and then trusted.
+//       `checkpoint` poisons the transfer and unlinks the partial at once; `commit` discards the
+//       partial (or takes the renamed files back out) and has the agent send it again; a ledger
+//       that fails to sync stops all acknowledgement for its agent until a restart.
+//   R5  Every segment's checksum is checked before the commit rename and the acknowledgement:
+//       the checksum trails the transfer at each checkpoint, and `commit` reads the tail and
+//       compares it with the agent's.
+//
+// (R3, the partial's one descriptor, is `PartialFile`'s; the resume at an offer, which syncs
+// a partial before answering from it, is in ConnectionAdmission.swift.)
+
+/// One connection's durability thread: it takes checkpoint and commit jobs from the reader
+/// thread, runs them in order (commits that queue up together become one group commit), and
+/// sends their acknowledgements.
+///
+/// `@unchecked Sendable`: the reader thread queues (`checkpointIfDue`, `commit`) and stops it
+/// (`finish`) while the durability thread runs `loop`; `queue`, `closing` and `started` are
+/// touched only under `jobs`. Everything else is `let`s of Sendable types.
+final class Durability: @unchecked Sendable {
+    enum Job {
+        case checkpoint(Transfer)
+        case commit(Transfer)
+    }
+
+    private let store: AgentStore
+    private let logger: Logger
+    private let sender: FrameSender
+    private let collectorStats: CollectorStats
+    private let stats: ConnectionStats
+    private let checkpointBytes: Int64
+    private let checkpointInterval: Double
+    private let jobs = NSCondition()
+    private var queue: [Job] = []
+    private var closing = false
+    private var started = false
+    private let done = Latch()
+
+    init(store: AgentStore, logger: Logger, sender: FrameSender, collectorStats: CollectorStats, stats: ConnectionStats, config: CollectorConfig) {
+        self.store = store
+        self.logger = logger
+        self.sender = sender
+        self.collectorStats = collectorStats
+        self.stats = stats
+        checkpointBytes = config.checkpointBytes
+        checkpointInterval = config.checkpointInterval
+    }
+
+    /// Starts the durability thread.
+    func start(name: String) {
+        jobs.lock(); started = true; jobs.unlock()
+        startThread(name) { [self] in loop() }
+    }
+
+    /// Lets the durability thread finish what was queued (what was fully received), then
+    /// returns once it has ended.
+    func finish() {
+        jobs.lock(); closing = true; jobs.broadcast()
+        let wasStarted = started
+        jobs.unlock()
+        if wasStarted { done.wait(timeout: 3600) }
+    }
+
+    // MARK: the reader's side
+
+    /// Checkpoint scheduling, on the reader thread as a splice lands bytes: a durable
+    /// checkpoint every `checkpointBytes` of a segment, or every `checkpointInterval` seconds,
+    /// whichever comes first, one at a time per transfer.
+    func checkpointIfDue(_ t: Transfer, reached: Int64) {
+        guard t.checkpointDue(reached: reached, now: monotonicNow(), bytes: checkpointBytes, seconds: checkpointInterval) else { return }
+        enqueue(.checkpoint(t))
+    }
+
+    /// The whole segment has arrived: commit it.
+    func commit(_ t: Transfer) { enqueue(.commit(t)) }
+
+    private func enqueue(_ job: Job) {
+        jobs.lock()
+        queue.append(job)
+        jobs.signal()
+        jobs.unlock()
+    }
+
+    // MARK: the durability thread
+
+    private func loop() {
+        defer { done.open() }
+        while true {
+            jobs.lock()
+            while queue.isEmpty && !closing { jobs.wait() }
+            let batch = queue
+            queue.removeAll()
+            let last = closing && batch.isEmpty
+            jobs.unlock()
+            if last { return }
+            var commits: [Transfer] = []
+            for job in batch {
+                switch job {
+                case .checkpoint(let t): checkpoint(t)
+                case .commit(let t): commits.append(t)
+                }
+            }
+            if !commits.isEmpty { commit(commits) }
+        }
+    }
+
+    /// Syncs what the partial holds and tells the agent. R1: the offset acknowledged is what
+    /// the file held before the fdatasync began, never more.
+    private func checkpoint(_ t: Transfer) {
+        defer { t.checkpointFinished() }
+        guard let fd = t.file.descriptor, !t.poisoned, !t.retired else { return }
+        let reached = t.written
+        guard reached > t.synced else { return }
+        do {
+            let syncStart = monotonicNow()
+            defer { collectorStats.fsync(.partial, seconds: monotonicNow() - syncStart) }
+            try Files.fdatasync(fd)
+            if !t.file.entrySynced {
+                try Files.fsync(store.partialDir)
+                t.file.markEntrySynced()
+            }
+            t.synced = reached
+            // The checksum trails the transfer here, off the reader's thread, so the commit
+            // only has the tail left to read.
+            var (crc, from) = t.checksum
+            try Files.checksum(fd, from: from, to: reached, into: &crc)
+            t.checksum = (crc, reached)
+        } catch {
+            logger.error("checkpoint sync failed; the partial is poisoned", metadata: ["path": "\(t.label)", "error": "\(error)"])
+            collectorStats.error(.sync)
+            t.poisoned = true
+            // R2: its name goes now, not at the end of the connection, so that no later offer
+            // (after a crash, say) can find it, sync it again and trust it. The reader finishes
+            // the frame into the nameless file. (A retired transfer's file is the newer
+            // offer's: it is that one's to judge.)
+            if !t.retired { _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label) }
+            return
+        }
+        // A failed send means the connection is going away; the partial stays good.
+        try? sender.send([.checkpoint(tag: t.tag, offset: UInt64(reached))])
+    }
+
+    /// Group commit: fdatasync and verify each segment, rename each into place, then sync
+    /// each touched directory once and the ledger once, then acknowledge them all.
+    private func commit(_ batch: [Transfer]) {
+        var done: [(Transfer, String)] = []
+        var replies: [Frame] = []
+        var dirs: [String: OwnedFD] = [:]
+        let started = monotonicNow()
+        // Every file gets its own fdatasync, all of them at once (see SyncPool).
+        let fds = batch.compactMap { $0.poisoned ? nil : $0.file.descriptor }
+        let syncErrors = SyncPool.shared.fdatasyncAll(fds, timed: { [collectorStats] seconds in collectorStats.fsync(.partial, seconds: seconds) })
+        let synced = monotonicNow()
+        var tailBytes: Int64 = 0
+        var syncError: [ObjectIdentifier: SyscallError] = [:]
+        for (fd, e) in zip(fds, syncErrors) { if let e = e { syncError[ObjectIdentifier(fd)] = e } }
+        for t in batch {
+            do {
+                guard !t.poisoned else { throw SyscallError(call: "fdatasync", path: t.label, errno: EIO) }
+                guard let fd = t.file.descriptor else { throw DaemonError("no partial file for \(t.key.name)") }
+                if let e = syncError[ObjectIdentifier(fd)] { throw e }
+                // R5: the checksum of every byte, the tail the checkpoints had not covered yet.
+                var (crc, from) = t.checksum
+                tailBytes += Int64(t.key.size) - from
+                try Files.checksum(fd, from: from, to: Int64(t.key.size), into: &crc)
+                t.checksum = (crc, Int64(t.key.size))
+                // R3: the final sync is done; the descriptor closes here.
+                try t.file.close()
+                guard crc.value == t.key.crc else {
+                    logger.error("checksum mismatch; discarding the partial", metadata: [
+                        "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)",
+                        "crc.expected": "\(hex32(t.key.crc))", "crc.received": "\(hex32(crc.value))"])
+                    _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+                    collectorStats.error(.checksum)
+                    replies.append(.error(code: ErrorCode.checksumMismatch.rawValue, tag: t.tag,
+                                          message: "checksum mismatch for \(t.key.spool)/\(t.key.name): expected \(hex32(t.key.crc)), received \(hex32(crc.value)); send it again"))
+                    continue
+                }
+                let dir = try store.spoolDir(t.key.spool)
+                let name = try store.commitName(t.partialName, spool: t.key.spool, name: t.key.name, into: dir)
+                if name != t.key.name {
+                    logger.warning("name already taken by a different file; committed under another name", metadata: [
+                        "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)", "stored.name": "\(name)"])
+                }
+                dirs[t.key.spool] = dir
+                done.append((t, name))
+            } catch {
+                // R2: an fsync or close error poisons the file; discard it, the agent resends.
+                logger.error("commit failed; discarding the partial", metadata: ["path": "\(t.label)", "error": "\(error)"])
+                collectorStats.error((error as? SyscallError).map { ["fdatasync", "fsync", "close"].contains($0.call) } == true ? .sync : .commit)
+                try? t.file.close()
+                _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+                replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not commit \(t.key.spool)/\(t.key.name): \(error); send it again"))
+            }
+        }
+        do {
+            for dir in dirs.values { try Files.fsync(dir) }
+        } catch {
+            // R2: the new directory entries are not known durable, and a second fsync would
+            // not prove they are. Take the files back out and have the agent send them again.
+            logger.error("directory sync failed at commit; discarding the batch", metadata: ["error": "\(error)"])
+            collectorStats.error(.commit)
+            for (t, name) in done {
+                if let dir = dirs[t.key.spool] { _ = try? Files.unlink(dir, name, label: store.dataDir.layout.segmentPath(agent: store.id, spool: t.key.spool, name: name)) }
+                replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); send it again"))
+            }
+            try? sender.send(replies)
+            return
+        }
+        do {
+            let now = Int64(Date().timeIntervalSince1970)
+            try store.record(done.map { LedgerEntry(key: $0.0.key, stored: $0.1, time: now) }) { [collectorStats] in collectorStats.fsync(.ledger, seconds: $0) }
+            let finished = monotonicNow()
+            let bytes = done.reduce(UInt64(0)) { $0 + $1.0.key.size }
+            collectorStats.committed(segments: done.count, bytes: bytes)
+            stats.committed(segments: done.count, bytes: bytes)
+            for (t, name) in done {
+                replies.append(.committed(tag: t.tag, storedName: name))
+                logger.debug("committed", metadata: ["spool.name": "\(t.key.spool)", "segment.name": "\(name)", "bytes": "\(t.key.size)"])
+            }
+            // What the commit cost, for tuning: the final syncs, then the checksum of the bytes
+            // that the checkpoints had not yet covered, renames, directory syncs and the ledger.
+            logger.debug("commit batch", metadata: [
+                "segments": "\(done.count)", "sync.ms": "\(Int((synced - started) * 1000))",
+                "checksum.tail_bytes": "\(tailBytes)", "rest.ms": "\(Int((finished - synced) * 1000))"])
+        } catch {
+            // The ledger could not be synced: no acknowledgement, and the store refuses this
+            // agent until the collector restarts and reads its ledger afresh (R2: a sync is
+            // never retried and then trusted). The committed files themselves are durable.
+            logger.critical("ledger sync failed; refusing this agent until restart", metadata: ["path": "\(store.ledgerPath)", "error": "\(error)"])
+            collectorStats.error(.ledger)
+            for (t, _) in done {
+                replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); offer it again"))
+            }
+        }
+        if !replies.isEmpty { try? sender.send(replies) }
+    }
+}
