@@ -12,7 +12,6 @@ import PackageDescription
 //   SpoolshipCommands the three programs' command lines; the executables are one line each.
 //   C targets       libsystemd, zlib and ISA-L (system libraries), and a _GNU_SOURCE shim for
 //                   the calls Swift's Glibc module hides (splice, pipe2, openat2, renameat2).
-let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 
 let package = Package(
     name: "spoolship",

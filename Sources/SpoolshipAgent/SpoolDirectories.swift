@@ -88,8 +88,8 @@ final class SpoolDirectories: Sendable {
         var back: [SpoolConfig] = []
         for spool in spools {
             guard let fd = self.spool(spool.name), let cur = try? Files.fstat(fd) else { continue }
-            let atPath = try? Files.statPath(spool.directory)
-            if cur.st_nlink > 0, let st = atPath, st.st_dev == cur.st_dev && st.st_ino == cur.st_ino { continue }
+            let atPath = try? Files.status(spool.directory)
+            if cur.st_nlink > 0, let st = atPath, st.device == UInt64(cur.st_dev) && st.inode == UInt64(cur.st_ino) { continue }
             guard atPath != nil, let fresh = try? Files.openDirectory(spool.directory) else {
                 if handles.withLock({ $0.missing.insert(spool.name).inserted }) {
                     logger.error("spool directory is gone; waiting for it to come back", metadata: ["spool.name": "\(spool.name)", "path": "\(spool.directory)"])

@@ -102,7 +102,7 @@ extension Collector {
         var out: [String: (count: Int, bytes: UInt64)] = [:]
         for (agent, dir) in dataDir.partialDirectories() {
             var e = (count: 0, bytes: UInt64(0))
-            for entry in (try? Files.entries(dir)) ?? [] {
+            for entry in (try? Files.entries(of: dir)) ?? [] {
                 guard let name = entry.name, DataDirLayout.isPartialFile(name),
                       let st = try? Files.statAt(dir, name, label: dataDir.layout.partialFilePath(agent: agent, name: name)),
                       (st.st_mode & S_IFMT) == S_IFREG else { continue }

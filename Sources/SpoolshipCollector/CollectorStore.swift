@@ -39,7 +39,7 @@ final class DataDir: Sendable {
         let cutoff = Date().timeIntervalSince1970 - maxAge
         var removed = 0
         for (agent, dir) in partialDirectories() {
-            for e in (try? Files.entries(dir)) ?? [] {
+            for e in (try? Files.entries(of: dir)) ?? [] {
                 guard let name = e.name, DataDirLayout.isPartialFile(name) else { continue }
                 let p = layout.partialFilePath(agent: agent, name: name)
                 guard let st = try? Files.statAt(dir, name, label: p),
@@ -57,7 +57,7 @@ final class DataDir: Sendable {
     /// on disk: agents not connected included).
     func partialDirectories() -> [(agent: String, dir: OwnedFD)] {
         var out: [(agent: String, dir: OwnedFD)] = []
-        for e in (try? Files.entries(partialRoot)) ?? [] {
+        for e in (try? Files.entries(of: partialRoot)) ?? [] {
             guard let agent = e.name,
                   let dir = try? Files.openBeneath(partialRoot, agent, O_RDONLY | O_DIRECTORY, label: layout.partialPath(agent: agent))
             else { continue }
@@ -172,7 +172,7 @@ final class AgentStore: @unchecked Sendable {
             try Files.truncate(ledgerFD, Int64(contents.goodBytes))
             try Files.fdatasync(ledgerFD)
         }
-        for e in (try? Files.entries(partialDir)) ?? [] {
+        for e in (try? Files.entries(of: partialDir)) ?? [] {
             guard let name = e.name, DataDirLayout.isPartialFile(name),
                   let st = try Files.statAt(partialDir, name, label: dataDir.layout.partialFilePath(agent: id, name: name)), (st.st_mode & S_IFMT) == S_IFREG else { continue }
             leftovers[name] = (UInt64(st.st_size), Double(st.st_mtim.tv_sec))

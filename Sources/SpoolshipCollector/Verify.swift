@@ -44,7 +44,7 @@ public enum Verifier {
         }
         // First every ledger, so that the totals are known before any file is read.
         var entries: [(agent: String, entry: LedgerEntry)] = []
-        for file in try Files.entries(ledgers).compactMap(\.name).sorted() {
+        for file in try Files.entries(of: ledgers).compactMap(\.name).sorted() {
             guard let agent = DataDirLayout.agent(ofLedgerFile: file) else { continue }
             let fd = try Files.openBeneath(ledgers, file, O_RDONLY, label: "\(ledgerDir)/\(file)")
             let contents = try RecordLog.parse(try Files.readAll(fd), kind: LedgerEntry.kind, version: LedgerEntry.version, as: LedgerEntry.self)
@@ -78,12 +78,12 @@ public enum Verifier {
             report.checked += 1
             report.bytes += size
         }
-        for agent in try Files.entries(root).compactMap(\.name).sorted() where DataDirLayout.isAgentDirectory(agent) {
+        for agent in try Files.entries(of: root).compactMap(\.name).sorted() where DataDirLayout.isAgentDirectory(agent) {
             guard let adir = try? Files.openBeneath(root, agent, O_RDONLY | O_DIRECTORY, label: layout.agentPath(agent)),
-                  let spools = try? Files.entries(adir) else { continue }
+                  let spools = try? Files.entries(of: adir) else { continue }
             for spool in spools.compactMap(\.name).sorted() {
                 guard let sdir = try? Files.openBeneath(adir, spool, O_RDONLY | O_DIRECTORY, label: layout.spoolPath(agent: agent, spool: spool)),
-                      let names = try? Files.entries(sdir) else { continue }
+                      let names = try? Files.entries(of: sdir) else { continue }
                 for n in names.map(\.display).sorted() where !known.contains(DataDirLayout.relative(agent: agent, spool: spool, name: n)) {
                     report.unknown.append("\(DataDirLayout.relative(agent: agent, spool: spool, name: n)): not in the ledger")
                 }

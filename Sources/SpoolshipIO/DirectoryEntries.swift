@@ -82,24 +82,37 @@ extension Files {
         public var display: String { name ?? FileName.display(rawName) }
     }
 
-    /// The entries of the directory at `path` but `.` and `..`, in no particular order, with
-    /// their names as bytes (FileManager drops or alters names that are not valid UTF-8).
-    public static func entries(_ path: String) throws -> [DirectoryEntry] {
-        guard let d = opendir(path) else { throw SyscallError(call: "opendir", path: path, errno: Glibc.errno) }
-        defer { closedir(d) }
+    /// The entries of the directory held by `dir` but `.` and `..` (names as bytes, in no
+    /// particular order: FileManager drops or alters names that are not valid UTF-8), read
+    /// through a descriptor of its own opened beneath `dir` (openat(2) of ".", then
+    /// fdopendir(3)): the listing is of the directory the caller holds, whatever its path
+    /// names now, `dir`'s own offset is left alone, and two threads may list one directory at
+    /// once.
+    public static func entries(of dir: OwnedFD) throws -> [DirectoryEntry] {
+        let fd = try syscall("openat", dir.label) { openat(dir.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard let d = fdopendir(fd) else {
+            let e = Glibc.errno
+            Glibc.close(fd)
+            throw SyscallError(call: "fdopendir", path: dir.label, errno: e)
+        }
+        defer { closedir(d) }  // closes `fd` too
         var out: [DirectoryEntry] = []
         while true {
             Glibc.errno = 0
             guard let e = readdir(d) else {
-                if Glibc.errno != 0 { throw SyscallError(call: "readdir", path: path, errno: Glibc.errno) }
+                if Glibc.errno != 0 { throw SyscallError(call: "readdir", path: dir.label, errno: Glibc.errno) }
                 return out
             }
             let raw: [UInt8] = withUnsafeBytes(of: e.pointee.d_name) { p in
-                let bytes = p.bindMemory(to: UInt8.self)
-                return Array(bytes.prefix { $0 != 0 })
+                Array(p.bindMemory(to: UInt8.self).prefix { $0 != 0 })
             }
             if raw == [0x2E] || raw == [0x2E, 0x2E] { continue }
             out.append(DirectoryEntry(rawName: raw, name: FileName.decode(raw), type: e.pointee.d_type))
         }
+    }
+
+    /// The names (valid UTF-8 only) in the directory held by `dir`, sorted.
+    public static func names(of dir: OwnedFD) throws -> [String] {
+        try entries(of: dir).compactMap(\.name).sorted()
     }
 }

@@ -146,6 +146,21 @@ public enum Files {
         throw SyscallError(call: "unlinkat", path: label, errno: Glibc.errno)
     }
 
+    /// renameat(2), replacing `to` if it exists.
+    public static func rename(_ fromDir: OwnedFD, _ from: String, _ toDir: OwnedFD, _ to: String, label: String) throws {
+        _ = try syscall("renameat", label) { renameat(fromDir.raw, from, toDir.raw, to) }
+    }
+
+    /// Opens `name` beneath `dir` for reading (no symlink followed, never blocking on a FIFO);
+    /// nil when it does not exist.
+    public static func openIfPresent(_ dir: OwnedFD, _ name: String, label: String) throws -> OwnedFD? {
+        do {
+            return try openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
+        } catch let e as SyscallError where e.errno == ENOENT {
+            return nil
+        }
+    }
+
     public static func truncate(_ fd: OwnedFD, _ size: Int64) throws {
         _ = try syscall("ftruncate", fd.label) { ftruncate(fd.raw, Int(size)) }
     }
