@@ -63,6 +63,7 @@ let package = Package(
                 "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ],),
         .target(
             name: "SpoolshipCollector",
@@ -70,6 +71,7 @@ let package = Package(
                 "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ]),
         .target(
             name: "SpoolshipDemo",

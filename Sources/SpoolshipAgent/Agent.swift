@@ -82,8 +82,10 @@ public final class Agent: Sendable {
         reaper = Reaper(journal: journal, queue: queue, dirs: dirs, archiveDirs: archives, threads: threads, sealer: blobs,
                         logger: logger, stats: stats, compact: {
                             // Rewritten when the journal holds 4 times more lines than the state.
+                            let lines = journal.appended
+                            guard lines > 100_000 else { return }
                             let live = queue.all, rs = rotations.all, seqs = rotations.lastSeq
-                            guard journal.appended > 100_000 && journal.appended > 4 * (live.count + rs.count + seqs.count) else { return }
+                            guard lines > 4 * (live.count + rs.count + seqs.count) else { return }
                             do { try journal.compact(live, rotations: rs, lastSeq: seqs) } catch {
                                 logger.error("cannot compact the agent state", metadata: ["error": "\(error)"])
                             }
@@ -229,23 +231,24 @@ public final class Agent: Sendable {
                 health.error(f.description, at: true)
                 throw f
             } catch {
+                let result = session.result
                 if threads.isStopped {
                     logger.info("connection closed for the stop; what the collector holds is resumed at the next start")
                 } else {
-                    stats.error(session.refusedByCollector ? .refused : session.established ? .connection : .connect)
+                    stats.error(result.refusedByCollector ? .refused : result.established ? .connection : .connect)
                     health.error("\(error)", at: true)
-                    if session.idInUse {
+                    if result.idInUse {
                         logger.error("another connection holds this agent id at the collector; two agents with one id? retrying later",
                                      metadata: ["collector": "\(config.collector)", "error": "\(error)"])
                     } else {
                         logger.warning("connection to collector failed", metadata: ["collector": "\(config.collector)", "error": "\(error)"])
                     }
                 }
-                if session.madeProgress { backoff = config.backoffMin }
+                if result.madeProgress { backoff = config.backoffMin }
                 // Another agent holds the id: try again seldom, not at once (the other one may
                 // be this agent's own earlier connection, not yet timed out at the collector).
-                if session.idInUse { backoff = max(backoff, Self.idInUseBackoff) }
-                health.update { $0.lastIDInUse = session.idInUse }
+                if result.idInUse { backoff = max(backoff, Self.idInUseBackoff) }
+                health.update { $0.lastIDInUse = result.idInUse }
             }
             if let done = try checkFinished() { return done }
             // Jittered exponential backoff, interrupted by stop().

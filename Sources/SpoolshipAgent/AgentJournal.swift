@@ -20,14 +20,15 @@ struct LoadedState {
 /// since a lost seal is redone from the file and a lost done is redone from the ack.
 ///
 /// `@unchecked Sendable`: appends come from several threads (the sealers, the rotator, the
-/// reaper, a session's re-seal); `fd` and `appended` change only while holding `lock`.
+/// reaper, a session's re-seal); `fd` and `lines` are read and written only while holding
+/// `lock`.
 final class AgentJournal: @unchecked Sendable {
     let dir: String
     static let fileName = "state.journal"
     private var fd: OwnedFD
     /// Lines in the journal since it was last compacted.
-    private(set) var appended = 0
-    /// Appends come from the watcher (seals) and the reaper (acks, dones).
+    private var lines = 0
+    var appended: Int { lock.lock(); defer { lock.unlock() }; return lines }
     private let lock = NSLock()
     let lockFD: OwnedFD
 
@@ -89,12 +90,12 @@ final class AgentJournal: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         var bytes: [UInt8] = []
-        if appended == 0, try Files.fstat(fd).st_size == 0 {
+        if lines == 0, try Files.fstat(fd).st_size == 0 {
             bytes += RecordLog.headerLine(kind: StateRecord.kind, version: StateRecord.version)
         }
         for r in records { bytes += RecordLog.line(r) }
         try Files.writeAll(fd, bytes)
-        appended += records.count
+        lines += records.count
         if sync { try Files.fdatasync(fd) }
     }
 
@@ -143,6 +144,6 @@ final class AgentJournal: @unchecked Sendable {
         let newFD = try Files.open("\(dir)/\(Self.fileName)", O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         try? fd.close()
         fd = newFD
-        appended = live.count + live.filter(\.acked).count + rotations.count + lastSeq.count
+        lines = live.count + live.filter(\.acked).count + rotations.count + lastSeq.count
     }
 }

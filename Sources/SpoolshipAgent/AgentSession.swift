@@ -26,15 +26,23 @@ final class AgentSession: @unchecked Sendable {
     private var failure: Error?
     private var window = 64
     private var lastHeard = monotonicNow()
-    /// Whether the collector answered, checkpointed or acknowledged anything on this connection.
-    private(set) var madeProgress = false
-    /// Whether the handshake was over (for the kind of error a failure counts as).
-    private(set) var established = false
-    /// Whether the collector ended the connection with an ERROR frame.
-    private(set) var refusedByCollector = false
-    /// The collector refused the connection because another live connection holds this
-    /// agent's id (ERROR 10): two agents with one id.
-    private(set) var idInUse = false
+    private var outcome = Outcome()
+
+    /// How the connection went, for the agent's backoff and its error counts.
+    struct Outcome: Sendable {
+        /// Whether the collector answered, checkpointed or acknowledged anything.
+        var madeProgress = false
+        /// Whether the handshake was over (for the kind of error a failure counts as).
+        var established = false
+        /// Whether the collector ended the connection with an ERROR frame.
+        var refusedByCollector = false
+        /// The collector refused the connection because another live connection holds this
+        /// agent's id (ERROR 10): two agents with one id.
+        var idInUse = false
+    }
+
+    /// Read by the agent once `run` returned.
+    var result: Outcome { locked { outcome } }
 
     init(agent: Agent) {
         self.agent = agent
@@ -72,7 +80,7 @@ final class AgentSession: @unchecked Sendable {
         let welcome = try readWelcome(sock, &decoder, nonce: nonce)
         window = Int(max(1, min(welcome.window, 4096)))
         logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
-        established = true
+        locked { outcome.established = true }
         agent.stats.connected()
         agent.health.update { $0.connectedTo = welcome.collectorID; $0.connectedSince = Date().timeIntervalSince1970 }
         defer { agent.health.update { $0.connectedTo = nil; $0.connectedSince = nil } }
@@ -124,12 +132,12 @@ final class AgentSession: @unchecked Sendable {
                     }
                     return w
                 case .error(let code, _, let message):
-                    refusedByCollector = true
+                    locked { outcome.refusedByCollector = true }
                     let c = ErrorCode(rawValue: code)
                     if c == .authentication || c == .unsupportedVersion || c == .badName {
                         throw FatalRefusal(description: "collector \(config.collector) refused this agent: \(message)")
                     }
-                    if c == .agentIDInUse { idInUse = true }
+                    if c == .agentIDInUse { locked { outcome.idInUse = true } }
                     throw DaemonError("collector \(config.collector) refused the connection: \(message)")
                 default: throw DaemonError("collector sent \(f.type) before WELCOME")
                 }
@@ -305,7 +313,7 @@ final class AgentSession: @unchecked Sendable {
                 // An answer to send is not progress yet (a full collector disk answers, then
                 // fails): only durable bytes and commits are.
                 queue.progressed()
-                madeProgress = true
+                outcome.madeProgress = true
                 acks.append((tag, s.name))
             } else {
                 guard offset <= s.size else { throw DaemonError("collector answered offset \(offset) for \(s.name), beyond its size \(s.size)") }
@@ -318,16 +326,16 @@ final class AgentSession: @unchecked Sendable {
             }
         case .checkpoint:
             queue.progressed()
-            locked { madeProgress = true }
+            locked { outcome.madeProgress = true }
         case .committed(let tag, let stored):
             queue.progressed()
-            locked { madeProgress = true }
+            locked { outcome.madeProgress = true }
             acks.append((tag, stored))
         case .pong:
             break
         case .error(let code, let tag, let message):
             let c = ErrorCode(rawValue: code)
-            if c == .agentIDInUse { locked { idInUse = true } }
+            if c == .agentIDInUse { locked { outcome.idInUse = true } }
             if tag != 0, let c = c, c.retryLater {
                 // No room at the collector for now: keep the file, offer it again later.
                 logger.warning("collector cannot take a segment now; offering it again later", metadata: ["error.code": "\(c)", "error": "\(message)"])
@@ -353,7 +361,7 @@ final class AgentSession: @unchecked Sendable {
                 let id: UInt64? = locked { inflight.removeValue(forKey: tag) }
                 if let id = id { agent.refuse(id, reason: message) }
             }
-            refusedByCollector = true
+            locked { outcome.refusedByCollector = true }
             if c == .authentication || c == .unsupportedVersion {
                 throw FatalRefusal(description: "collector \(config.collector) refused this agent: \(message)")
             }

@@ -5,7 +5,7 @@ import Synchronization
 
 /// The log spools' rotations not sealed yet, and each stream's last sequence number: what the
 /// rotator renamed aside and the log sealer has still to seal. The rotator adds (`plan`,
-/// `rotated`), the log sealer moves each through its phases and removes it once its segment
+/// `add`), the log sealer moves each through its phases and removes it once its segment
 /// is admitted; a session turns a changed log segment back into a rotation (`add`).
 /// Start-up recovery edits the table whole, before any thread runs (`recovering`).
 final class RotationTable: Sendable {

@@ -104,7 +104,6 @@ public final class Collector: Sendable {
             logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (give --agents FILE to require credentials)")
         }
         heartbeats.beat("accept")
-        heartbeats.startWatchdog(logger: logger) { [self] in statusLine }
         if !stopping.isOpen { Systemd.ready(status: statusLine) }
         while !stopping.isOpen {
             heartbeats.beat("accept")

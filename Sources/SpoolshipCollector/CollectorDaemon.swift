@@ -88,6 +88,7 @@ public final class CollectorDaemon: Sendable {
                     return 1
                 }
             }
+            lifecycle.startWatchdog(logger: logger, minimumStale: 5) { collector.statusLine }
             lifecycle.whileRunning(stop: { collector.stop() })
             collector.run()
             return 0

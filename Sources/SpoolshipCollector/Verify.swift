@@ -60,7 +60,7 @@ public enum Verifier {
             let rel = DataDirLayout.relative(agent: agent, spool: e.spool, name: e.stored)
             known.insert(rel)
             let path = layout.segmentPath(agent: agent, spool: e.spool, name: e.stored)
-            guard let f = try? Files.open(path, O_RDONLY | O_NOFOLLOW) else {
+            guard let f = try? Files.openBeneath(root, rel, O_RDONLY | O_NOFOLLOW, label: path) else {
                 report.missing.append("\(rel): in the ledger (\(e.size) bytes), not on disk")
                 continue
             }

@@ -80,7 +80,7 @@ public struct Rotation: Sendable, Equatable {
     public var phase: Phase = .journaled
 
     /// Where a rotation is, from its journal record to its seal. A crash in any phase is
-    /// finished at the next start from the journal and the directories (LogRotator's recovery).
+    /// finished at the next start from the journal and the directories (the agent's LogRecovery).
     public enum Phase: Sendable, Equatable {
         /// Journaled (synced) before the rename; the rename is not known to have happened.
         case journaled

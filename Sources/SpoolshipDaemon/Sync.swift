@@ -2,10 +2,10 @@ import Foundation
 
 /// A lock around a value, for state shared between a daemon's threads.
 ///
-/// `@unchecked Sendable`: `value` is read and written only inside `withLock`, under `lock`.
-/// It stays usable from modules still in Swift 5 mode with values that are not `Sendable`;
-/// new code in Swift 6 mode holds its state in a `Mutex` (Synchronization) instead.
-public final class Locked<Value>: @unchecked Sendable {
+/// `@unchecked Sendable`: `value` is read and written only inside `withLock`, under `lock`,
+/// and is itself Sendable. (A class, unlike `Mutex`, can be shared by reference as a `let`
+/// of another class and captured by escaping closures.)
+public final class Locked<Value: Sendable>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Value
     public init(_ value: Value) { self.value = value }

@@ -163,8 +163,8 @@ public func demoHandleSignals() {
 }
 
 /// What the producers did, shared with the demo's main thread.
-public struct DemoProduced {
-    public struct Blob {
+public struct DemoProduced: Sendable {
+    public struct Blob: Sendable {
         var name: String
         var bytes: [UInt8]
         /// When it was renamed into the spool (monotonic seconds).

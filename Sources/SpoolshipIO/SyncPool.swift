@@ -41,7 +41,11 @@ public final class SyncPool: @unchecked Sendable {
         if fds.count == 1 {
             let started = monotonicSeconds()
             defer { timed?(monotonicSeconds() - started) }
-            do { try Files.fdatasync(fds[0]); return [nil] } catch let e as SyscallError { return [e] } catch { return [nil] }
+            do { try Files.fdatasync(fds[0]); return [nil] } catch let e as SyscallError { return [e] } catch {
+                // Not a failed call (Files.fdatasync throws nothing else): never taken for a
+                // success (R2).
+                return [SyscallError(call: "fdatasync", path: fds[0].label, errno: EIO)]
+            }
         }
         busy.lock()  // one batch at a time: results belong to it
         defer { busy.unlock() }
@@ -67,7 +71,7 @@ public final class SyncPool: @unchecked Sendable {
             cond.unlock()
             var err: SyscallError?
             let started = monotonicSeconds()
-            do { try Files.fdatasync(fd) } catch let e as SyscallError { err = e } catch {}
+            do { try Files.fdatasync(fd) } catch let e as SyscallError { err = e } catch { err = SyscallError(call: "fdatasync", path: fd.label, errno: EIO) }
             timer?(monotonicSeconds() - started)
             cond.lock()
             results[index] = err
