@@ -130,5 +130,6 @@ extension TableReader {
 /// The config file to read: the one given, else the default path when it exists.
 public func configPath(given: String?, defaultPath: String) -> String? {
     if let g = given { return g }
-    return FileManager.default.fileExists(atPath: defaultPath) ? defaultPath : nil
+    let exists = (try? Files.status(defaultPath)).flatMap { $0 } != nil
+    return exists ? defaultPath : nil
 }

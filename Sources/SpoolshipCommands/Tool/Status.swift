@@ -37,7 +37,9 @@ struct Status: ParsableCommand {
             let defaults = ["agent", "collector"].map { "\(ControlSocketPath.defaultDirectory)/\($0).sock" }
             // A directory the caller may not search (/run/spoolship is 0700) hides the socket:
             // asking it then says "permission denied", which is the truth to tell.
-            paths = defaults.filter { var st = stat(); return lstat($0, &st) == 0 || Glibc.errno == EACCES }
+            paths = defaults.filter { path in
+                do { return try Files.linkStatus(path) != nil } catch let e as SyscallError { return e.errno == EACCES } catch { return false }
+            }
             if paths.isEmpty {
                 fail("no spoolship daemon to ask: neither \(defaults[0]) nor \(defaults[1]) exists (is a daemon running here? give --socket PATH for a control socket elsewhere)")
                 throw ExitCode(1)
