@@ -120,9 +120,10 @@ final class BlobSealer: @unchecked Sendable {
             // that the run does not report success.
             if !threads.isStopped { locked { scanning = false } }
             queue.progressed()
+            queue.nudge()
             while !threads.isStopped && !finished() {
                 threads.heartbeats.beat("scanner")
-                usleep(UInt32(min(0.5, max(0.01, nextSettled() - monotonicNow())) * 1_000_000))
+                threads.pause(min(0.5, max(0.01, nextSettled() - monotonicNow())))
                 admit(sealSettled() + sealRequested())
             }
         }

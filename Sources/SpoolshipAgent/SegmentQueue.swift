@@ -51,6 +51,9 @@ final class SegmentQueue: @unchecked Sendable {
 
     private func wake() { locked { waker }?() }
 
+    /// Wakes the session for a change it reads elsewhere (a `--once` scan that ended).
+    func nudge() { wake() }
+
     /// Sets (or clears) the session's wake-up.
     func onChange(_ w: (@Sendable () -> Void)?) { locked { waker = w } }
 
@@ -185,7 +188,9 @@ final class SegmentQueue: @unchecked Sendable {
     /// The reaper removed these segments' files and recorded them done. Returns the names
     /// whose events were skipped meanwhile, to seal again.
     func finished(_ done: [Segment]) -> [(spool: String, name: String)] {
-        locked {
+        // The session looks again: with `--once`, this may have been the last segment.
+        defer { wake() }
+        return locked {
             var again: [(String, String)] = []
             for s in done {
                 segments[s.id] = nil
