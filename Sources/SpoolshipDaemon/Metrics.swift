@@ -86,8 +86,9 @@ public final class SpoolshipMetricsFactory: MetricsFactory, Sendable {
 /// `--metrics-listen`: a small HTTP/1.1 responder for Prometheus, written by hand on threads of
 /// its own. `GET /metrics` answers the registry in the text format 0.0.4; `GET /healthz` 200
 /// "ok" while the daemon's loops turn, 503 and the reason otherwise. One request a connection;
-/// the request head must arrive within 5 s and fit in 8 KiB; at most 4 connections are served
-/// at once (more get 503). Anything else gets 400, 404, 405, 408 or 431, and the daemon goes on.
+/// the request head must arrive within 5 s and fit in 8 KiB; at most 4 requests are served at
+/// once (more get 503; a connection whose answer is out only drains, for up to 1 s, outside
+/// that count). Anything else gets 400, 404, 405, 408 or 431, and the daemon goes on.
 public final class MetricsServer: Sendable {
     public let port: UInt16
     private let listen: Endpoint
@@ -134,7 +135,11 @@ public final class MetricsServer: Sendable {
                 }
                 startThread("metrics \(client.peer)", stackSize: 256 << 10) { [self] in
                     serve(client)
+                    // The slot is free once the answer is out: the lingering close that
+                    // follows (at most 1 s and 64 KiB) serves no one, and must not turn the
+                    // next client away as busy.
                     active.withLock { $0 -= 1 }
+                    client.lingeringClose(timeout: 1, maxBytes: 1 << 16)
                 }
             }
         }
@@ -160,8 +165,8 @@ public final class MetricsServer: Sendable {
         return nil
     }
 
+    /// Answers one request (the caller closes the connection).
     private func serve(_ client: Socket) {
-        defer { client.lingeringClose(timeout: 1, maxBytes: 1 << 16) }
         let answer: [UInt8]
         // The head of the request, up to its blank line.
         switch client.receiveRequest(until: Self.endOfHead, max: Self.maxHead, readLimit: Self.maxHead + 4,
