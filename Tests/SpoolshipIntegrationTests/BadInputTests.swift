@@ -216,7 +216,19 @@ final class RawClient {
         let trickle = Wire.preamble + hello.bytes
         let trickler = try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)
         var silent: [Socket] = []
-        for _ in 0..<1000 { silent.append(try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5)) }
+        // Past the limit the collector resets a connection as soon as it accepts it; on a busy
+        // machine that reset can come before connect(2)'s own check of the socket, and then it
+        // is connect that reports it: reset at once all the same.
+        var resetAtConnect = 0
+        for _ in 0..<1000 {
+            do {
+                silent.append(try Socket.connect(Endpoint(host: "127.0.0.1", port: c.port), timeout: 5))
+            } catch let e as SyscallError where e.errno == ECONNRESET {
+                resetAtConnect += 1
+            }
+        }
+        // The trickler holds one of the 500 places: 501 of the 1,000 are past the limit.
+        #expect(resetAtConnect <= 501, "only connections past the limit of 500 are reset")
         var peakDescriptors = openDescriptors(collector.pid)
         let droppedAt = Locked<Double?>(nil)  // set by the trickling thread
         func tricklerDropped() -> Double? { droppedAt.value }
@@ -256,7 +268,7 @@ final class RawClient {
         #expect(closed.allSatisfy { $0 < 2 * 2 }, "silent connections dropped within 2x the 2 s deadline: \(closed.max() ?? -1)")
         #expect(Harness.waitUntil(timeout: 40) { tricklerDropped() != nil }, "the one-byte-a-second client was dropped")
         if let at = tricklerDropped() {
-            print("slow peers: 1000 silent (limit 500, peak \(peakDescriptors) collector descriptors) (\(closed.filter { $0 < 1 }.count) reset at once) dropped by \(String(format: "%.1f", closed.max() ?? -1)) s, the trickler by \(String(format: "%.1f", at - started)) s (deadline 2 s)")
+            print("slow peers: 1000 silent (limit 500, peak \(peakDescriptors) collector descriptors) (\(closed.filter { $0 < 1 }.count + resetAtConnect) reset at once, \(resetAtConnect) of them during connect) dropped by \(String(format: "%.1f", closed.max() ?? -1)) s, the trickler by \(String(format: "%.1f", at - started)) s (deadline 2 s)")
             // The collector closes at the 2 s deadline; the client's next sends then fail.
             #expect(at - started < 2 * 2 + 3, "the trickler was dropped at the deadline, not after its 20 bytes")
         }
