@@ -39,6 +39,9 @@ let package = Package(
         .systemLibrary(
             name: "CSpoolshipISAL", pkgConfig: "libisal",
             providers: [.apt(["libisal-dev"])]),
+        .systemLibrary(
+            name: "CSpoolshipOpenSSL", pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]),
         .target(
             name: "CSpoolshipLinux",
             cSettings: [.define("_GNU_SOURCE")]),
@@ -47,7 +50,7 @@ let package = Package(
             dependencies: ["CSpoolshipZlib", "CSpoolshipISAL", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "SpoolshipIO",
-            dependencies: ["SpoolshipCore", "CSpoolshipLinux", "CSpoolshipZlib"]),
+            dependencies: ["SpoolshipCore", "CSpoolshipLinux", "CSpoolshipZlib", "CSpoolshipOpenSSL"]),
         .target(
             name: "SpoolshipDaemon",
             dependencies: [

@@ -1,0 +1,290 @@
+import CSpoolshipOpenSSL
+import Foundation
+import Glibc
+
+/// A TLS failure: what could not be done (naming the file or the peer), and what OpenSSL's
+/// error queue said.
+public struct TLSError: Error, CustomStringConvertible, Sendable {
+    public var what: String
+    public var detail: String
+    public init(_ what: String, detail: String) {
+        self.what = what
+        self.detail = detail
+    }
+    public var description: String { detail.isEmpty ? what : "\(what): \(detail)" }
+
+    /// OpenSSL's error queue of this thread, emptied, as one line.
+    static func queue() -> String {
+        var parts: [String] = []
+        while true {
+            let e = ERR_get_error()
+            if e == 0 { break }
+            var buf = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(e, &buf, buf.count)
+            parts.append(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return parts.joined(separator: "; ")
+    }
+}
+
+/// The lowest TLS version a side accepts.
+public enum TLSVersion: String, Sendable, Equatable, CaseIterable {
+    case tls12 = "1.2"
+    case tls13 = "1.3"
+    var openSSL: Int32 { self == .tls12 ? TLS1_2_VERSION : TLS1_3_VERSION }
+}
+
+/// The files of one side: the CA that signs the peers, this side's certificate (chain) and key.
+public struct TLSFiles: Sendable, Equatable {
+    public var caFile: String
+    public var certFile: String
+    public var keyFile: String
+    public init(caFile: String, certFile: String, keyFile: String) {
+        self.caFile = caFile
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+}
+
+/// One side's TLS settings, loaded and checked: an OpenSSL context from which each
+/// connection is made. Mutual TLS always: the server requires a client certificate
+/// (`SSL_VERIFY_FAIL_IF_NO_PEER_CERT`), the client verifies the server's certificate and name.
+///
+/// `@unchecked Sendable`: the `SSL_CTX` is configured in `init` and only read afterwards
+/// (`SSL_new`), which OpenSSL allows from any thread.
+public final class TLSContext: @unchecked Sendable {
+    public enum Role: Sendable, Equatable {
+        /// The agent: `serverName` is the name (or IP address) the collector's certificate must
+        /// hold.
+        case client(serverName: String)
+        /// The collector.
+        case server
+    }
+
+    let ctx: OpaquePointer
+    public let role: Role
+    public let files: TLSFiles
+    /// Whether connections offer their keys to the kernel (kernel TLS) after the handshake.
+    public let kernelTLS: Bool
+
+    /// TLS 1.3 suites, AES-128-GCM first: it costs less than AES-256-GCM here for the same class
+    /// of security (docs/OPERATIONS.md, "TLS").
+    public static let defaultSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+    /// TLS 1.2 ciphers: forward-secret AEAD only, in the same order.
+    public static let defaultCiphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+    public init(role: Role, files: TLSFiles, minVersion: TLSVersion = .tls12, kernelTLS: Bool = true,
+                suites: String = TLSContext.defaultSuites, ciphers: String = TLSContext.defaultCiphers) throws {
+        ERR_clear_error()
+        let method = role == .server ? TLS_server_method() : TLS_client_method()
+        guard let ctx = SSL_CTX_new(method) else { throw TLSError("cannot make a TLS context", detail: TLSError.queue()) }
+        self.ctx = ctx
+        self.role = role
+        self.files = files
+        self.kernelTLS = kernelTLS
+        func check(_ ok: Bool, _ what: String) throws {
+            if !ok { throw TLSError(what, detail: TLSError.queue()) }
+        }
+        try check(spsh_ssl_ctx_set_min_proto(ctx, minVersion.openSSL) == 1, "cannot set the lowest TLS version to \(minVersion.rawValue)")
+        spsh_ssl_ctx_harden(ctx)
+        if kernelTLS { spsh_ssl_ctx_enable_ktls(ctx) }
+        try check(SSL_CTX_set_ciphersuites(ctx, suites) == 1, "TLS 1.3 suites '\(suites)' are not usable")
+        try check(SSL_CTX_set_cipher_list(ctx, ciphers) == 1, "TLS 1.2 ciphers '\(ciphers)' are not usable")
+        try check(SSL_CTX_load_verify_locations(ctx, files.caFile, nil) == 1, "cannot read the CA file \(files.caFile)")
+        // The key before the certificate: loaded after it, a key that does not match fails as
+        // "cannot read", where the check below says what is wrong.
+        try check(SSL_CTX_use_PrivateKey_file(ctx, files.keyFile, SSL_FILETYPE_PEM) == 1, "cannot read the key file \(files.keyFile)")
+        try check(SSL_CTX_use_certificate_chain_file(ctx, files.certFile) == 1, "cannot read the certificate file \(files.certFile)")
+        try check(SSL_CTX_check_private_key(ctx) == 1, "the key in \(files.keyFile) does not belong to the certificate in \(files.certFile)")
+        let verify = SSL_VERIFY_PEER | (role == .server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0)
+        SSL_CTX_set_verify(ctx, Int32(verify), nil)
+    }
+
+    deinit { SSL_CTX_free(ctx) }
+}
+
+/// One TLS connection over a `Socket`. The agent's sender and reader (and the collector's
+/// reader and durability thread) use one connection from two threads, and an OpenSSL `SSL`
+/// must never be used by two threads at once: every OpenSSL call here runs under `lock`, on a
+/// non-blocking socket, and the waits for the socket (poll) happen outside the lock, so that a
+/// reader waiting for bytes never holds up a writer.
+///
+/// `@unchecked Sendable`: `ssl` is touched only under `lock`; `kernelSend` and
+/// `kernelReceive` are set by `handshake`, before the connection is shared.
+public final class TLSConnection: @unchecked Sendable {
+    public let socket: Socket
+    private let ssl: OpaquePointer
+    private let lock = NSLock()
+    /// Whether the kernel encrypts what this side sends (kernel TLS), and decrypts what it
+    /// receives.
+    public private(set) var kernelSend = false
+    public private(set) var kernelReceive = false
+
+    public init(_ context: TLSContext, socket: Socket) throws {
+        ERR_clear_error()
+        guard let ssl = SSL_new(context.ctx) else { throw TLSError("cannot make a TLS connection", detail: TLSError.queue()) }
+        self.ssl = ssl
+        self.socket = socket
+        guard SSL_set_fd(ssl, socket.fd.raw) == 1 else { throw TLSError("cannot attach TLS to the socket", detail: TLSError.queue()) }
+        let flags = fcntl(socket.fd.raw, F_GETFL)
+        _ = fcntl(socket.fd.raw, F_SETFL, flags | O_NONBLOCK)
+        switch context.role {
+        case .server:
+            SSL_set_accept_state(ssl)
+        case .client(let name):
+            SSL_set_connect_state(ssl)
+            if Self.isIPAddress(name) {
+                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
+            } else {
+                _ = spsh_ssl_set_sni(ssl, name)
+                SSL_set1_host(ssl, name)
+            }
+        }
+    }
+
+    deinit { SSL_free(ssl) }
+
+    static func isIPAddress(_ s: String) -> Bool {
+        var a4 = in_addr(), a6 = in6_addr()
+        return inet_pton(AF_INET, s, &a4) == 1 || inet_pton(AF_INET6, s, &a6) == 1
+    }
+
+    /// Runs the handshake, until `deadline` (monotonic seconds). A peer that fails to verify
+    /// gets the alert, and the error says why (OpenSSL's verify result: an unknown CA, an
+    /// expired certificate, a name that does not match).
+    public func handshake(deadline: Double) throws {
+        _ = try call("TLS handshake with \(socket.peer)", deadline: deadline) { SSL_do_handshake(ssl) }
+        kernelSend = spsh_ktls_send(ssl) == 1
+        kernelReceive = spsh_ktls_recv(ssl) == 1
+    }
+
+    /// The TLS version and cipher agreed, e.g. "TLSv1.3 TLS_AES_128_GCM_SHA256".
+    public var agreed: String {
+        lock.lock()
+        defer { lock.unlock() }
+        let version = String(cString: SSL_get_version(ssl))
+        let cipher = SSL_get_current_cipher(ssl).map { String(cString: SSL_CIPHER_get_name($0)) } ?? "?"
+        return "\(version) \(cipher)"
+    }
+
+    /// The peer certificate's subjectAltName entries of type DNS and URI (never the CN).
+    public func peerNames() -> [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        var buf = [CChar](repeating: 0, count: 8192)
+        let n = spsh_peer_sans(ssl, &buf, buf.count)
+        guard n > 0 else { return [] }
+        return buf[0..<n].split(separator: 0, omittingEmptySubsequences: true).map {
+            String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
+
+    /// Reads what is there, up to `max` bytes, waiting until `deadline` (monotonic seconds;
+    /// then a `SyscallError` with ETIMEDOUT, as a plain socket's receive). Empty: the peer
+    /// closed.
+    public func receive(max: Int, deadline: Double) throws -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: max)
+        var got = 0
+        let n = try buf.withUnsafeMutableBytes { p in
+            try call("TLS read from \(socket.peer)", deadline: deadline, closedIsZero: true) {
+                SSL_read_ex(ssl, p.baseAddress, max, &got) == 1 ? 1 : 0
+            }
+        }
+        return n == 0 ? [] : Array(buf[0..<got])
+    }
+
+    /// Sends every byte, waiting until `deadline` for room.
+    public func sendAll(_ bytes: [UInt8], deadline: Double) throws {
+        var done = 0
+        while done < bytes.count {
+            var wrote = 0
+            _ = try bytes.withUnsafeBytes { p in
+                try call("TLS write to \(socket.peer)", deadline: deadline) {
+                    SSL_write_ex(ssl, p.baseAddress! + done, p.count - done, &wrote) == 1 ? 1 : 0
+                }
+            }
+            done += wrote
+        }
+    }
+
+    /// Sends `count` bytes of `fd` from `offset`: with kernel TLS, `SSL_sendfile` (the page
+    /// cache straight into the kernel's encryption); without it, `pread` into a buffer of
+    /// 256 KiB and `SSL_write`.
+    public func sendFile(_ fd: OwnedFD, offset: Int64, count: Int64, deadline: Double) throws {
+        var sent: Int64 = 0
+        if kernelSend {
+            while sent < count {
+                let n = try call("TLS sendfile to \(socket.peer)", deadline: deadline) {
+                    Int32(clamping: SSL_sendfile(ssl, fd.raw, off_t(offset + sent), Int(min(count - sent, 1 << 30)), 0))
+                }
+                sent += Int64(n)
+            }
+            return
+        }
+        var buf = [UInt8](repeating: 0, count: 256 << 10)
+        while sent < count {
+            let want = Int(min(Int64(buf.count), count - sent))
+            let n = try buf.withUnsafeMutableBytes { p in
+                try syscall("pread", fd.label) { pread(fd.raw, p.baseAddress, want, off_t(offset + sent)) }
+            }
+            if n == 0 { throw SyscallError(call: "pread", path: "\(fd.label): ended before \(count) bytes", errno: EIO) }
+            try sendAll(Array(buf[0..<n]), deadline: deadline)
+            sent += Int64(n)
+        }
+    }
+
+    /// Sends close_notify (best effort, not waiting for the peer's).
+    public func close() {
+        lock.lock()
+        _ = SSL_shutdown(ssl)
+        lock.unlock()
+    }
+
+    /// One OpenSSL call, retried until it completes or `deadline` passes: the call (and the
+    /// reading of its error) under `lock`, the wait for the socket outside it. Returns the
+    /// call's positive result (0 when `closedIsZero` and the peer closed).
+    private func call(_ what: String, deadline: Double, closedIsZero: Bool = false, _ body: () -> Int32) throws -> Int32 {
+        while true {
+            lock.lock()
+            ERR_clear_error()
+            let r = body()
+            let err = r > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, r)
+            let detail = r > 0 ? "" : TLSError.queue()
+            let sysErrno = Glibc.errno
+            var verify = ""
+            if err == SSL_ERROR_SSL, SSL_get_verify_result(ssl) != X509_V_OK {
+                verify = String(cString: X509_verify_cert_error_string(SSL_get_verify_result(ssl)))
+            }
+            lock.unlock()
+            switch err {
+            case SSL_ERROR_NONE:
+                return r
+            case SSL_ERROR_ZERO_RETURN:
+                if closedIsZero { return 0 }
+                throw TLSError("\(what): the peer closed the connection", detail: "")
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+                try wait(forReading: err == SSL_ERROR_WANT_READ, deadline: deadline, what: what)
+            case SSL_ERROR_SYSCALL:
+                if detail.isEmpty && sysErrno == 0 {
+                    if closedIsZero { return 0 }
+                    throw TLSError("\(what): the peer closed the connection", detail: "")
+                }
+                if sysErrno != 0 { throw SyscallError(call: what, path: nil, errno: sysErrno) }
+                throw TLSError(what, detail: detail)
+            default:
+                throw TLSError(what, detail: verify.isEmpty ? detail : "certificate verify failed: \(verify)")
+            }
+        }
+    }
+
+    private func wait(forReading: Bool, deadline: Double, what: String) throws {
+        while true {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { throw SyscallError(call: what, path: nil, errno: ETIMEDOUT) }
+            var p = pollfd(fd: socket.fd.raw, events: Int16(forReading ? POLLIN : POLLOUT), revents: 0)
+            let r = poll(&p, 1, Int32(min(left, 3600) * 1000) + 1)
+            if r > 0 { return }
+            if r < 0 && Glibc.errno != EINTR { throw SyscallError(call: "poll", path: socket.peer, errno: Glibc.errno) }
+        }
+    }
+}
