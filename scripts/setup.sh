@@ -7,8 +7,9 @@ set -euo pipefail
 # prometheus_client's own parser (run as /usr/bin/python3, whatever python3 is first on the PATH).
 # debootstrap and systemd-container (systemd-nspawn): the package under a real systemd in a
 # Debian root (scripts/container-root.sh, RealSystemdTests). libssl-dev: TLS (OpenSSL 3.0, with
-# kernel TLS); openssl: the tests make their certificates with it.
-packages=(libsystemd-dev zlib1g-dev libisal-dev libssl-dev openssl pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make python3 python3-prometheus-client
+# kernel TLS); openssl: the tests make their certificates with it; tcpdump: the TLS tests capture
+# loopback traffic to check that no payload crosses in clear.
+packages=(libsystemd-dev zlib1g-dev libisal-dev libssl-dev openssl tcpdump pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make python3 python3-prometheus-client
           debootstrap systemd-container)
 missing=()
 for p in "${packages[@]}"; do

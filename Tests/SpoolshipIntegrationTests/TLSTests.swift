@@ -4,58 +4,6 @@ import SpoolshipIO
 import Synchronization
 import Testing
 
-/// Certificates made by the `openssl` command for a test: a CA, a collector certificate for
-/// 127.0.0.1 and `collector.test`, an agent certificate whose SAN holds `agent-1`, and the
-/// same kinds from a second, unrelated CA.
-struct TestPKI {
-    let dir: URL
-
-    init(_ prefix: String) throws {
-        dir = try Harness.tempDir(prefix)
-        try ca("ca")
-        try ca("other-ca")
-        try leaf("collector", ca: "ca", san: "IP:127.0.0.1,DNS:collector.test")
-        try leaf("agent", ca: "ca", san: "DNS:agent-1,URI:spoolship://agent/agent-1")
-        try leaf("stranger", ca: "other-ca", san: "DNS:agent-1")
-    }
-
-    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
-    func files(_ leaf: String, ca: String = "ca") -> TLSFiles {
-        TLSFiles(caFile: path("\(ca).pem"), certFile: path("\(leaf).pem"), keyFile: path("\(leaf).key"))
-    }
-
-    @discardableResult
-    static func openssl(_ args: [String], in dir: URL) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        p.arguments = args
-        p.currentDirectoryURL = dir
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard p.terminationStatus == 0 else { throw Harness.Failure("openssl \(args.joined(separator: " ")): \(text)") }
-        return text
-    }
-
-    private func ca(_ name: String) throws {
-        try Self.openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                          "-keyout", "\(name).key", "-out", "\(name).pem", "-days", "2", "-subj", "/CN=\(name)"], in: dir)
-    }
-
-    private func leaf(_ name: String, ca: String, san: String) throws {
-        try Self.openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                          "-keyout", "\(name).key", "-out", "\(name).csr", "-subj", "/CN=\(name)-cn-is-never-used"], in: dir)
-        let ext = dir.appendingPathComponent("\(name).ext")
-        try Data("subjectAltName=\(san)\n".utf8).write(to: ext)
-        try Self.openssl(["x509", "-req", "-in", "\(name).csr", "-CA", "\(ca).pem", "-CAkey", "\(ca).key", "-CAcreateserial",
-                          "-out", "\(name).pem", "-days", "2", "-extfile", "\(name).ext"], in: dir)
-    }
-}
-
 /// The TLS layer on real sockets on 127.0.0.1, with real certificates: mutual verification,
 /// names from the SAN only, refusals on both sides before any payload, and one connection
 /// used by a reader and a writer thread at once.
