@@ -13,6 +13,32 @@ static inline int spsh_ssl_ctx_set_min_proto(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
 }
 
+/// SSL_CTX_set_max_proto_version (a macro over SSL_CTX_ctrl).
+static inline int spsh_ssl_ctx_set_max_proto(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+
+/// The context's own certificate, as "serial <HEX>, valid until <date>", written to `out`
+/// (NUL-terminated, at most `cap` bytes); 0 when it has none.
+static inline int spsh_ctx_cert_summary(SSL_CTX *ctx, char *out, int cap) {
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    if (!cert || cap < 2) return 0;
+    BIO *b = BIO_new(BIO_s_mem());
+    if (!b) return 0;
+    BIO_puts(b, "serial ");
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    BIO_puts(b, hex ? hex : "?");
+    OPENSSL_free(hex);
+    BN_free(bn);
+    BIO_puts(b, ", valid until ");
+    ASN1_TIME_print(b, X509_get0_notAfter(cert));
+    int n = BIO_read(b, out, cap - 1);
+    out[n > 0 ? n : 0] = 0;
+    BIO_free(b);
+    return n > 0 ? n : 0;
+}
+
 /// Turns kernel TLS on for the context's connections (SSL_OP_ENABLE_KTLS): OpenSSL hands the
 /// keys to the kernel after the handshake where the kernel and the cipher allow it.
 static inline void spsh_ssl_ctx_enable_ktls(SSL_CTX *ctx) {
