@@ -134,7 +134,11 @@ public final class TLSContext: @unchecked Sendable {
         // "cannot read", where the check below says what is wrong.
         try check(SSL_CTX_use_PrivateKey_file(ctx, files.keyFile, SSL_FILETYPE_PEM) == 1, "cannot read the key file \(files.keyFile)")
         try check(SSL_CTX_use_certificate_chain_file(ctx, files.certFile) == 1, "cannot read the certificate file \(files.certFile)")
-        try check(SSL_CTX_check_private_key(ctx) == 1, "the key in \(files.keyFile) does not belong to the certificate in \(files.certFile)")
+        if SSL_CTX_check_private_key(ctx) != 1 {
+            // OpenSSL's own words here ("no private key assigned") would mislead.
+            ERR_clear_error()
+            throw TLSError("the key in \(files.keyFile) does not belong to the certificate in \(files.certFile)", detail: "")
+        }
         let verify = SSL_VERIFY_PEER | (role == .server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0)
         SSL_CTX_set_verify(ctx, Int32(verify), nil)
     }
@@ -329,13 +333,16 @@ public final class TLSConnection: @unchecked Sendable {
 
     /// Sends every byte, waiting until `deadline` for room.
     public func sendAll(_ bytes: [UInt8], deadline: Double) throws {
+        try bytes.withUnsafeBytes { try write($0, deadline: deadline) }
+    }
+
+    /// Sends every byte of `p`, waiting until `deadline` for room.
+    private func write(_ p: UnsafeRawBufferPointer, deadline: Double) throws {
         var done = 0
-        while done < bytes.count {
+        while done < p.count {
             var wrote = 0
-            _ = try bytes.withUnsafeBytes { p in
-                try call("TLS write to \(socket.peer)", deadline: deadline) {
-                    SSL_write_ex(ssl, p.baseAddress! + done, p.count - done, &wrote) == 1 ? 1 : 0
-                }
+            _ = try call("TLS write to \(socket.peer)", deadline: deadline) {
+                SSL_write_ex(ssl, p.baseAddress! + done, p.count - done, &wrote) == 1 ? 1 : 0
             }
             done += wrote
         }
@@ -362,7 +369,7 @@ public final class TLSConnection: @unchecked Sendable {
                 try syscall("pread", fd.label) { pread(fd.raw, p.baseAddress, want, off_t(offset + sent)) }
             }
             if n == 0 { throw SyscallError(call: "pread", path: "\(fd.label): ended before \(count) bytes", errno: EIO) }
-            try sendAll(Array(buf[0..<n]), deadline: deadline)
+            try buf.withUnsafeBytes { try write(UnsafeRawBufferPointer(rebasing: $0[0..<n]), deadline: deadline) }
             sent += Int64(n)
         }
     }
