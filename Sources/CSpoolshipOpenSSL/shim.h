@@ -45,12 +45,16 @@ static inline void spsh_ssl_ctx_enable_ktls(SSL_CTX *ctx) {
     SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
 }
 
-/// Leaves out renegotiation and the compression OpenSSL might offer, and asks for the server's
-/// cipher order. A write retried after WANT_WRITE may come from another address of the same
+/// Leaves out renegotiation, the compression OpenSSL might offer and session resumption, and
+/// asks for the server's cipher order. A write retried after WANT_WRITE may come from another address of the same
 /// bytes (Swift does not promise a buffer's address from one call to the next).
 static inline void spsh_ssl_ctx_harden(SSL_CTX *ctx) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    // No session tickets: an agent keeps one connection for long, and resumption would skip
+    // the certificate checks that bind it to its agent id.
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
 /// Whether the kernel took the send (write) keys of this connection.
