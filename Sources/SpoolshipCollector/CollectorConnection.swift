@@ -63,9 +63,10 @@ final class FrameSender: Sendable {
     var isIdle: Bool { preambleSent.withLockIfAvailable { _ in true } ?? false }
 }
 
-/// One agent's connection: TLS when configured, and the handshake (ConnectionHandshake.swift),
-/// then the reader loop here, which reads frames, answers offers (ConnectionAdmission.swift) and splices DATA into
-/// partial files; a durability thread (Durability.swift) checkpoints and commits them.
+/// One agent's connection: TLS when configured and the handshake (ConnectionHandshake.swift),
+/// then the reader loop here, which reads frames, answers offers (ConnectionAdmission.swift)
+/// and splices DATA into partial files (over TLS: `Link.receiveFile`); a durability thread
+/// (Durability.swift) checkpoints and commits them.
 ///
 /// `@unchecked Sendable`: its `var`s are the reader thread's alone, the thread that runs
 /// `run()` (the durability thread gets what it needs at its start, as `Durability`'s lets).
