@@ -114,6 +114,52 @@ extension Payload {
         print("capture: plain \(captured[false]!.bytes) bytes (marker seen), TLS \(captured[true]!.bytes) bytes (marker not seen)")
     }
 
+    /// Each connection's path in `spoolship status` and in the metrics, plain and over TLS:
+    /// tcp, or tls (ktls where the kernel encrypts), with the transport in words.
+    @Test(arguments: [false, true])
+    func statusAndMetrics_showEachConnectionsPath(tls: Bool) throws {
+        let c = try Cluster("tls-status-\(tls)")
+        defer { c.remove() }
+        let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
+        let cPortFile = c.root.appendingPathComponent("collector-metrics.port")
+        let metrics = ["--metrics-listen", "127.0.0.1:0", "--metrics-port-file"]
+        try c.startCollector(extra: (tls ? pki.flags("collector") : []) + metrics + [cPortFile.path])
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("one.bin", size: 100_000, seed: 1, into: spool)
+        let aPortFile = c.root.appendingPathComponent("agent-metrics.port")
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], extra: (tls ? pki.flags("agent") : []) + metrics + [aPortFile.path]))
+        defer { agent.stop() }
+        #expect(try Harness.waitUntil(timeout: 60) { try p.identical(in: c.committed()).count == 1 }, "\(agent.output)")
+        let path = !tls ? "tcp" : KernelTLS.available ? "ktls" : "tls"
+        let am = try StatusTests.json(c.agentSocket())
+        #expect(StatusTests.string(am, "connection.state") == "connected", "\(am)")
+        #expect(StatusTests.string(am, "connection.path") == path, "\(am)")
+        let transport = StatusTests.string(am, "connection.transport") ?? ""
+        #expect(tls ? transport.hasPrefix("TLSv1.3 ") : transport.hasPrefix("plain TCP"), "\(transport)")
+        let cm = try StatusTests.json(c.collectorSocket)
+        let agents = cm["agents"] as? [[String: Any]] ?? []
+        #expect(agents.count == 1 && agents.first?["path"] as? String == (!tls ? "tcp" : KernelTLS.available ? "ktls" : "tls"), "\(cm)")
+        #expect((agents.first?["transport"] as? String)?.hasPrefix(tls ? "TLSv1.3 " : "plain TCP") == true, "\(cm)")
+        // The gauges follow the status at most once a second: poll.
+        let aPort = try #require(Harness.readPortFile(aPortFile, timeout: 30))
+        let cPort = try #require(Harness.readPortFile(cPortFile, timeout: 30))
+        var a = try MetricsTests.scrape(c, port: aPort), m = try MetricsTests.scrape(c, port: cPort)
+        let shown = try Harness.waitUntil(timeout: 30) {
+            a = try MetricsTests.scrape(c, port: aPort)
+            m = try MetricsTests.scrape(c, port: cPort)
+            return a.value("spoolship_agent_connection_path{path=\"\(path)\"}") == 1
+                && m.value("spoolship_collector_connected_agents_by_path{path=\"\(agents.first?["path"] as? String ?? path)\"}") == 1
+        }
+        #expect(shown, "agent: \(a.samples.filter { $0.key.contains("path") }), collector: \(m.samples.filter { $0.key.contains("path") })")
+        for other in ["tcp", "tls", "ktls"] where other != path {
+            #expect(a.value("spoolship_agent_connection_path{path=\"\(other)\"}") == 0)
+        }
+        let line = Cluster.line(in: agent.output, all: ["connected to collector", "path=\(path)", "transport="])
+        #expect(line != nil, "one line at connect with the transport: \(agent.output.prefix(2000))")
+        print("status \(tls ? "TLS" : "plain"): path \(path), transport \(transport)")
+    }
+
     // MARK: - The fault rows over TLS
 
     /// Row 4 over TLS: the fault proxy resets the first connections after random numbers of
