@@ -311,6 +311,18 @@ extension Payload {
             #expect(try p.identical(in: c.committed()).count == p.names.count, "\(tag)")
         }
         try ships("before")
+        // An agent (another id) connected before the reloads: its connection goes on through them.
+        let proxy = try c.startProxy()
+        let liveSpool = try c.spool("live-spool")
+        var lp = try c.payload("live-originals")
+        let liveAgent = try c.startAgent(c.tlsAgentArgs(pki, leaf: "agent-2", id: "agent-2", state: "state-live", spools: [("spool", liveSpool)], target: proxy.port))
+        defer { liveAgent.stop() }
+        func liveShips(_ tag: String) throws {
+            try lp.add("live-\(tag)", size: 100_000, seed: UInt64(40 + lp.names.count), into: liveSpool)
+            #expect(try Harness.waitUntil(timeout: 60) { try lp.identical(in: c.committed(agent: "agent-2")).count == lp.names.count },
+                    "\(tag): \(liveAgent.output.suffix(2000))")
+        }
+        try liveShips("before")
 
         // A new pair: new connections get the new certificate.
         try replaceFile(key, with: Data(contentsOf: URL(fileURLWithPath: pki.path("collector-renewed.key"))))
@@ -322,6 +334,7 @@ extension Payload {
             return presented == renewed
         }, "the collector still presents \(presented), not the renewed \(renewed):\n\(c.collectorLog.suffix(2000))")
         try ships("renewed")
+        try liveShips("renewed")
 
         // A broken key: the reload fails, naming the file; the renewed pair stays.
         try replaceFile(key, with: Data("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n".utf8))
@@ -341,6 +354,8 @@ extension Payload {
         #expect(Cluster.line(in: c.collectorLog, all: ["reload failed; keeping the running configuration"], any: [key.path, cert.path]) != nil)
         #expect(try SClient.presentedSerial(port: port, pki: pki, log: c.nextLog("s_client")) == renewed)
         try ships("mismatched-key")
+        try liveShips("mismatched-key")
+        #expect(proxy.connections == 1, "the connection made before the reloads is the one that shipped after them:\n\(liveAgent.output.suffix(2000))")
         print("collector reload: serial \(old) -> \(renewed); a broken and a mismatched key kept \(renewed)")
     }
 
@@ -523,7 +538,7 @@ extension Payload {
 /// collector, and the collector goes on serving a well-configured agent.
 @Suite struct TLSRefusalTests {
     enum Case: String, CaseIterable, Sendable {
-        case agentFromAnotherCA, agentExpired, agentSANWithoutTheID, agentIDOnlyInTheCN, collectorNameMismatch,
+        case agentFromAnotherCA, agentExpired, agentSANWithoutTheID, agentIDOnlyInTheCN, agentSANNearMisses, collectorNameMismatch,
              plaintextAgentToTLSCollector, tlsAgentToPlaintextCollector
     }
 
@@ -555,6 +570,11 @@ extension Payload {
         case .agentIDOnlyInTheCN:
             return Setup(collector: pki.flags("collector"), agent: pki.flags("agent-cn-only"), goodAgent: pki.flags("agent"), stops: true,
                          agentAll: ["subjectAltName"], collectorAll: ["authentication failed", "subjectAltName", "agent.id=agent-1"])
+        case .agentSANNearMisses:
+            // Names that are like agent-1 but not it: the match is exact (no case folding,
+            // wildcard, prefix, suffix or URI path).
+            return Setup(collector: pki.flags("collector"), agent: pki.flags("agent-near-misses"), goodAgent: pki.flags("agent"), stops: true,
+                         agentAll: ["subjectAltName", "agent-10"], collectorAll: ["authentication failed", "subjectAltName", "agent.id=agent-1"])
         case .collectorNameMismatch:
             // The agent asks for 127.0.0.1 (the host of --collector); the certificate is for
             // elsewhere.test only. Asking for that name instead gets through.
@@ -576,6 +596,9 @@ extension Payload {
         let c = try Cluster("tls-refused-\(k)")
         defer { c.remove() }
         let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
+        if k == .agentSANNearMisses {
+            try pki.leaf("agent-near-misses", san: "DNS:agent-10,DNS:xagent-1,DNS:AGENT-1,DNS:agent-1.test,DNS:*,URI:spoolship://agent/agent-1")
+        }
         let s = Self.setup(k, pki)
         try c.startCollector(extra: s.collector)
         let proxy = try c.startProxy()
