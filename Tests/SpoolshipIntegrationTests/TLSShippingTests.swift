@@ -202,6 +202,48 @@ extension Payload {
         #expect(resent <= cuts * (6 << 20), "a cut costs what was in flight or past the last checkpoint, never a segment: \(resent) bytes again for \(cuts) cuts")
     }
 
+    /// Row 3 over TLS: the proxy stops forwarding mid-transfer (both ways, the connection
+    /// left open). The agent's TLS writes and reads keep their deadline: it sees the stall
+    /// within its --io-timeout, reconnects and finishes.
+    @Test func blackhole_overTLS_isDetectedByTheDeadline_andTheAgentReconnects() throws {
+        let c = try Cluster("tls-blackhole")
+        defer { c.remove() }
+        let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
+        try c.startTLSCollector(pki)
+        let proxy = try c.startProxy()
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("f", size: 8 << 20, seed: 5, into: spool)
+        proxy.setFault(.blackholeAfter(bytes: 1 << 20), connections: 1)
+        let ioTimeout = 2.0
+        let started = Harness.monotonicNow()
+        let (status, out) = try c.runOnce(c.tlsAgentArgs(pki, spools: [("spool", spool)], target: proxy.port, extra: ["--io-timeout", "\(ioTimeout)"]), timeout: 60)
+        let took = Harness.monotonicNow() - started
+        print("tls blackhole: detected and finished in \(String(format: "%.2f", took)) s with an io timeout of \(ioTimeout) s")
+        #expect(status == 0, "\(out)")
+        #expect(proxy.connections == 2, "one reconnection")
+        #expect(took <= 2 * ioTimeout + 3, "detection within twice the deadline (plus the transfer):\n\(out)")
+        #expect(try p.identical(in: c.committed()).count == 1)
+    }
+
+    /// Row 5 over TLS: the proxy forwards the agent's bytes in random slices of 1 to 1500
+    /// bytes, so TLS records arrive in many pieces; no error, no reconnection.
+    @Test func reslicedStream_overTLS_hasNoFramingError() throws {
+        let c = try Cluster("tls-slices")
+        defer { c.remove() }
+        let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
+        try c.startTLSCollector(pki)
+        let proxy = try c.startProxy()
+        proxy.setSlicing(maxSlice: 1500, seed: 42)
+        let spool = try c.spool()
+        var p = try c.payload()
+        for i in 0..<30 { try p.add("s\(i)", size: 100 + i * 1999, seed: UInt64(i), into: spool) }
+        let (status, out) = try c.runOnce(c.tlsAgentArgs(pki, spools: [("spool", spool)], target: proxy.port, extra: ["--timeout", "60"]), timeout: 120)
+        #expect(status == 0, "\(out)")
+        #expect(proxy.connections == 1, "no error forced a reconnect:\n\(out)")
+        #expect(try p.identical(in: c.committed()).count == p.names.count)
+    }
+
     enum Victim: String, CaseIterable, Sendable { case collector, agent }
 
     /// Row 7 over TLS: kill -9 of the collector or of the agent in the middle of a segment;
