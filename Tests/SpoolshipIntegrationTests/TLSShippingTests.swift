@@ -244,6 +244,32 @@ extension Payload {
         #expect(try p.identical(in: c.committed()).count == p.names.count)
     }
 
+    /// An idle TLS connection lives on its pings: with a 1.5 s --io-timeout the agent pings
+    /// every half second, and for more than three io timeouts nothing ends the connection; a
+    /// file added afterwards ships on it.
+    @Test func idleTLSConnection_livesOnItsPings() throws {
+        let c = try Cluster("tls-idle")
+        defer { c.remove() }
+        let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
+        try c.startTLSCollector(pki)
+        let proxy = try c.startProxy()
+        let spool = try c.spool()
+        var p = try c.payload()
+        let ioTimeout = 1.5
+        let agent = try c.startAgent(c.tlsAgentArgs(pki, spools: [("spool", spool)], target: proxy.port, extra: ["--io-timeout", "\(ioTimeout)"]))
+        defer { agent.stop() }
+        try p.add("first", size: 10_000, seed: 1, into: spool)
+        #expect(try Harness.waitUntil(timeout: 30) { try p.identical(in: c.committed()).count == 1 }, "\(agent.output)")
+        let before = (proxy.bytesFromClient, proxy.bytesToClient)
+        // The time is the subject here: the connection must not end within it.
+        let ended = Harness.waitUntil(timeout: 3.5 * ioTimeout) { proxy.connections > 1 || agent.output.contains("connection to collector failed") }
+        #expect(!ended, "the idle connection ended:\n\(agent.output.suffix(2000))\n\(c.collectorLog.suffix(2000))")
+        #expect(proxy.bytesFromClient > before.0 && proxy.bytesToClient > before.1, "pings and their answers crossed")
+        try p.add("second", size: 10_000, seed: 2, into: spool)
+        #expect(try Harness.waitUntil(timeout: 30) { try p.identical(in: c.committed()).count == 2 }, "\(agent.output.suffix(2000))")
+        #expect(proxy.connections == 1)
+    }
+
     enum Victim: String, CaseIterable, Sendable { case collector, agent }
 
     /// Row 7 over TLS: kill -9 of the collector or of the agent in the middle of a segment;
