@@ -559,8 +559,11 @@ extension Payload {
         #expect(Harness.waitUntil(timeout: 30) {
             strace.output.contains(" attached with ") || strace.output.components(separatedBy: " attached").count - 1 >= threads()
         }, "\(strace.output)")
-        try p.add("payload.bin", size: size, seed: 3, into: spool)
-        #expect(try Harness.waitUntil(timeout: 60) { try p.identical(in: c.committed()).count == 1 }, "\(agent.output.suffix(2000))")
+        // A name and content of its own for each run: the collector would take a second
+        // payload.bin of the same bytes as already there, and nothing would be sent.
+        try p.add("payload-\(ktls).bin", size: size, seed: UInt64(ktls.utf8.count) &* 7919, into: spool)
+        #expect(try Harness.waitUntil(timeout: 60) { try p.identical(in: c.committed()).count == 1 && Harness.files(in: spool).isEmpty },
+                "shipped and acknowledged:\n\(agent.output.suffix(2000))")
         strace.kill(SIGTERM)
         #expect(strace.wait(timeout: 30) != nil, "strace stops and detaches")
         let text = try String(contentsOf: trace, encoding: .utf8)
