@@ -700,6 +700,35 @@ extension Payload {
         print("refused \(k): agent: \(Cluster.line(in: agent.output, all: s.agentAll, any: s.agentAny) ?? "-")\n    collector: \(line ?? "-")")
     }
 
+    /// TLS and the agents file together: the certificate must name the agent, and the agent
+    /// must prove its secret as well. A good certificate with a wrong secret is refused as
+    /// without TLS; both right, it ships.
+    @Test func tlsAndSecrets_eachStillChecked() throws {
+        let c = try Cluster("tls-and-secrets")
+        defer { c.remove() }
+        let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
+        func privateFile(_ name: String, _ text: String) throws -> URL {
+            let u = c.root.appendingPathComponent(name)
+            try text.write(to: u, atomically: true, encoding: .utf8)
+            #expect(chmod(u.path, 0o600) == 0)
+            return u
+        }
+        let agents = try privateFile("agents", "agent-1 \(AuthTests.secret)\n")
+        try c.startTLSCollector(pki, extra: ["--agents", agents.path])
+        let spool = try c.spool()
+        var p = try c.payload()
+        try p.add("x.bin", size: 100_000, seed: 1, into: spool)
+        let before = c.everythingInDataDir()
+        let wrong = try privateFile("wrong", "not-the-secret-0123456789\n")
+        let (s1, o1) = try c.runOnce(c.tlsAgentArgs(pki, spools: [("spool", spool)], extra: ["--secret-file", wrong.path, "--timeout", "30"]), timeout: 60)
+        #expect(s1 == 1 && o1.contains("could not prove that it holds this agent's secret"), "\(o1)")
+        #expect(c.everythingInDataDir() == before, "nothing written")
+        let good = try privateFile("good", AuthTests.secret + "\n")
+        let (s2, o2) = try c.runOnce(c.tlsAgentArgs(pki, state: "state-good", spools: [("spool", spool)], extra: ["--secret-file", good.path, "--timeout", "30"]), timeout: 60)
+        #expect(s2 == 0, "\(o2)")
+        #expect(try p.identical(in: c.committed()) == ["x.bin"])
+    }
+
     /// A client with no certificate (openssl s_client with the CA only): the collector
     /// refuses it in the handshake and says so; nothing is written.
     @Test func aClientWithoutCertificate_isRefusedByTheCollector() throws {
