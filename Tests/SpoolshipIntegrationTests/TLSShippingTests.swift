@@ -141,6 +141,13 @@ extension Payload {
         let agents = cm["agents"] as? [[String: Any]] ?? []
         #expect(agents.count == 1 && agents.first?["path"] as? String == (!tls ? "tcp" : KernelTLS.available ? "ktls" : "tls"), "\(cm)")
         #expect((agents.first?["transport"] as? String)?.hasPrefix(tls ? "TLSv1.3 " : "plain TCP") == true, "\(cm)")
+        // The text form: the agent's transport line, the collector's PATH column.
+        let agentText = try StatusTests.spoolship(["status", "--socket", c.agentSocket().path])
+        #expect(agentText.stdout.contains("  transport: \(transport)\n"), "\(agentText.stdout)")
+        let collectorText = try StatusTests.spoolship(["status", "--socket", c.collectorSocket.path])
+        let row = collectorText.stdout.split(separator: "\n").first { $0.contains("agent-1") && $0.contains("127.0.0.1:") }
+        #expect(collectorText.stdout.contains("PATH") && row?.split(separator: " ").contains(Substring(agents.first?["path"] as? String ?? "?")) == true,
+                "\(collectorText.stdout)")
         // The gauges follow the status at most once a second: poll.
         let aPort = try #require(Harness.readPortFile(aPortFile, timeout: 30))
         let cPort = try #require(Harness.readPortFile(cPortFile, timeout: 30))
@@ -820,6 +827,9 @@ extension Payload {
         #expect(first.first == 0x16, "the agent opened a TLS handshake")
         #expect(took >= ioTimeout - 0.5 && took <= ioTimeout + 4, "within its io timeout: \(took) s")
         #expect(Harness.waitUntil(timeout: 10) { agent.output.contains("connection to collector failed") }, "\(agent.output)")
+        let line = Cluster.line(in: agent.output, all: ["connection to collector failed", "TLS handshake with"], any: ["timed out"])
+        #expect(line != nil, "the agent says its handshake timed out:\n\(agent.output)")
+        print("tls stall: \(line ?? "-")")
         #expect(agent.isRunning, "it retries")
     }
 }
