@@ -3,7 +3,7 @@
 # build with the Swift runtime linked in statically, so that the package needs no Swift on the
 # host; stripped), which runs as the agent or the collector when started under the names of its
 # two symlinks, /usr/bin/spoolship-agent and /usr/bin/spoolship-collector; the systemd units,
-# sysusers.d and tmpfiles.d entries, the example configs as conffiles, and the docs. Depends:
+# sysusers.d, tmpfiles.d and modules-load.d (kernel TLS) entries, the example configs as conffiles, and the docs. Depends:
 # comes from dpkg-shlibdeps.
 #
 #   bash packaging/build-deb.sh [OUT_DIR]                  (default: .build/deb)
@@ -38,6 +38,7 @@ ln -s spoolship "$stage/usr/bin/spoolship-collector"
 for u in packaging/systemd/*; do install -D -m 0644 "$u" "$stage/lib/systemd/system/$(basename "$u")"; done
 install -D -m 0644 packaging/sysusers.d/spoolship.conf "$stage/usr/lib/sysusers.d/spoolship.conf"
 install -D -m 0644 packaging/tmpfiles.d/spoolship.conf "$stage/usr/lib/tmpfiles.d/spoolship.conf"
+install -D -m 0644 packaging/modules-load.d/spoolship.conf "$stage/usr/lib/modules-load.d/spoolship.conf"
 install -D -m 0644 etc/agent.toml "$stage/etc/spoolship/agent.toml"
 install -D -m 0644 etc/collector.toml "$stage/etc/spoolship/collector.toml"
 install -D -m 0644 README.md "$stage/usr/share/doc/spoolship/README.md"
@@ -80,6 +81,8 @@ set -e
 if [ "$1" = configure ]; then
   systemd-sysusers /usr/lib/sysusers.d/spoolship.conf || true
   systemd-tmpfiles --create /usr/lib/tmpfiles.d/spoolship.conf || true
+  # Kernel TLS now, as modules-load.d does at each boot (a kernel without it: nothing to do).
+  modprobe tls 2>/dev/null || true
   if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 fi
 SCRIPT

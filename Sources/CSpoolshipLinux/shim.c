@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -88,6 +89,15 @@ int spsh_openat_beneath(int dirfd, const char *path, int flags, unsigned int mod
 }
 
 int spsh_accept4_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int spsh_kernel_tls_probe(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    int r = setsockopt(fd, IPPROTO_TCP, 31 /* TCP_ULP */, "tls", 3);
+    int e = r == 0 ? 0 : errno;
+    close(fd);
+    return e;
+}
 
 ssize_t spsh_sendfile(int out_fd, int in_fd, int64_t *offset, size_t count) {
     return sendfile(out_fd, in_fd, (off_t *)offset, count);

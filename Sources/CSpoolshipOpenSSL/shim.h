@@ -13,16 +13,48 @@ static inline int spsh_ssl_ctx_set_min_proto(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
 }
 
+/// SSL_CTX_set_max_proto_version (a macro over SSL_CTX_ctrl).
+static inline int spsh_ssl_ctx_set_max_proto(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+
+/// The context's own certificate, as "serial <HEX>, valid until <date>", written to `out`
+/// (NUL-terminated, at most `cap` bytes); 0 when it has none.
+static inline int spsh_ctx_cert_summary(SSL_CTX *ctx, char *out, int cap) {
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    if (!cert || cap < 2) return 0;
+    BIO *b = BIO_new(BIO_s_mem());
+    if (!b) return 0;
+    BIO_puts(b, "serial ");
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    BIO_puts(b, hex ? hex : "?");
+    OPENSSL_free(hex);
+    BN_free(bn);
+    BIO_puts(b, ", valid until ");
+    ASN1_TIME_print(b, X509_get0_notAfter(cert));
+    int n = BIO_read(b, out, cap - 1);
+    out[n > 0 ? n : 0] = 0;
+    BIO_free(b);
+    return n > 0 ? n : 0;
+}
+
 /// Turns kernel TLS on for the context's connections (SSL_OP_ENABLE_KTLS): OpenSSL hands the
 /// keys to the kernel after the handshake where the kernel and the cipher allow it.
 static inline void spsh_ssl_ctx_enable_ktls(SSL_CTX *ctx) {
     SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
 }
 
-/// Leaves out renegotiation and the compression OpenSSL might offer, and asks for the server's
-/// cipher order.
+/// Leaves out renegotiation, the compression OpenSSL might offer and session resumption, and
+/// asks for the server's cipher order. A write retried after WANT_WRITE may come from another address of the same
+/// bytes (Swift does not promise a buffer's address from one call to the next).
 static inline void spsh_ssl_ctx_harden(SSL_CTX *ctx) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    // No session tickets: an agent keeps one connection for long, and resumption would skip
+    // the certificate checks that bind it to its agent id.
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
 /// Whether the kernel took the send (write) keys of this connection.

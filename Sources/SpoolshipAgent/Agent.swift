@@ -47,8 +47,15 @@ public final class Agent: Sendable {
     /// The least wait before connecting again after ERROR 10 (agent id in use).
     static let idInUseBackoff = 5.0
 
-    public init(config: AgentConfig, logger: Logger, stats: AgentStats = AgentStats()) throws {
+    /// What new connections use for TLS: `config.tls`'s files as read last (a reload reads
+    /// them again); nil with `config.tls` nil.
+    let tlsContext: @Sendable () -> TLSContext?
+
+    /// `tls`: the TLS context for each new connection (see `tlsContext`).
+    public init(config: AgentConfig, logger: Logger, stats: AgentStats = AgentStats(),
+                tls: @escaping @Sendable () -> TLSContext? = { nil }) throws {
         self.config = config
+        tlsContext = tls
         self.logger = logger
         self.stats = stats
         stats.register(spools: config.spools.map(\.name))

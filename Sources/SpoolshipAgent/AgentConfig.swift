@@ -71,6 +71,9 @@ public struct AgentConfig: Sendable, Equatable {
     public var connectTimeout: Double = 10
     /// This agent's secret (`--secret-file`); nil to connect without credentials.
     public var secret: [UInt8]?
+    /// TLS to the collector (`[tls]`, `--tls-*`); nil for plain TCP. The files are read into
+    /// a context when the settings are resolved (`AgentSettings.tlsContext`).
+    public var tls: TLSSettings?
     public var backoffMin: Double = 0.1
     public var backoffMax: Double = 30
 

@@ -29,6 +29,8 @@ public struct AgentFileConfig {
     /// The default settle time of blob spools, and the spools that set their own.
     public var settle: Double?
     public var ownSettle: Set<String> = []
+    /// The `[tls]` table.
+    public var tls = TLSKeys()
 
     public init() {}
 
@@ -54,6 +56,7 @@ public struct AgentFileConfig {
         c.rotateSize = try top.bytes("rotate-size")
         c.rotateAge = try top.seconds("rotate-age")
         c.settle = try top.seconds("settle")
+        c.tls = try top.tls(serverName: true)
         for (i, t) in try top.tables("spool").enumerated() {
             var r = TableReader(file: path, table: t, place: "[[spool]] #\(i + 1)")
             let (name, dir) = try nameAndDir(&r)

@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import Glibc
 import SpoolshipDaemon
+import SpoolshipIO
 
 /// The gauges of the live state, set from a status snapshot just before each scrape, so that
 /// `/metrics` and `spoolship status` read the same figures.
@@ -13,12 +14,17 @@ public final class AgentGauges: @unchecked Sendable {
     private let lock = NSLock()
     private var perSpool: [String: (segments: CoreMetrics.Gauge, bytes: CoreMetrics.Gauge, age: CoreMetrics.Gauge, rotated: CoreMetrics.Gauge, unshippable: CoreMetrics.Gauge)] = [:]
     private let connected: CoreMetrics.Gauge
+    /// By the path of the payload (tcp, tls, ktls): 1 for the connection's, 0 for the others.
+    private let paths: [(String, CoreMetrics.Gauge)]
 
     private var lastUpdate = -Double.infinity
 
     public init(factory: any MetricsFactory) {
         self.factory = factory
         connected = CoreMetrics.Gauge(label: "spoolship_agent_connected", factory: factory)
+        paths = Link.Path.allCases.map { p in
+            (p.rawValue, CoreMetrics.Gauge(label: "spoolship_agent_connection_path", dimensions: [("path", p.rawValue)], factory: factory))
+        }
     }
 
     /// Sets the gauges from `status()` at most once a second: the agent's status walks its
@@ -37,6 +43,7 @@ public final class AgentGauges: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         connected.record(s.connection.state == "connected" ? 1 : 0)
+        for (name, g) in paths { g.record(s.connection.path == name ? 1 : 0) }
         for sp in s.spools {
             if perSpool[sp.name] == nil {
                 let d = [("spool", sp.name)]

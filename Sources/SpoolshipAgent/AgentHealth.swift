@@ -11,6 +11,9 @@ final class AgentHealth: Sendable {
         /// The collector's id while a connection is set up, and since when (wall clock).
         var connectedTo: String?
         var connectedSince: Double?
+        /// The connection's transport (`Link.transport`) and the path of what it sends.
+        var transport: String?
+        var path: Link.Path?
         var lastError: String?
         var lastErrorTime: Double?
         /// The last connection ended with ERROR 10 (agent id in use): wait at least 5 s.

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Logging
 import SpoolshipDaemon
+import SpoolshipIO
 import Synchronization
 
 /// The agent process's supervisor: it runs one `Agent` at a time, in the same process, and
@@ -29,6 +30,10 @@ public final class AgentReloader: Sendable {
         var next: AgentConfig?
         /// A SIGHUP came while no agent was running.
         var reloadWaiting = false
+        /// The TLS files of the running configuration, read (new connections take it), and
+        /// those of `next`. A reload reads them again even when nothing else changed.
+        var tls: TLSContext?
+        var nextTLS: TLSContext?
     }
 
     let state: Mutex<State>
@@ -72,14 +77,18 @@ public final class AgentReloader: Sendable {
     /// did not stop cleanly. Says why on standard error and in the log.
     public func run() -> Int32 {
         var current = settings.agent
-        var previous: AgentConfig?
+        var currentTLS = settings.tlsContext
+        var previous: (config: AgentConfig, tls: TLSContext?)?
         var shipped = (segments: 0, bytes: UInt64(0))
+        Self.logTLS(current.tls, currentTLS, logger: logger)
         while true {
             let agent: Agent
             var agentLogger = logger
             agentLogger[metadataKey: "agent.id"] = "\(current.agentID)"
+            let tls = currentTLS
+            state.withLock { $0.tls = tls }
             do {
-                agent = try Agent(config: current, logger: agentLogger, stats: stats)
+                agent = try Agent(config: current, logger: agentLogger, stats: stats, tls: { [self] in state.withLock { $0.tls } })
             } catch {
                 guard let old = previous else {
                     logger.critical("agent stopped", metadata: ["error": "\(error)"])
@@ -87,7 +96,7 @@ public final class AgentReloader: Sendable {
                     return 1
                 }
                 logger.error("reload failed; going back to the previous configuration", metadata: ["error": "\(error)"])
-                current = old
+                (current, currentTLS) = old
                 previous = nil
                 continue
             }
@@ -125,15 +134,17 @@ public final class AgentReloader: Sendable {
             agent.close()
             shipped.segments += agent.shippedSegments
             shipped.bytes += agent.shippedBytes
-            let next = state.withLock { s -> AgentConfig? in
-                defer { s.next = nil }
-                return s.next
+            let (next, nextTLS) = state.withLock { s -> (AgentConfig?, TLSContext?) in
+                defer { s.next = nil; s.nextTLS = nil }
+                return (s.next, s.nextTLS)
             }
             // Ended before the agent's last words, so that they do not land on the bar's line.
             bar?.end()
             guard !lifecycle.isStopping, let next = next else { break }
-            previous = current
+            previous = (current, currentTLS)
             current = next
+            currentTLS = nextTLS
+            if current.tls != previous?.config.tls { Self.logTLS(current.tls, currentTLS, logger: logger) }
             logger.notice("configuration reloaded; starting again", metadata: ["spools": "\(current.spools.map(\.name).joined(separator: ","))"])
         }
         if settings.agent.once {
@@ -173,11 +184,19 @@ public final class AgentReloader: Sendable {
             }
             SpoolshipLogging.setLevel(next.logLevel)
             let unchanged = state.withLock { s -> Bool in
-                if next.agent == (s.next ?? agent.config) { return true }
+                if next.agent == (s.next ?? agent.config) {
+                    // The TLS files were read again: new connections use them.
+                    if s.next != nil { s.nextTLS = next.tlsContext } else { s.tls = next.tlsContext }
+                    return true
+                }
                 s.next = next.agent
+                s.nextTLS = next.tlsContext
                 return false
             }
             if unchanged {
+                if let t = next.tlsContext {
+                    logger.notice("TLS certificate and key read again; new connections use them", metadata: ["certificate": "\(t.certificateSummary)"])
+                }
                 logger.notice("configuration unchanged")
                 Systemd.ready(status: agent.statusLine())
                 return
@@ -187,6 +206,19 @@ public final class AgentReloader: Sendable {
             logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
             Systemd.ready(status: agent.statusLine())
         }
+    }
+
+    /// At a start (and a reload that changes TLS): whether TLS is on, the certificate, and
+    /// whether the kernel can take the keys.
+    static func logTLS(_ settings: TLSSettings?, _ context: TLSContext?, logger: Logger) {
+        guard let s = settings, let c = context else {
+            logger.info("TLS off: the connection to the collector is plain TCP (give tls.ca-file, tls.cert-file and tls.key-file to turn it on)")
+            return
+        }
+        var meta: Logger.Metadata = ["certificate": "\(c.certificateSummary)", "server_name": "\(s.serverName ?? "")",
+                                     "ktls": "\(s.kernelTLS.rawValue)", "min_version": "\(s.minVersion.rawValue)"]
+        if s.kernelTLS != .off, let why = KernelTLS.unavailableReason() { meta["kernel_tls"] = "\(why)" }
+        logger.info("TLS on", metadata: meta)
     }
 
     /// `spoolship-agent: <error>` on standard error, escaped as log lines are.

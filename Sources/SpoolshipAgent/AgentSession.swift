@@ -5,8 +5,9 @@ import SpoolshipCore
 import SpoolshipIO
 import SpoolshipDaemon
 
-/// One connection to the collector. The calling thread sends (offers, then DATA frames with
-/// sendfile as answers come back); a reader thread takes answers, checkpoints and commit
+/// One connection to the collector, plain or TLS (`Link`). The calling thread sends (offers,
+/// then DATA frames with sendfile, or over TLS `SSL_sendfile` or pread + `SSL_write`, as
+/// answers come back); a reader thread takes answers, checkpoints and commit
 /// acknowledgements, and processes acknowledgements in batches. It talks to the agent's
 /// segment queue only; what becomes of a segment that cannot ship as sealed is the agent's
 /// to say (`Agent.drop`, `refuse`, `sealAgain`), never sealed here.
@@ -69,21 +70,28 @@ final class AgentSession: @unchecked Sendable {
             sock.shutdown()
             try? sock.fd.close()
         }
+        let link = try secure(sock)
         // The reader wakes at half the deadline to check for silence, so a vanished peer is
         // noticed within 1.5 deadlines; a sendfile blocked on it is then woken by shutdown.
-        sock.setTimeouts(receive: config.ioTimeout / 2, send: config.ioTimeout)
+        link.setTimeouts(receive: config.ioTimeout / 2, send: config.ioTimeout)
         var decoder = FrameDecoder(maxBody: Wire.defaultMaxFrameBody)
         var hello = FrameWriter()
         let nonce = config.secret == nil ? [] : Auth.nonce()
         hello.append(.hello(Hello(agentID: config.agentID, auth: nonce)))
-        try sock.sendAll(Wire.preamble + hello.bytes)
-        let welcome = try readWelcome(sock, &decoder, nonce: nonce)
+        try link.sendAll(Wire.preamble + hello.bytes)
+        let welcome = try readWelcome(link, &decoder, nonce: nonce)
         window = Int(max(1, min(welcome.window, 4096)))
-        logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)"])
+        logger.info("connected to collector", metadata: ["collector": "\(config.collector)", "collector.id": "\(welcome.collectorID)",
+                                                         "transport": "\(link.transport)", "path": "\(link.path(sending: true).rawValue)"])
         locked { outcome.established = true }
         agent.stats.connected()
-        agent.health.update { $0.connectedTo = welcome.collectorID; $0.connectedSince = Date().timeIntervalSince1970 }
-        defer { agent.health.update { $0.connectedTo = nil; $0.connectedSince = nil } }
+        agent.health.update {
+            $0.connectedTo = welcome.collectorID
+            $0.connectedSince = Date().timeIntervalSince1970
+            $0.transport = link.transport
+            $0.path = link.path(sending: true)
+        }
+        defer { agent.health.update { $0.connectedTo = nil; $0.connectedSince = nil; $0.transport = nil; $0.path = nil } }
         // Everything not yet acknowledged is offered again on a new connection. (A welcome
         // alone is not progress: a collector that accepts and then fails every offer must not
         // keep `--once` alive forever.)
@@ -94,17 +102,46 @@ final class AgentSession: @unchecked Sendable {
         // What the handshake read past WELCOME goes to the reader with the decoder.
         let handedOver = decoder
         startThread("reader \(config.collector)") { [self] in
-            readLoop(sock, handedOver)
+            readLoop(link, handedOver)
             readerDone.open()
         }
         defer {
-            sock.shutdown()
+            link.tls?.close()
+            link.shutdown()
             readerDone.wait(timeout: 60)
         }
-        try sendLoop(sock, maxSegment: welcome.maxSegmentSize)
+        try sendLoop(link, maxSegment: welcome.maxSegmentSize)
     }
 
-    private func readWelcome(_ sock: Socket, _ decoder: inout FrameDecoder, nonce: [UInt8]) throws -> Welcome {
+    /// The link over `sock`: plain, or TLS after its handshake (within the I/O timeout) when
+    /// TLS is configured. A collector that answers TLS in plain text does not use TLS: that is
+    /// a `FatalRefusal`, with what the collector said.
+    private func secure(_ sock: Socket) throws -> Link {
+        guard let settings = config.tls, let context = agent.tlsContext() else { return Link(plain: sock) }
+        let tls = try TLSConnection(context, socket: sock)
+        do {
+            try tls.handshake(deadline: monotonicNow() + config.ioTimeout)
+        } catch let plain as TLSPlainPeer {
+            throw FatalRefusal(description: Self.plainCollector(config.collector, plain))
+        }
+        if settings.kernelTLS == .require && !tls.kernelSend {
+            throw DaemonError("ktls = require, but the kernel did not take the send keys of this connection (\(tls.agreed))")
+        }
+        return Link(tls: tls)
+    }
+
+    /// What to say when the collector answered the TLS handshake in plain text: its own
+    /// words when they are a spoolship ERROR frame (OpenSSL took "SPSH" and the first byte
+    /// of the frame, the high byte of its length, as a record header).
+    static func plainCollector(_ collector: Endpoint, _ p: TLSPlainPeer) -> String {
+        var decoder = FrameDecoder(maxBody: Wire.defaultMaxFrameBody)
+        decoder.feed(Wire.preamble + [0] + p.following)
+        var said = ""
+        if case .error(_, _, let message)? = try? decoder.next() { said = ": it says: \(message)" }
+        return "collector \(collector) does not use TLS, and this agent does (it answered the TLS handshake in plain text)\(said)"
+    }
+
+    private func readWelcome(_ sock: Link, _ decoder: inout FrameDecoder, nonce: [UInt8]) throws -> Welcome {
         var authenticated = false
         while true {
             if let f = try decoder.next() {
@@ -157,7 +194,7 @@ final class AgentSession: @unchecked Sendable {
 
     // MARK: sending
 
-    private func sendLoop(_ sock: Socket, maxSegment: UInt64) throws {
+    private func sendLoop(_ sock: Link, maxSegment: UInt64) throws {
         var lastSent = monotonicNow()
         while true {
             var offers: [Frame] = []
@@ -228,7 +265,7 @@ final class AgentSession: @unchecked Sendable {
         }
     }
 
-    private func sendData(_ sock: Socket, tag: UInt64, offset: UInt64, segment s: Segment) throws {
+    private func sendData(_ sock: Link, tag: UInt64, offset: UInt64, segment s: Segment) throws {
         guard let dir = agent.dirs.holding(s) else { return }
         let label = "\(s.spool)/\(s.name)"
         guard let fd = try Files.openIfPresent(dir, s.name, label: label) else {
@@ -258,7 +295,7 @@ final class AgentSession: @unchecked Sendable {
         var sent: UInt64 = 0
         while sent < count {
             let n = min(count - sent, 2 << 20)
-            try ZeroCopy.sendFile(fd, offset: Int64(offset + sent), count: Int64(n), to: sock)
+            try sock.sendFile(fd, offset: Int64(offset + sent), count: Int64(n))
             sent += n
             agent.stats.sent(bytes: n)
             agent.threads.heartbeats.beat("shipper")
@@ -271,7 +308,7 @@ final class AgentSession: @unchecked Sendable {
 
     // MARK: receiving
 
-    private func readLoop(_ sock: Socket, _ initial: FrameDecoder) {
+    private func readLoop(_ sock: Link, _ initial: FrameDecoder) {
         var decoder = initial
         do {
             while true {
@@ -293,7 +330,7 @@ final class AgentSession: @unchecked Sendable {
     }
 
     /// What arrived, or nil when the receive deadline passed without anything being owed.
-    private func receive(_ sock: Socket) throws -> [UInt8]? {
+    private func receive(_ sock: Link) throws -> [UInt8]? {
         do {
             return try sock.receive(max: 64 * 1024)
         } catch let e as SyscallError where e.errno == ETIMEDOUT {

@@ -23,6 +23,8 @@ public struct AgentFlags: Equatable, Sendable {
     public var timeout: Double?
     public var ioTimeout: Double?
     public var secretFile: String?
+    /// `--tls-server-name`: the name the collector's certificate must hold.
+    public var tlsServerName: String?
 
     public init() {}
 }
@@ -35,11 +37,14 @@ public struct AgentSettings: Sendable {
     public var agent: AgentConfig
     public var observed: ObservedSettings
     public var logLevel: Logger.Level
+    /// `agent.tls`'s files, read: what new connections use.
+    public var tlsContext: TLSContext?
 
     /// Resolves `flags` over the config file (`--config`, else `defaultConfigPath` when it
     /// exists). The checks run in this order, and the first failure is thrown
     /// (`SettingsError`, or the error `preflight` throws): the file; the agent's configuration
-    /// (`collector`, `agent-id`, `state-dir`, sizes and times, spools, the secret file); then
+    /// (`collector`, `agent-id`, `state-dir`, sizes and times, spools, the secret file, TLS
+    /// and its files); then
     /// `preflight` on it (a reload opens the spool directories there); then the control socket
     /// and metrics flags; then the log level.
     public static func resolve(_ flags: AgentFlags, defaultConfigPath: String = AgentFileConfig.defaultPath,
@@ -49,11 +54,12 @@ public struct AgentSettings: Sendable {
             do { file = try AgentFileConfig.load(path: path) } catch { throw SettingsError("\(error)") }
         }
         let agent = try agentConfig(flags, file: file)
+        let tlsContext = try agent.tls?.context(server: false)
         try preflight(agent)
         let observed = try flags.common.observed(file: (file.controlSocket, file.metricsListen, file.metricsPortFile))
         // The file's level was checked when it was read: only the flag can be wrong here.
         let level = try flags.common.level(file: file.logLevel, shown: flags.common.logLevel ?? "")
-        return AgentSettings(agent: agent, observed: observed, logLevel: level)
+        return AgentSettings(agent: agent, observed: observed, logLevel: level, tlsContext: tlsContext)
     }
 
     /// The spools that `--spool` and `--logs` give.
@@ -133,6 +139,7 @@ public struct AgentSettings: Sendable {
             }
         }
         guard c.timeout > 0, c.ioTimeout > 0 else { throw SettingsError("timeouts must be positive") }
+        c.tls = try flags.common.tls(file: file.tls, serverName: flags.tlsServerName, defaultServerName: endpoint.host)
         return c
     }
 }

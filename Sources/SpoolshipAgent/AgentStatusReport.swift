@@ -36,6 +36,11 @@ public struct AgentStatus: Codable, Sendable {
         public var state: String
         public var collectorId: String?
         public var connectedSeconds: Double?
+        /// While connected: the transport ("plain TCP (sendfile, splice)", or the TLS version,
+        /// cipher and what the kernel does), and the path of the payload in one word: tcp,
+        /// ktls (TLS, the kernel encrypting) or tls (TLS in user space).
+        public var transport: String?
+        public var path: String?
         public var lastError: String?
         public var lastErrorAgeSeconds: Double?
     }
@@ -119,6 +124,8 @@ extension Agent {
         st.connection.state = h.connectedTo == nil ? "disconnected" : "connected"
         st.connection.collectorId = h.connectedTo
         st.connection.connectedSeconds = h.connectedSince.map { StatusFormat.seconds(now - $0) }
+        st.connection.transport = h.transport
+        st.connection.path = h.path?.rawValue
         st.connection.lastError = h.lastError
         st.connection.lastErrorAgeSeconds = h.lastErrorTime.map { StatusFormat.seconds(now - $0) }
         return st

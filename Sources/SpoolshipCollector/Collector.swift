@@ -41,6 +41,9 @@ public struct CollectorConfig: Sendable {
     /// The agents that may connect, with their secrets (`--agents FILE`); nil accepts any
     /// well-formed agent id without credentials.
     public var agents: [String: [UInt8]]?
+    /// TLS (`[tls]`, `--tls-*`); nil for plain TCP. Its files, read, are the collector's
+    /// `tlsContext`.
+    public var tls: TLSSettings?
 
     public init(listen: Endpoint, dataDir: String) {
         self.listen = listen
@@ -56,6 +59,10 @@ public final class Collector: Sendable {
     private let configBox: Locked<CollectorConfig>
     /// The current settings; a reload changes the limits for the connections that follow.
     public var config: CollectorConfig { configBox.withLock { $0 } }
+    /// The TLS files as read last (at the start, or a reload), with the settings they were
+    /// read for: what each new connection takes. nil without TLS.
+    private let tlsBox: Locked<(TLSSettings, TLSContext)?>
+    var tls: (settings: TLSSettings, context: TLSContext)? { tlsBox.withLock { $0 } }
     let logger: Logger
     let dataDir: DataDir
     let listener: Socket
@@ -68,8 +75,11 @@ public final class Collector: Sendable {
     /// When the collector started (wall clock).
     let startedAt = Date().timeIntervalSince1970
 
-    public init(config: CollectorConfig, logger: Logger, stats: CollectorStats = CollectorStats()) throws {
+    /// `tls`: `config.tls`'s files, read (`CollectorSettings.tlsContext`).
+    public init(config: CollectorConfig, tls: TLSContext? = nil, logger: Logger, stats: CollectorStats = CollectorStats()) throws {
+        guard (config.tls == nil) == (tls == nil) else { throw DaemonError("TLS settings without their files read, or the reverse") }
         configBox = Locked(config)
+        tlsBox = Locked(config.tls.flatMap { s in tls.map { (s, $0) } })
         self.logger = logger
         self.stats = stats
         // Each connection holds a socket, a pipe and its open partials: allow what the hard
@@ -98,10 +108,20 @@ public final class Collector: Sendable {
     /// Accepts connections until `stop()`; returns once every connection has ended.
     public func run() {
         logger.info("listening", metadata: ["address": "\(address)", "data_dir": "\(config.dataDir)"])
+        let tls = self.tls
         if let a = config.agents {
             logger.info("agents must authenticate", metadata: ["agents": "\(a.count)"])
+        } else if tls != nil {
+            logger.info("agents are known by their TLS certificates: each agent id must be in its certificate's subjectAltName")
         } else {
-            logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (give --agents FILE to require credentials)")
+            logger.warning("no authentication: any peer that sends a well-formed agent id may write under that id (give --agents FILE, or TLS with client certificates, to require credentials)")
+        }
+        if let (s, context) = tls {
+            var meta: Logger.Metadata = ["certificate": "\(context.certificateSummary)", "ktls": "\(s.kernelTLS.rawValue)", "min_version": "\(s.minVersion.rawValue)"]
+            if s.kernelTLS != .off, let why = KernelTLS.unavailableReason() { meta["kernel_tls"] = "\(why)" }
+            logger.info("TLS on: agents must present a certificate from the CA", metadata: meta)
+        } else {
+            logger.warning("TLS off: segments cross the network in plain text (give tls.ca-file, tls.cert-file and tls.key-file to encrypt them)")
         }
         heartbeats.beat("accept")
         if !stopping.isOpen { Systemd.ready(status: statusLine) }
@@ -147,9 +167,10 @@ public final class Collector: Sendable {
         logger.info("stopped")
     }
 
-    /// Takes the limits and timeouts of a reloaded configuration, for the connections that
-    /// follow. The address and the data dir take effect only at a restart; they are kept.
-    public func reload(_ next: CollectorConfig) -> [String] {
+    /// Takes the limits and timeouts of a reloaded configuration, and its TLS files (read
+    /// again: `tls`), for the connections that follow. The address and the data dir take
+    /// effect only at a restart; they are kept, as is turning TLS on or off.
+    public func reload(_ next: CollectorConfig, tls: TLSContext?) -> [String] {
         configBox.withLock { c in
             var ignored: [String] = []
             if next.listen != c.listen && c.inheritedListener == nil { ignored.append("listen") }
@@ -164,6 +185,13 @@ public final class Collector: Sendable {
             c.maxPartialBytes = next.maxPartialBytes
             c.maxFrameBody = next.maxFrameBody
             if (next.agents == nil) != (c.agents == nil) { ignored.append("agents (turning authentication on or off)") } else { c.agents = next.agents }
+            if (next.tls == nil) != (c.tls == nil) {
+                ignored.append("tls (turning TLS on or off)")
+            } else if let s = next.tls, let context = tls {
+                c.tls = s
+                tlsBox.withLock { $0 = (s, context) }
+                logger.notice("TLS certificate and key read again; new connections use them", metadata: ["certificate": "\(context.certificateSummary)"])
+            }
             // partial-max-age is used at start only: the next start takes it.
             return ignored
         }

@@ -26,11 +26,16 @@ extension Refusal {
 /// Sends frames to one agent, one batch at a time (the reader and durability threads both
 /// send); the collector's preamble goes before its first frame, WELCOME or ERROR.
 final class FrameSender: Sendable {
-    let socket: Socket
+    private let linkBox: Mutex<Link>
     /// Whether the preamble went out; held across each send, so that sends never interleave.
     private let preambleSent = Mutex(false)
 
-    init(socket: Socket) { self.socket = socket }
+    init(socket: Socket) { linkBox = Mutex(Link(plain: socket)) }
+
+    /// The connection: plain until a TLS handshake is over (`use`).
+    var link: Link { linkBox.withLock { $0 } }
+    /// After the TLS handshake, before any frame: everything goes over `link` from now on.
+    func use(_ link: Link) { linkBox.withLock { $0 = link } }
 
     func send(_ frames: [Frame]) throws {
         var w = FrameWriter()
@@ -43,12 +48,13 @@ final class FrameSender: Sendable {
             }
         }
         let bytes = w.bytes
+        let link = self.link
         try preambleSent.withLock { sent in
             if !sent {
                 sent = true
-                try socket.sendAll(Wire.preamble + bytes)
+                try link.sendAll(Wire.preamble + bytes)
             } else {
-                try socket.sendAll(bytes)
+                try link.sendAll(bytes)
             }
         }
     }
@@ -57,8 +63,8 @@ final class FrameSender: Sendable {
     var isIdle: Bool { preambleSent.withLockIfAvailable { _ in true } ?? false }
 }
 
-/// One agent's connection: the handshake (ConnectionHandshake.swift), then the reader loop
-/// here, which reads frames, answers offers (ConnectionAdmission.swift) and splices DATA into
+/// One agent's connection: TLS when configured, and the handshake (ConnectionHandshake.swift),
+/// then the reader loop here, which reads frames, answers offers (ConnectionAdmission.swift) and splices DATA into
 /// partial files; a durability thread (Durability.swift) checkpoints and commits them.
 ///
 /// `@unchecked Sendable`: its `var`s are the reader thread's alone, the thread that runs
@@ -133,6 +139,7 @@ final class CollectorConnection: @unchecked Sendable {
         var welcomed = false
         let me = ObjectIdentifier(self)
         do {
+            if let (settings, context) = collector.tls { try secure(context, settings) }
             let store = try handshake()
             self.store = store
             agentID.withLock { $0 = store.id }
@@ -153,12 +160,12 @@ final class CollectorConnection: @unchecked Sendable {
                                   maxSegmentSize: config.largestSegment, window: config.window)
             try send([.welcome(welcome)])
             stats.identified(store.id)
-            logger.info("agent connected", metadata: ["agent.id": "\(store.id)"])
+            logger.info("agent connected", metadata: ["agent.id": "\(store.id)", "transport": "\(sender.link.transport)"])
             welcomed = true
             let d = Durability(store: store, logger: logger, sender: sender, collectorStats: collector.stats, stats: stats, config: config)
             durability = d
             d.start(name: "durability \(socket.peer)")
-            socket.setTimeouts(receive: config.idleTimeout, send: config.idleTimeout)
+            sender.link.setTimeouts(receive: config.idleTimeout, send: config.idleTimeout)
             try readLoop()
             logger.info("agent disconnected")
         } catch let r as Refusal {
@@ -172,6 +179,11 @@ final class CollectorConnection: @unchecked Sendable {
             if e.path?.hasSuffix("(closed before hello)") != true {
                 collector.stats.error(welcomed ? .connection : .handshake)
             }
+        } catch let e as TLSError {
+            // Nothing more can be said over a TLS connection that failed: OpenSSL sent the
+            // alert, if any.
+            logger.warning(welcomed ? "TLS error; closing the connection" : "TLS handshake failed", metadata: ["error": "\(e)"])
+            collector.stats.error(welcomed ? .connection : .handshake)
         } catch let e as SyscallError where e.isNoSpace {
             logger.error("no space left on the collector's disk", metadata: ["error": "\(e)"])
             collector.stats.error(.noSpace)
@@ -195,7 +207,7 @@ final class CollectorConnection: @unchecked Sendable {
         }
         transfers.removeAll()
         if claimed, let s = store { s.release(me) }
-        socket.lingeringClose()
+        sender.link.lingeringClose()
     }
 
     /// The kind of error a refusal counts as: anything before WELCOME is the handshake's; a
@@ -212,7 +224,8 @@ final class CollectorConnection: @unchecked Sendable {
     // MARK: reader
 
     func readFrame() throws -> Frame {
-        guard let header = try socket.receiveExactly(Wire.headerSize, deadline: frameDeadline) else {
+        let link = sender.link
+        guard let header = try link.receiveExactly(Wire.headerSize, deadline: frameDeadline) else {
             throw SyscallError(call: "recv", path: "\(socket.peer) (closed)", errno: ECONNRESET)
         }
         do {
@@ -220,7 +233,7 @@ final class CollectorConnection: @unchecked Sendable {
             // Once its header is in, a frame's body must follow within the idle deadline
             // (the handshake's own deadline if sooner): no trickling.
             let bodyDeadline = min(frameDeadline ?? .infinity, monotonicNow() + config.idleTimeout)
-            let body = length == 0 ? [] : (try socket.receiveExactly(length, deadline: bodyDeadline) ?? [])
+            let body = length == 0 ? [] : (try link.receiveExactly(length, deadline: bodyDeadline) ?? [])
             guard body.count == length else { throw SyscallError(call: "recv", path: "\(socket.peer) (closed mid-frame)", errno: ECONNRESET) }
             return try FrameCodec.parseBody(type, body[...])
         } catch let e as FrameError {
@@ -283,7 +296,7 @@ final class CollectorConnection: @unchecked Sendable {
                 if n > 0 { stats.received(bytes: n); collector.stats.received(bytes: n) }
             }
             do {
-                try splicer.receive(from: socket, into: fd, at: Int64(offset), count: Int64(length)) { reached in
+                try sender.link.receiveFile(into: fd, at: Int64(offset), count: Int64(length), splicer: splicer) { reached in
                     t.written = reached
                     let n = UInt64(max(0, reached - counted))
                     counted = reached

@@ -56,7 +56,7 @@ public final class CollectorDaemon: Sendable {
         let factory = observed.metrics == nil ? nil : SpoolshipMetricsFactory()
         let collector: Collector
         do {
-            collector = try Collector(config: config, logger: logger, stats: factory.map { CollectorStats(factory: $0) } ?? CollectorStats())
+            collector = try Collector(config: config, tls: settings.tlsContext, logger: logger, stats: factory.map { CollectorStats(factory: $0) } ?? CollectorStats())
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             return 1
@@ -106,7 +106,7 @@ public final class CollectorDaemon: Sendable {
             var next = settings.collector
             next.inheritedListener = inherited
             SpoolshipLogging.setLevel(settings.logLevel)
-            var ignored = collector.reload(next)
+            var ignored = collector.reload(next, tls: settings.tlsContext)
             ignored += fixedAtStart.changed(settings.observed)
             collector.closeRevokedConnections()
             if !ignored.isEmpty {

@@ -24,6 +24,8 @@ public struct CollectorFileConfig {
     public var controlSocket: String?
     public var metricsListen: String?
     public var metricsPortFile: String?
+    /// The `[tls]` table.
+    public var tls = TLSKeys()
 
     public init() {}
 
@@ -49,6 +51,7 @@ public struct CollectorFileConfig {
         c.maxFrameBody = try top.bytes("max-frame-body")
         c.controlSocket = try top.controlSocket()
         (c.metricsListen, c.metricsPortFile) = try top.metrics()
+        c.tls = try top.tls(serverName: false)
         try top.rejectUnknown()
         return c
     }

@@ -33,13 +33,16 @@ public struct CollectorSettings: Sendable {
     public var collector: CollectorConfig
     public var observed: ObservedSettings
     public var logLevel: Logger.Level
+    /// `collector.tls`'s files, read: what new connections use.
+    public var tlsContext: TLSContext?
 
     /// Resolves `flags` over the config file (`--config`, else `defaultConfigPath` when it
     /// exists). `socketActivated`: systemd passes the listening socket (LISTEN_FDS is set),
     /// which stands for `--listen`; the descriptor itself is set afterwards
     /// (`collector.inheritedListener`). The checks run in this order, and the first failure
     /// is thrown as a `SettingsError`: the file; `listen`, `data-dir`, the log level, the
-    /// sizes, limits and times, the agents file; then the control socket and metrics flags.
+    /// sizes, limits and times, the agents file, TLS and its files; then the control socket
+    /// and metrics flags.
     public static func resolve(_ flags: CollectorFlags, socketActivated: Bool,
                                defaultConfigPath: String = CollectorFileConfig.defaultPath) throws -> CollectorSettings {
         var file = CollectorFileConfig()
@@ -93,8 +96,10 @@ public struct CollectorSettings: Sendable {
         guard c.handshakeTimeout > 0, c.idleTimeout > 0 else { throw SettingsError("timeouts must be positive") }
         guard c.checkpointBytes > 0 else { throw SettingsError("--checkpoint-bytes must be positive") }
         guard c.partialMaxAge > 0 else { throw SettingsError("--partial-max-age must be positive") }
+        c.tls = try flags.common.tls(file: file.tls)
+        let tlsContext = try c.tls?.context(server: true)
         let observed = try flags.common.observed(file: (file.controlSocket, file.metricsListen, file.metricsPortFile))
-        return CollectorSettings(collector: c, observed: observed, logLevel: level)
+        return CollectorSettings(collector: c, observed: observed, logLevel: level, tlsContext: tlsContext)
     }
 
     /// A size flag's value (suffixes K, M, G; "0" where zero turns the setting off), or nil

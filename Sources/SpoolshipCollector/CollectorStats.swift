@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import Glibc
 import SpoolshipDaemon
+import SpoolshipIO
 
 /// The collector's figures since start. Per-connection figures live in `ConnectionStats`.
 ///
@@ -155,6 +156,9 @@ final class ConnectionStats: @unchecked Sendable {
         var segmentsCommitted: UInt64
         var bytesCommitted: UInt64
         var offersOpen: Int
+        /// The connection's transport (`Link.transport`) and the path of what it receives.
+        var transport = "plain TCP (sendfile, splice)"
+        var path = Link.Path.tcp
     }
 
     private let lock = NSLock()
@@ -170,5 +174,9 @@ final class ConnectionStats: @unchecked Sendable {
         lock.lock(); s.segmentsCommitted += UInt64(segments); s.bytesCommitted &+= bytes; lock.unlock()
     }
     func offersOpen(_ n: Int) { lock.lock(); s.offersOpen = n; lock.unlock() }
+    func secured(_ link: Link) {
+        let (t, p) = (link.transport, link.path(sending: false))
+        lock.lock(); s.transport = t; s.path = p; lock.unlock()
+    }
     func snapshot() -> Snapshot { lock.lock(); defer { lock.unlock() }; return s }
 }

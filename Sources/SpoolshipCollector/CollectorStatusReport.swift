@@ -36,6 +36,11 @@ public struct CollectorStatus: Codable, Sendable {
         /// Partial files this agent has here (in transfer or left by a cut), and their bytes.
         public var partials: Int
         public var partialBytes: UInt64
+        /// The transport ("plain TCP (sendfile, splice)", or the TLS version, cipher and what
+        /// the kernel does), and the path of the payload in one word: tcp, ktls (TLS, the
+        /// kernel decrypting, spliced) or tls (TLS in user space).
+        public var transport: String
+        public var path: String
     }
 
     public struct Totals: Codable, Sendable {
@@ -75,7 +80,8 @@ extension Collector {
             agents.append(CollectorStatus.Agent(
                 agentId: id, address: s.address, connectedSeconds: StatusFormat.seconds(now - s.since),
                 bytesIn: s.bytesIn, segmentsCommitted: s.segmentsCommitted, bytesCommitted: s.bytesCommitted,
-                offersOpen: s.offersOpen, partials: p.count, partialBytes: p.bytes))
+                offersOpen: s.offersOpen, partials: p.count, partialBytes: p.bytes,
+                transport: s.transport, path: s.path.rawValue))
         }
         agents.sort { $0.agentId < $1.agentId }
         var errors: [String: UInt64] = [:]

@@ -55,6 +55,9 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "This agent's secret, on one line, in a file of mode 0600 (the collector's --agents lists it).")
     var secretFile: String?
 
+    @Option(help: ArgumentHelp("TLS: the name (or IP address) the collector's certificate must hold (default: the host of --collector).", valueName: "name"))
+    var tlsServerName: String?
+
     @OptionGroup var daemon: DaemonOptions<AgentKind>
 
     var flags: AgentFlags {
@@ -73,6 +76,7 @@ struct AgentCommand: ParsableCommand {
         f.timeout = timeout
         f.ioTimeout = ioTimeout
         f.secretFile = secretFile
+        f.tlsServerName = tlsServerName
         return f
     }
 

@@ -36,9 +36,30 @@ struct DaemonOptions<Kind: DaemonKind>: ParsableArguments {
     @Option(help: ArgumentHelp("Write the metrics listener's bound port to this file (for scripts and tests).", valueName: "file"))
     var metricsPortFile: String?
 
+    @Option(help: ArgumentHelp("TLS: the CA certificates (PEM) that sign the peer's certificate. TLS is on when the CA, certificate and key files are given, all three.", valueName: "file"))
+    var tlsCaFile: String?
+
+    @Option(help: ArgumentHelp("TLS: this side's certificate (PEM, chain after it).", valueName: "file"))
+    var tlsCertFile: String?
+
+    @Option(help: ArgumentHelp("TLS: this side's private key (PEM).", valueName: "file"))
+    var tlsKeyFile: String?
+
+    @Option(help: ArgumentHelp("TLS: the lowest version accepted, 1.2 or 1.3 (default 1.2).", valueName: "version"))
+    var tlsMinVersion: String?
+
+    @Option(help: ArgumentHelp("Kernel TLS: auto (where the kernel has it), off, or require (refuse to start without it). Default auto.", valueName: "mode"))
+    var ktls: String?
+
     var flags: DaemonFlags {
-        DaemonFlags(config: config, logLevel: logLevel, controlSocket: controlSocket,
-                    metricsListen: metricsListen, metricsPortFile: metricsPortFile)
+        var f = DaemonFlags(config: config, logLevel: logLevel, controlSocket: controlSocket,
+                            metricsListen: metricsListen, metricsPortFile: metricsPortFile)
+        f.tlsCAFile = tlsCaFile
+        f.tlsCertFile = tlsCertFile
+        f.tlsKeyFile = tlsKeyFile
+        f.tlsMinVersion = tlsMinVersion
+        f.kernelTLS = ktls
+        return f
     }
 }
 

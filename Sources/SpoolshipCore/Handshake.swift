@@ -2,6 +2,9 @@
 /// it each frame it reads (after the preamble) and does what it answers. Being pure, it is
 /// what the fuzz target (Fuzz/) drives, together with the frame decoder.
 ///
+/// Over TLS, the agent id in HELLO must first be one of the subjectAltName names of the
+/// agent's certificate (which the TLS handshake verified).
+///
 ///   HELLO ──(no --agents)──────────────────────────────► accepted
 ///   HELLO ──(--agents)──► send CHALLENGE ──► AUTH ─────► accepted
 ///   anything else, or a check failing ─────────────────► HandshakeRefusal (thrown)
@@ -20,14 +23,18 @@ public struct CollectorHandshake {
     }
 
     private let agents: [String: [UInt8]]?
+    private let certificateNames: [String]?
     private let makeNonce: () -> [UInt8]
     private var state = State.awaitingHello
     /// The agent id from a well-formed HELLO, once one has arrived (for the log).
     public private(set) var agentID: String?
 
     /// `agents` are the known agents and their secrets; nil accepts any well-formed id.
-    public init(agents: [String: [UInt8]]?, nonce: @escaping () -> [UInt8] = Auth.nonce) {
+    /// `certificateNames`: over TLS, the subjectAltName entries (DNS and URI) of the agent's
+    /// verified certificate; the agent id must be one of them. nil without TLS.
+    public init(agents: [String: [UInt8]]?, certificateNames: [String]? = nil, nonce: @escaping () -> [UInt8] = Auth.nonce) {
         self.agents = agents
+        self.certificateNames = certificateNames
         makeNonce = nonce
     }
 
@@ -49,6 +56,11 @@ public struct CollectorHandshake {
                 throw HandshakeRefusal(.badName, "\(error)")
             }
             agentID = hello.agentID
+            if let names = certificateNames, !names.contains(hello.agentID) {
+                let shown = names.isEmpty ? "none" : names.joined(separator: ", ")
+                throw HandshakeRefusal(.authentication, "agent id \(hello.agentID) is not in the subjectAltName of the agent's TLS certificate (its DNS and URI names: \(shown)); the certificate must name the agent",
+                                       logReason: "the TLS certificate does not name this agent id in its subjectAltName")
+            }
             guard let agents = agents else { return .accepted(agentID: hello.agentID) }
             guard let secret = agents[hello.agentID] else {
                 throw HandshakeRefusal(.authentication, "agent \(hello.agentID) is not known to this collector", logReason: "unknown agent id")

@@ -78,6 +78,14 @@ public struct TableReader {
         }
     }
 
+    /// A table (`[key]`, or dotted keys `key.x = ...`), or nil when absent.
+    public mutating func table(_ key: String) throws -> TOMLTable? {
+        known.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let t = v.table else { throw fail(key, "a table ([\(key)])") }
+        return t
+    }
+
     /// Refuses any key that was not asked for.
     public func rejectUnknown() throws {
         for k in table.keys where !known.contains(k) {

@@ -15,6 +15,13 @@ public struct DaemonFlags: Equatable, Sendable {
     public var metricsListen: String?
     /// `--metrics-port-file FILE`.
     public var metricsPortFile: String?
+    /// `--tls-ca-file`, `--tls-cert-file`, `--tls-key-file`, `--tls-min-version`, `--ktls`
+    /// (`tls(file:)`, TLSSettings.swift).
+    public var tlsCAFile: String?
+    public var tlsCertFile: String?
+    public var tlsKeyFile: String?
+    public var tlsMinVersion: String?
+    public var kernelTLS: String?
 
     public init(config: String? = nil, logLevel: String? = nil, controlSocket: String? = nil,
                 metricsListen: String? = nil, metricsPortFile: String? = nil) {

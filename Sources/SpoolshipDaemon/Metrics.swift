@@ -26,6 +26,8 @@ public final class SpoolshipMetricsFactory: MetricsFactory, Sendable {
         "spoolship_agent_oldest_pending_age_seconds": "Seconds the oldest segment not yet acknowledged has waited since it was sealed; 0 when none.",
         "spoolship_agent_rotated_files_to_seal": "Log files rotated aside and not sealed yet.",
         "spoolship_agent_connected": "1 while a connection to the collector is set up, else 0.",
+        "spoolship_agent_connection_path": "1 for the path the payload takes on the connection (tcp: plain, zero-copy; ktls: TLS encrypted by the kernel; tls: TLS in user space), 0 for the others.",
+        "spoolship_collector_connected_agents_by_path": "Agents connected, by the path their payload takes (tcp: plain, spliced; ktls: TLS decrypted by the kernel, spliced; tls: TLS in user space).",
         "spoolship_collector_connections_total": "Connections accepted.",
         "spoolship_collector_received_bytes_total": "Segment bytes spliced into partial files.",
         "spoolship_collector_committed_segments_total": "Segments committed (renamed into place, synced, in the ledger) and acknowledged.",

@@ -58,18 +58,38 @@ public final class Splicer {
     /// as ENOSPC; the bytes that reached the file before the error are reported by `progress`.
     public func receive(from socket: Socket, into file: OwnedFD, at offset: Int64, count: Int64,
                         progress: (Int64) -> Void) throws {
+        try move(from: socket.fd.raw, label: socket.peer, into: file, at: offset, count: count,
+                 blocked: nil, notData: nil, progress: progress)
+    }
+
+    /// The splice loop of `receive`, from the descriptor `source` (`label` names it). For a
+    /// non-blocking kernel-TLS socket: `blocked` waits for it to be readable (EAGAIN), and
+    /// `notData` takes what splice refuses (EINVAL: a record that is not data, such as an
+    /// alert or a key update; EKEYEXPIRED) with a TLS read, given the file offset and the
+    /// bytes still owed, and returns the bytes it wrote there.
+    func move(from source: Int32, label: String, into file: OwnedFD, at offset: Int64, count: Int64,
+              blocked: (() throws -> Void)?, notData: ((Int64, Int64) throws -> Int64)?,
+              progress: (Int64) -> Void) throws {
         var fileOff = offset
         var left = count
         while left > 0 {
             let want = Int(min(left, Int64(capacity)))
-            let inPipe = spsh_splice(socket.fd.raw, nil, writeEnd.raw, nil, want, spsh_SPLICE_F_MOVE | spsh_SPLICE_F_MORE)
+            let inPipe = spsh_splice(source, nil, writeEnd.raw, nil, want, spsh_SPLICE_F_MOVE | spsh_SPLICE_F_MORE)
             if inPipe < 0 {
                 let e = Glibc.errno
                 if e == EINTR { continue }
-                throw SyscallError(call: "splice", path: "\(socket.peer) -> pipe", errno: e == EAGAIN ? ETIMEDOUT : e)
+                if e == EAGAIN, let wait = blocked { try wait(); continue }
+                if e == EINVAL || e == EKEYEXPIRED, let take = notData {
+                    let n = try take(fileOff, left)
+                    fileOff += n
+                    left -= n
+                    if n > 0 { progress(fileOff) }
+                    continue
+                }
+                throw SyscallError(call: "splice", path: "\(label) -> pipe", errno: e == EAGAIN ? ETIMEDOUT : e)
             }
             if inPipe == 0 {
-                throw SyscallError(call: "splice", path: "\(socket.peer) (peer closed with \(left) bytes of the frame unsent)", errno: ECONNRESET)
+                throw SyscallError(call: "splice", path: "\(label) (peer closed with \(left) bytes of the frame unsent)", errno: ECONNRESET)
             }
             var pending = inPipe
             while pending > 0 {

@@ -71,7 +71,7 @@ import Testing
         #expect(contents.split(separator: "\n").first { $0.hasSuffix(" ./") }?.hasPrefix("drwxr-xr-x") == true, "the package's ./ is 0755")
         for f in ["./lib/systemd/system/spoolship-agent.service", "./lib/systemd/system/spoolship-collector.service",
                   "./lib/systemd/system/spoolship-collector.socket", "./usr/lib/sysusers.d/spoolship.conf",
-                  "./usr/lib/tmpfiles.d/spoolship.conf", "./etc/spoolship/agent.toml", "./etc/spoolship/collector.toml",
+                  "./usr/lib/tmpfiles.d/spoolship.conf", "./usr/lib/modules-load.d/spoolship.conf", "./etc/spoolship/agent.toml", "./etc/spoolship/collector.toml",
                   "./usr/share/doc/spoolship/README.md", "./usr/share/doc/spoolship/OPERATIONS.md"] {
             #expect(contents.contains(" \(f)\n") || contents.hasSuffix(" \(f)"), "\(f) in the package")
         }

@@ -28,6 +28,11 @@ int spsh_openat2(int dirfd, const char *path, int flags, unsigned int mode, uint
 /// ENOTDIR (a directory on the way).
 int spsh_openat_beneath(int dirfd, const char *path, int flags, unsigned int mode);
 int spsh_accept4_cloexec(int fd);
+/// Whether this kernel can take TLS keys (kernel TLS): asks for the "tls" upper-layer protocol
+/// (TCP_ULP) on a socket that is not connected. Returns 0 or ENOTCONN when the kernel has TLS
+/// (the module is there, or this call loaded it), ENOENT when it has none, another errno when
+/// the probe failed.
+int spsh_kernel_tls_probe(void);
 /// Takes a read lease on `fd` (opened read-only) and keeps it: 0 taken, 1 someone has the file
 /// open for writing, -1 not possible (errno; EACCES when we neither own the file nor have
 /// CAP_LEASE). Any later open for writing breaks it, and waits for our release (or the

@@ -166,6 +166,7 @@ enum StatusView {
         let c = s.connection
         if c.state == "connected" {
             out += "  collector \(s.collector): connected to \(LogText.escaped(c.collectorId ?? "?")) for \(age(c.connectedSeconds ?? 0))\n"
+            if let t = c.transport { out += "  transport: \(t)\n" }
         } else {
             out += "  collector \(s.collector): NOT CONNECTED\n"
         }
@@ -221,9 +222,9 @@ enum StatusView {
         out += since + "\n"
         out += "  agents connected: \(s.agents.count) (\(plural(s.connections, "connection")))\n"
         if !s.agents.isEmpty {
-            var rows = [["AGENT", "ADDRESS", "FOR", "IN", "COMMITTED", "OPEN", "PARTIALS"]]
+            var rows = [["AGENT", "ADDRESS", "PATH", "FOR", "IN", "COMMITTED", "OPEN", "PARTIALS"]]
             for a in s.agents {
-                rows.append([a.agentId, a.address, age(a.connectedSeconds), bytes(a.bytesIn),
+                rows.append([a.agentId, a.address, a.path, age(a.connectedSeconds), bytes(a.bytesIn),
                              "\(a.segmentsCommitted) (\(bytes(a.bytesCommitted)))", "\(a.offersOpen)", "\(a.partials) (\(bytes(a.partialBytes)))"])
             }
             out += table(rows, indent: "    ")
