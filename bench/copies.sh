@@ -12,12 +12,16 @@
 #               AES-128-GCM, mutual TLS), what spoolship does without kernel TLS
 #   tls mmap    the same, the sender SSL_writes from a mapping of the file (no pread copy)
 #   tls 256     tls copy with AES-256-GCM
+#   tls fill    tls copy, the receiver reading ahead and writing 256 KiB at a time instead of
+#               each 16 KiB record as it comes (tls_baseline --receive fill)
 # and prints each one's median CPU seconds per GiB on each side, then the differences:
 #   sender, tls copy - tls mmap: the pread copy alone;
 #   sender, C rw - C zc: both of a sender's copies (file -> buffer, buffer -> socket), which
 #     kernel TLS with sendfile does not make (it encrypts from the page cache into the socket);
 #   receiver, C rw - C zc: the copy out of the socket into a buffer, which kernel TLS's receive
-#     with splice does not make (it still copies into the page cache, as zc does).
+#     with splice does not make (it still copies into the page cache, as zc does);
+#   receiver, tls copy - tls fill: what a read per record costs (two read(2) and a write(2)
+#     for every 16 KiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-7}
@@ -55,6 +59,7 @@ for r in $(seq "$rounds"); do
   run "tls copy" "$work/tls_baseline" "${keys[@]}" --send copy
   run "tls mmap" "$work/tls_baseline" "${keys[@]}" --send mmap
   run "tls 256" "$work/tls_baseline" "${keys[@]}" --send copy --cipher TLS_AES_256_GCM_SHA384
+  run "tls fill" "$work/tls_baseline" "${keys[@]}" --send copy --receive fill
 done
 python3 - "$work/cpu.tsv" "$mib" "$rounds" <<'PY'
 import statistics, sys
@@ -65,11 +70,12 @@ for line in filter(None, rows):
     *name, s, r = line.split()
     cpu.setdefault(" ".join(name), []).append((float(s) / gib, float(r) / gib))
 med = {k: (statistics.median(s for s, _ in v), statistics.median(r for _, r in v)) for k, v in cpu.items()}
-print(f"CPU s per GiB, median of {rounds} rounds ({mib} MiB, tmpfs, no fsync): sender / receiver  [every round's sender]")
+print(f"CPU s per GiB, median of {rounds} rounds ({mib} MiB, tmpfs, no fsync): sender / receiver  [every round's sender | receiver]")
 for k, (s, r) in med.items():
-    print(f"  {k:9} {s:.3f} / {r:.3f}   [{' '.join(f'{x:.3f}' for x, _ in cpu[k])}]")
+    print(f"  {k:9} {s:.3f} / {r:.3f}   [{' '.join(f'{x:.3f}' for x, _ in cpu[k])} | {' '.join(f'{x:.3f}' for _, x in cpu[k])}]")
 print(f"sender, the pread copy (tls copy - tls mmap): {med['tls copy'][0] - med['tls mmap'][0]:.3f}")
 print(f"sender, both copies (C rw - C zc): {med['C rw'][0] - med['C zc'][0]:.3f}")
 print(f"receiver, the copy out of the socket (C rw - C zc): {med['C rw'][1] - med['C zc'][1]:.3f}")
+print(f"receiver, a write per record (tls copy - tls fill): {med['tls copy'][1] - med['tls fill'][1]:.3f}")
 print(f"AES-256-GCM / AES-128-GCM: sender {med['tls 256'][0] / med['tls copy'][0]:.3f}, receiver {med['tls 256'][1] / med['tls copy'][1]:.3f}")
 PY

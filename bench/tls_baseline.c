@@ -22,6 +22,10 @@
 //                     CA signed; the sender (client) checks that the receiver's carries
 //                     IP:127.0.0.1, the receiver that the sender's carries DNS:NAME
 //   --client-name NAME  (default bench), as the collector checks the agent id
+//   --receive record|fill  record (default): each SSL_read (one TLS record, at most 16 KiB)
+//                     is written at once, as spoolship's collector does; fill: the receiver
+//                     reads ahead (SSL_CTX_set_read_ahead, a 256 KiB read buffer) and fills its
+//                     256 KiB buffer from as many records as have arrived before it writes
 //
 // The receiver reads with SSL_read into a 256 KiB buffer and write(2)s it. Prints one line of
 // key=value pairs: mode, cipher, sync, files, bytes, wall_s (from the connect, handshake
@@ -73,7 +77,7 @@ static double cpu_of(const struct rusage *u) {
 
 static struct {
     const char *cipher, *ca, *server_cert, *server_key, *client_cert, *client_key, *client_name;
-    int mmap_send, sync;
+    int mmap_send, fill, sync;
 } opt = {.cipher = "TLS_AES_128_GCM_SHA256", .client_name = "bench"};
 
 static SSL_CTX *context(int server) {
@@ -87,6 +91,10 @@ static SSL_CTX *context(int server) {
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) fail_ssl(cert);
     if (SSL_CTX_check_private_key(ctx) != 1) fail_ssl("the key does not match the certificate");
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    if (server && opt.fill) {
+        SSL_CTX_set_read_ahead(ctx, 1);
+        SSL_CTX_set_default_read_buffer_len(ctx, BUF);
+    }
     // The peer's identity from its SAN only, as spoolship checks it.
     X509_VERIFY_PARAM *param = SSL_CTX_get0_param(ctx);
     X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
@@ -157,14 +165,19 @@ static void receive(int listener, const char *dst, int many) {
         int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (out < 0) fail("open", path);
         uint64_t left = size;
-        while (left > 0) {
-            size_t got, want = left < BUF ? (size_t)left : BUF;
-            if (SSL_read_ex(ssl, buf, want, &got) != 1) {
-                if (!many && SSL_get_error(ssl, 0) == SSL_ERROR_ZERO_RETURN) break;
-                fail_ssl("SSL_read");
-            }
-            write_all(out, buf, got, path);
-            left -= got;
+        int ended = 0;
+        while (left > 0 && !ended) {
+            size_t got, have = 0, want = left < BUF ? (size_t)left : BUF;
+            // One record per SSL_read; with fill, more while OpenSSL holds bytes already read.
+            do {
+                if (SSL_read_ex(ssl, buf + have, want - have, &got) != 1) {
+                    if (!many && SSL_get_error(ssl, 0) == SSL_ERROR_ZERO_RETURN) { ended = 1; break; }
+                    fail_ssl("SSL_read");
+                }
+                have += got;
+            } while (opt.fill && have < want && SSL_has_pending(ssl));
+            write_all(out, buf, have, path);
+            left -= have;
         }
         if (opt.sync && fdatasync(out) != 0) fail("fdatasync", path);
         close(out);
@@ -225,6 +238,7 @@ int main(int argc, char **argv) {
         {"ca", required_argument, 0, 'a'},          {"server-cert", required_argument, 0, 'C'},
         {"server-key", required_argument, 0, 'K'},  {"client-cert", required_argument, 0, 'x'},
         {"client-key", required_argument, 0, 'y'},  {"client-name", required_argument, 0, 'n'},
+        {"receive", required_argument, 0, 'r'},
         {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", longs, NULL)) != -1) {
@@ -240,6 +254,10 @@ int main(int argc, char **argv) {
         case 'x': opt.client_cert = optarg; break;
         case 'y': opt.client_key = optarg; break;
         case 'n': opt.client_name = optarg; break;
+        case 'r':
+            if (strcmp(optarg, "record") && strcmp(optarg, "fill")) goto usage;
+            opt.fill = !strcmp(optarg, "fill");
+            break;
         default: goto usage;
         }
     }
@@ -249,7 +267,7 @@ int main(int argc, char **argv) {
         !opt.client_cert || !opt.client_key) {
     usage:
         fprintf(stderr, "usage: tls_baseline [--send copy|mmap] [--cipher SUITE] --ca F --server-cert F --server-key F "
-                        "--client-cert F --client-key F [--client-name NAME] SRC DST [sync]\n");
+                        "--client-cert F --client-key F [--client-name NAME] [--receive record|fill] SRC DST [sync]\n");
         return 64;
     }
     opt.sync = argc == 3;
@@ -310,9 +328,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     double wall = seconds() - start;
-    printf("mode=%s cipher=%s version=%s sync=%d files=%lld bytes=%lld wall_s=%.3f sender_cpu_s=%.3f receiver_cpu_s=%.3f "
+    printf("mode=%s receive=%s cipher=%s version=%s sync=%d files=%lld bytes=%lld wall_s=%.3f sender_cpu_s=%.3f receiver_cpu_s=%.3f "
            "sender_maxrss_kb=%ld receiver_maxrss_kb=%ld\n",
-           opt.mmap_send ? "mmap" : "copy", suite, version, opt.sync, files, bytes, wall, cpu_of(&sender), cpu_of(&receiver),
+           opt.mmap_send ? "mmap" : "copy", opt.fill ? "fill" : "record", suite, version, opt.sync, files, bytes, wall, cpu_of(&sender), cpu_of(&receiver),
            sender.ru_maxrss, receiver.ru_maxrss);
     return 0;
 }
