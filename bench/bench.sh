@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # make bench: spoolship against the bare syscalls (bench/baseline.c) and an rsync daemon, in one
-# run, on the same files, every transfer durable at the receiver where the row says so.
+# run, on the same files, every transfer durable at the receiver where the row says so; and
+# spoolship with TLS against a bare OpenSSL transfer (bench/tls_baseline.c) and rsync over ssh.
 #
-#   bash bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N]
+#   bash bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N] [--systems LIST | --tls] [--pause S]
+#
+# Systems (--systems, comma-separated; default all of them): c (bench/baseline.c), rsync (an
+# rsync daemon), spoolship; and with TLS: c-tls (bench/tls_baseline.c: TLS 1.3 with
+# AES-128-GCM, and the same with AES-256-GCM and with the sender writing from a mapping),
+# rsync-ssh (rsync over ssh into a private sshd on 127.0.0.1), spoolship-tls (mutual TLS
+# with certificates made here by openssl). --tls is --systems c-tls,rsync-ssh,spoolship-tls.
+# Workloads 3 and 4 run only with spoolship. spoolship-tls is skipped, with a message, when the
+# agent has no --tls-ca-file. --pause S sleeps S seconds before each transfer of workload 1 (the
+# disk of the development machines writes a GiB or two at a burst rate, then slows down).
 #
 # Workloads (--quick: small sizes, to check that the benchmark runs and its output parses):
 #   1  one 1 GiB file (quick: 64 MiB)
@@ -22,22 +32,40 @@ cd "$(dirname "$0")/.."
 quick=0
 only="1,2,3,4"
 rounds=3
+systems="c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls"
+pause=0
+usage="usage: bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N] [--systems c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls | --tls] [--pause SECONDS]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1;;
     --only) only="$2"; shift;;
     --rounds) rounds="$2"; shift;;
-    *) echo "usage: bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N]" >&2; exit 64;;
+    --systems) systems="$2"; shift;;
+    --tls) systems="c-tls,rsync-ssh,spoolship-tls";;
+    --pause) pause="$2"; shift;;
+    *) echo "$usage" >&2; exit 64;;
   esac
   shift
 done
+for s in ${systems//,/ }; do
+  case "$s" in c|rsync|spoolship|c-tls|rsync-ssh|spoolship-tls) ;; *) echo "bench: no system '$s'; $usage" >&2; exit 64;; esac
+done
 runs() { [[ ",$only," == *",$1,"* ]]; }
+has() { [[ ",$systems," == *",$1,"* ]]; }
+# Workloads 3 and 4 are spoolship's alone.
+has spoolship || only=$(echo ",$only," | sed 's/,3,/,/; s/,4,/,/; s/^,//; s/,$//')
+breathe() { [ "$pause" = 0 ] || sleep "$pause"; }
 
 work=${WORK:-/var/tmp/spoolship-bench}
 out=${OUT:-bench/out}
 source scripts/setup.sh
 need=()
-for p in rsync time gnuplot-nox bc; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done
+deps=(rsync time gnuplot-nox bc)
+# openssl: the certificates; libssl-dev: tls_baseline.c; openssh-server: the sshd of rsync-ssh,
+# run here on its own port and configuration (the package's own service plays no part).
+if has c-tls || has spoolship-tls || has rsync-ssh; then deps+=(openssl libssl-dev); fi
+if has rsync-ssh; then deps+=(openssh-server openssh-client); fi
+for p in "${deps[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -50,6 +78,33 @@ if [ -z "${BIN:-}" ]; then
 fi
 rm -rf "$work"; mkdir -p "$work" "$out"
 cc -O2 -Wall -o "$work/baseline" bench/baseline.c
+if has spoolship-tls && ! "$BIN/spoolship-agent" --help 2>&1 | grep -q -- --tls-ca-file; then
+  echo "bench: spoolship-tls skipped: this build's agent has no --tls-ca-file"
+  systems=$(echo ",$systems," | sed 's/,spoolship-tls,/,/; s/^,//; s/,$//')
+fi
+# The certificates of the TLS rows: an EC P-256 CA, the collector's (SAN IP:127.0.0.1), the
+# agent's (SAN DNS:bench, its --agent-id). The C transfer uses the same ones.
+pki="$work/pki"
+make_certs() {
+  local ossl=/usr/bin/openssl who san
+  mkdir -p "$pki"
+  $ossl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$pki/ca.key" -out "$pki/ca.crt" \
+    -days 2 -subj "/CN=spoolship bench CA" -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  for who in collector agent; do
+    if [ "$who" = collector ]; then san="IP:127.0.0.1"; else san="DNS:bench"; fi
+    $ossl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$pki/$who.key" -out "$pki/$who.csr" \
+      -subj "/CN=spoolship bench $who" 2>/dev/null
+    printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' \
+      "$san" > "$pki/$who.ext"
+    $ossl x509 -req -in "$pki/$who.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 2 -sha256 \
+      -extfile "$pki/$who.ext" -out "$pki/$who.crt" 2>/dev/null
+  done
+}
+if has c-tls || has spoolship-tls; then make_certs; fi
+if has c-tls; then cc -O2 -Wall -o "$work/tls_baseline" bench/tls_baseline.c -lssl -lcrypto; fi
+tls_keys=(--ca "$pki/ca.crt" --server-cert "$pki/collector.crt" --server-key "$pki/collector.key"
+          --client-cert "$pki/agent.crt" --client-key "$pki/agent.key" --client-name bench)
 
 if [ "$quick" = 1 ]; then big_mib=64; small_n=300; agents=4; per_agent=5; log_s=3
 else big_mib=1024; small_n=10000; agents=200; per_agent=50; log_s=10; fi
@@ -89,7 +144,7 @@ start_collector() {
   rm -f "$work/port"
   /usr/bin/time -f "$timefmt" -o "$work/collector.time" \
     "$BIN/spoolship-collector" --config "$work/empty.toml" --control-socket none --listen 127.0.0.1:0 --data-dir "$data" \
-      --port-file "$work/port" --log-level warning --max-connections 1000 &
+      --port-file "$work/port" --log-level warning --max-connections 1000 ${collector_tls[@]+"${collector_tls[@]}"} &
   collector_time=$!; pids+=("$collector_time")
   for _ in $(seq 1000); do [ -s "$work/port" ] && break; sleep 0.01; done
   port=$(cat "$work/port")
@@ -132,22 +187,89 @@ rsync_row() {
     "$(cpu_of "$work/rsyncd.time")" "$(rss_of "$work/rsync.time")" "$(rss_of "$work/rsyncd.time")"
 }
 
-# spoolship_row WORKLOAD LABEL SPOOL BYTES FILES: one agent --once (archiving its files, as the
-# baselines do not delete their sources either) into a fresh collector.
+# rsync over ssh, as rsync is encrypted today: a private sshd on 127.0.0.1 (its own host key,
+# one authorized key, its own port; /usr/bin/time counts its per-connection children, which it
+# reaps before it stops) and `rsync -a [--fsync] -e "ssh ..."` with ssh's default cipher.
+sshd_dir="$work/ssh"
+setup_sshd() {
+  mkdir -p "$sshd_dir" /run/sshd; chmod 700 "$sshd_dir"
+  ssh-keygen -q -t ed25519 -N '' -f "$sshd_dir/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$sshd_dir/client_key"
+  cp "$sshd_dir/client_key.pub" "$sshd_dir/authorized_keys"
+  ssh_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf '%s\n' "ListenAddress 127.0.0.1" "Port $ssh_port" "HostKey $sshd_dir/host_key" "AuthorizedKeysFile $sshd_dir/authorized_keys" \
+    "PidFile $sshd_dir/sshd.pid" "PermitRootLogin prohibit-password" "PasswordAuthentication no" "KbdInteractiveAuthentication no" \
+    "UsePAM no" "StrictModes no" > "$sshd_dir/sshd_config"
+  ssh_cmd="ssh -F /dev/null -p $ssh_port -i $sshd_dir/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+}
+start_sshd() {
+  : > "$sshd_dir/sshd.log"
+  /usr/bin/time -f "$timefmt" -o "$work/sshd.time" /usr/sbin/sshd -D -e -f "$sshd_dir/sshd_config" 2> "$sshd_dir/sshd.log" &
+  sshd_time=$!; pids+=("$sshd_time")
+  for _ in $(seq 500); do grep -q "Server listening on 127.0.0.1 port $ssh_port" "$sshd_dir/sshd.log" && break; sleep 0.01; done
+  grep -q "Server listening" "$sshd_dir/sshd.log" || { echo "bench: sshd did not start:" >&2; cat "$sshd_dir/sshd.log" >&2; exit 1; }
+  sshd_main=$(pgrep -P "$sshd_time")
+}
+stop_sshd() {
+  # The connection's own sshd is done once the main one has reaped it (and counted its CPU).
+  for _ in $(seq 500); do pgrep -P "$sshd_main" >/dev/null || break; sleep 0.01; done
+  pkill -TERM -P "$sshd_time"; wait "$sshd_time" || true; forget "$sshd_time"
+}
+if has rsync-ssh; then setup_sshd; fi
+
+# rsync_ssh_row WORKLOAD LABEL SRC BYTES FILES [--fsync]
+rsync_ssh_row() {
+  local w=$1 label=$2 src=$3 bytes=$4 files=$5; shift 5
+  next_output rdst "$work/rsync-dst"
+  mkdir -p "$rdst"; sync
+  start_sshd
+  /usr/bin/time -f "$timefmt" -o "$work/rsync.time" rsync -a "$@" -e "$ssh_cmd" "$src/" "root@127.0.0.1:$rdst/"
+  stop_sshd
+  [ "$(find "$rdst" -type f | wc -l)" = "$files" ] || { echo "bench: rsync over ssh did not copy every file" >&2; exit 1; }
+  row "$w" "$label" "$(wall_of "$work/rsync.time")" "$bytes" "$files" "$(cpu_of "$work/rsync.time")" \
+    "$(cpu_of "$work/sshd.time")" "$(rss_of "$work/rsync.time")" "$(rss_of "$work/sshd.time")" "ssh default cipher"
+}
+
+# c_tls_row WORKLOAD LABEL SRC BYTES FILES [tls_baseline options]: the bare TLS transfer, every
+# file fdatasync'ed at the receiver.
+c_tls_row() {
+  local w=$1 label=$2 src=$3 bytes=$4 files=$5 dst line; shift 5
+  # Workload 1: the file to a file; workload 2: the directory's files into a new directory.
+  if [ "$w" = 1 ]; then src="$src/big.bin"; dst="$work/dst.bin"; fresh "$dst"; else next_output dst "$work/tls-dst"; fi
+  line=$("$work/tls_baseline" "${tls_keys[@]}" "$@" "$src" "$dst" sync)
+  get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+  [ "$(get files)" = "$files" ] && [ "$(get bytes)" = "$bytes" ] || { echo "bench: tls_baseline: $line" >&2; exit 1; }
+  if [ "$w" = 1 ]; then cmp "$src" "$dst"; fi
+  row "$w" "$label" "$(get wall_s)" "$bytes" "$files" "$(get sender_cpu_s)" "$(get receiver_cpu_s)" "$(get sender_maxrss_kb)" \
+    "$(get receiver_maxrss_kb)" "$(get version) $(get cipher) send=$(get mode)"
+}
+
+# spoolship_row WORKLOAD LABEL SPOOL BYTES FILES [AGENT OPTIONS]: one agent --once (archiving
+# its files, as the baselines do not delete their sources either) into a fresh collector
+# (started with collector_tls's options).
 spoolship_row() {
-  local w=$1 label=$2 spool=$3 bytes=$4 files=$5
+  local w=$1 label=$2 spool=$3 bytes=$4 files=$5; shift 5
   next_output data "$work/data"
   fresh "$work/state" "$work/archive"
   start_collector
   /usr/bin/time -f "$timefmt" -o "$work/agent.time" \
     "$BIN/spoolship-agent" --config "$work/empty.toml" --control-socket none --collector "127.0.0.1:$port" --agent-id bench \
-      --state-dir "$work/state" --spool "bench=$spool" --archive-dir "$work/archive" --once --log-level warning
+      --state-dir "$work/state" --spool "bench=$spool" --archive-dir "$work/archive" --once --log-level warning "$@"
   stop_collector
   [ "$(ls "$data/bench/bench" | wc -l)" = "$files" ] || { echo "bench: spoolship did not commit every file" >&2; exit 1; }
   row "$w" "$label" "$(wall_of "$work/agent.time")" "$bytes" "$files" "$(cpu_of "$work/agent.time")" \
     "$(cpu_of "$work/collector.time")" "$(rss_of "$work/agent.time")" "$(rss_of "$work/collector.time")"
   # Put the files back for the next system.
   mv "$work/archive/bench/"* "$spool/" 2>/dev/null || mv "$work/archive/"*/* "$spool/"
+  if [ "$w" = 1 ]; then cmp "$spool/big.bin" "$data/bench/bench/big.bin"; fi
+}
+# spoolship-tls: the same, both daemons with the TLS options (the agent's name for the
+# collector is its address, 127.0.0.1, which the collector's certificate carries).
+collector_tls=()
+spoolship_tls_row() {
+  collector_tls=(--tls-ca-file "$pki/ca.crt" --tls-cert-file "$pki/collector.crt" --tls-key-file "$pki/collector.key")
+  spoolship_row "$@" --tls-ca-file "$pki/ca.crt" --tls-cert-file "$pki/agent.crt" --tls-key-file "$pki/agent.key"
+  collector_tls=()
 }
 
 # ---- Workload 1: one big file ----
@@ -157,21 +279,31 @@ if runs 1; then
   head -c $((big_mib << 20)) /dev/urandom > "$work/w1/big.bin"
   bytes=$((big_mib << 20))
   for round in $(seq "$rounds"); do
+  if has c; then
   for mode in zc rw; do
     for s in sync nosync; do
-      fresh "$work/dst.bin"
+      fresh "$work/dst.bin"; breathe
       line=$("$work/baseline" "$mode" "$work/w1/big.bin" "$work/dst.bin" $([ $s = sync ] && echo sync))
       get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
       label="C $mode"; [ $s = nosync ] || label="$label + fdatasync"
       row 1 "$label" "$(get wall_s)" "$bytes" 1 "$(get sender_cpu_s)" "$(get receiver_cpu_s)" "$(get sender_maxrss_kb)" "$(get receiver_maxrss_kb)"
     done
   done
-  rsync_row 1 "rsync --fsync" "$work/w1" "$bytes" 1 --fsync
-  rsync_row 1 "rsync" "$work/w1" "$bytes" 1
-  spoolship_row 1 "spoolship" "$work/w1" "$bytes" 1
-  cmp "$work/w1/big.bin" "$data/bench/bench/big.bin"
+  fi
+  if has c-tls; then
+    breathe; c_tls_row 1 "c-tls" "$work/w1" "$bytes" 1 --cipher TLS_AES_128_GCM_SHA256
+    breathe; c_tls_row 1 "c-tls AES-256" "$work/w1" "$bytes" 1 --cipher TLS_AES_256_GCM_SHA384
+    breathe; c_tls_row 1 "c-tls mmap" "$work/w1" "$bytes" 1 --cipher TLS_AES_128_GCM_SHA256 --send mmap
+  fi
+  if has rsync; then
+    breathe; rsync_row 1 "rsync --fsync" "$work/w1" "$bytes" 1 --fsync
+    breathe; rsync_row 1 "rsync" "$work/w1" "$bytes" 1
+  fi
+  if has rsync-ssh; then breathe; rsync_ssh_row 1 "rsync-ssh --fsync" "$work/w1" "$bytes" 1 --fsync; fi
+  if has spoolship; then breathe; spoolship_row 1 "spoolship" "$work/w1" "$bytes" 1; fi
+  if has spoolship-tls; then breathe; spoolship_tls_row 1 "spoolship-tls" "$work/w1" "$bytes" 1; fi
   done
-  rm -rf "$work/w1" "$work/dst.bin" "$work/rsync-dst"
+  rm -rf "$work/w1" "$work/dst.bin" "$work/rsync-dst" "$work/data"
 fi
 
 # ---- Workload 2: many small files ----
@@ -188,12 +320,17 @@ PY
   bytes=$((small_n * 4096))
   keep=1
   for round in $(seq "$rounds"); do
-    rsync_row 2 "rsync --fsync" "$work/w2" "$bytes" "$small_n" --fsync
-    rsync_row 2 "rsync" "$work/w2" "$bytes" "$small_n"
-    spoolship_row 2 "spoolship" "$work/w2" "$bytes" "$small_n"
+    if has c-tls; then c_tls_row 2 "c-tls" "$work/w2" "$bytes" "$small_n" --cipher TLS_AES_128_GCM_SHA256; fi
+    if has rsync; then
+      rsync_row 2 "rsync --fsync" "$work/w2" "$bytes" "$small_n" --fsync
+      rsync_row 2 "rsync" "$work/w2" "$bytes" "$small_n"
+    fi
+    if has rsync-ssh; then rsync_ssh_row 2 "rsync-ssh --fsync" "$work/w2" "$bytes" "$small_n" --fsync; fi
+    if has spoolship; then spoolship_row 2 "spoolship" "$work/w2" "$bytes" "$small_n"; fi
+    if has spoolship-tls; then spoolship_tls_row 2 "spoolship-tls" "$work/w2" "$bytes" "$small_n"; fi
   done
   keep=0
-  rm -rf "$work/w2" "$work"/rsync-dst* "$work"/data*; sync
+  rm -rf "$work/w2" "$work"/rsync-dst* "$work"/data* "$work"/tls-dst*; sync
 fi
 
 # ---- Workload 3: many agents at once ----

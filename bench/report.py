@@ -64,12 +64,55 @@ if ss3:
     extra = dict(kv.split("=", 1) for kv in ss3["extra"].split() if "=" in kv)
     checks.append(("3: slowest / fastest agent", float(extra["slowest/fastest"]), 3.0, False))
 
+# TLS (issue 17): spoolship-tls against the bare TLS transfer (c-tls, TLS 1.3 AES-128-GCM, pread +
+# SSL_write, fdatasync) and rsync over ssh, in workloads 1 and 2; no-target figures after them.
+# CPU figures here are each system's median over its rounds, column by column (the median round
+# by wall time can be a round whose CPU was not typical: CPU moves less with the disk than wall).
+def cpu(r, key):
+    vals = sorted(float(x[key]) for x in raw if (x["workload"], x["system"]) == (r["workload"], r["system"]))
+    n = len(vals)
+    return vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+
+
+notes = {}
+for w, rate in (("1", "throughput"), ("2", "files per second")):
+    st, ct, rst = find(w, "spoolship-tls"), find(w, "c-tls"), find(w, "rsync-ssh --fsync")
+    if st and ct:
+        checks.append((f"{w}: spoolship-tls / c-tls, {rate}", num(st, "rate") / num(ct, "rate"), 0.9, True))
+        checks.append((f"{w}: spoolship-tls / c-tls, CPU per GiB on the sending side (medians of the rounds)", cpu(st, "send_cpu_s_per_gib") / cpu(ct, "send_cpu_s_per_gib"), 1.3, False))
+        checks.append((f"{w}: spoolship-tls / c-tls, CPU per GiB on the receiving side (medians of the rounds)", cpu(st, "recv_cpu_s_per_gib") / cpu(ct, "recv_cpu_s_per_gib"), 1.3, False))
+    if st and rst:
+        checks.append((f"{w}: spoolship-tls / rsync-ssh --fsync, {rate}", num(st, "rate") / num(rst, "rate"), 1.5, True))
+    ss = find(w, "spoolship")
+    if st and ss:
+        label = f"{w}: spoolship-tls / spoolship, {rate}"
+        checks.append((label, num(st, "rate") / num(ss, "rate"), None, True))
+        notes[label] = "what TLS costs spoolship"
+ct, c256, cmm = find("1", "c-tls"), find("1", "c-tls AES-256"), find("1", "c-tls mmap")
+for side, key in (("sending", "send_cpu_s_per_gib"), ("receiving", "recv_cpu_s_per_gib")):
+    if ct and c256:
+        label = f"1: c-tls AES-256-GCM / AES-128-GCM, CPU per GiB on the {side} side"
+        checks.append((label, cpu(c256, key) / cpu(ct, key), None, False))
+        notes[label] = f"{cpu(c256, key):.3f} against {cpu(ct, key):.3f} s, medians of the rounds"
+if ct and cmm:
+    label = "1: c-tls, CPU s per GiB of the sender's pread copy (pread + SSL_write less SSL_write from a mapping)"
+    checks.append((label, cpu(ct, "send_cpu_s_per_gib") - cpu(cmm, "send_cpu_s_per_gib"), None, False))
+    notes[label] = "what kernel TLS's sendfile would not pay on the sender, besides the copy into the socket; medians of the rounds"
+zc, rw = find("1", "C zc + fdatasync"), find("1", "C rw + fdatasync")
+if zc and rw:
+    for side, key in (("sending", "send_cpu_s_per_gib"), ("receiving", "recv_cpu_s_per_gib")):
+        label = f"1: C rw / zc + fdatasync, CPU s per GiB of the user-space copies on the {side} side (rw less zc)"
+        checks.append((label, cpu(rw, key) - cpu(zc, key), None, False))
+        notes[label] = "the copies kernel TLS would spare a sendfile/splice path; medians of the rounds, disk writes included: bench/copies.sh measures it without"
+dd3_label = "3: many agents / the disk's own write of as many bytes (dd), throughput"
+notes.setdefault(dd3_label, "what the disk allows")
+
 lines = []
 if checks:
     print()
     for label, value, target, higher in checks:
         if target is None:
-            line = f"{label}: {value:.3f} (no target: what the disk allows)"
+            line = f"{label}: {value:.3f} (no target: {notes.get(label, 'a figure')})"
             lines.append(line)
             print(line)
             continue

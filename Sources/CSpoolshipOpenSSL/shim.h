@@ -57,6 +57,14 @@ static inline void spsh_ssl_ctx_harden(SSL_CTX *ctx) {
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 }
 
+/// Read-ahead (SSL_CTX_set_read_ahead, a macro over SSL_CTX_ctrl) with a read buffer of
+/// `bytes`: OpenSSL reads several records a syscall instead of two syscalls a record. It keeps
+/// records in OpenSSL's buffer, where the kernel cannot take over receiving (kernel TLS).
+static inline void spsh_ssl_ctx_read_ahead(SSL_CTX *ctx, size_t bytes) {
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, bytes);
+}
+
 /// Whether the kernel took the send (write) keys of this connection.
 static inline int spsh_ktls_send(SSL *ssl) { return (int)BIO_get_ktls_send(SSL_get_wbio(ssl)); }
 /// Whether the kernel took the receive (read) keys of this connection.

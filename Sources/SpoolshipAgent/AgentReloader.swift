@@ -141,7 +141,9 @@ public final class AgentReloader: Sendable {
             // Ended before the agent's last words, so that they do not land on the bar's line.
             bar?.end()
             guard !lifecycle.isStopping, let next = next else { break }
-            previous = (current, currentTLS)
+            // The files as read last: a reload with an unchanged configuration may have read
+            // them again since the start.
+            previous = (current, state.withLock { $0.tls })
             current = next
             currentTLS = nextTLS
             if current.tls != previous?.config.tls { Self.logTLS(current.tls, currentTLS, logger: logger) }

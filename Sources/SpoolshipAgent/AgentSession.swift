@@ -117,7 +117,10 @@ final class AgentSession: @unchecked Sendable {
     /// TLS is configured. A collector that answers TLS in plain text does not use TLS: that is
     /// a `FatalRefusal`, with what the collector said.
     private func secure(_ sock: Socket) throws -> Link {
-        guard let settings = config.tls, let context = agent.tlsContext() else { return Link(plain: sock) }
+        guard let settings = config.tls else { return Link(plain: sock) }
+        guard let context = agent.tlsContext() else {
+            throw DaemonError("TLS is configured, but its files were not read (no TLS context); not connecting in plain text")
+        }
         let tls = try TLSConnection(context, socket: sock)
         do {
             try tls.handshake(deadline: monotonicNow() + config.ioTimeout)

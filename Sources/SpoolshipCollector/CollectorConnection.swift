@@ -140,8 +140,9 @@ final class CollectorConnection: @unchecked Sendable {
         var welcomed = false
         let me = ObjectIdentifier(self)
         do {
-            if let (settings, context) = collector.tls { try secure(context, settings) }
-            let store = try handshake()
+            let deadline = monotonicNow() + config.handshakeTimeout
+            if let (settings, context) = collector.tls { try secure(context, settings, deadline: deadline) }
+            let store = try handshake(deadline: deadline)
             self.store = store
             agentID.withLock { $0 = store.id }
             let heard = self.heard

@@ -7,9 +7,10 @@ extension CollectorConnection {
     /// The handshake's I/O, on the reader thread: the preamble, then frames fed to the state
     /// machine (`CollectorHandshake`, in SpoolshipCore) and its answers sent, all within the
     /// handshake deadline. Returns the store of the agent accepted.
-    func handshake() throws -> AgentStore {
-        // The whole handshake (preamble, HELLO and AUTH) within the handshake deadline.
-        frameDeadline = monotonicNow() + config.handshakeTimeout
+    func handshake(deadline: Double) throws -> AgentStore {
+        // The whole handshake (TLS, preamble, HELLO and AUTH) within the handshake deadline,
+        // counted from the accept.
+        frameDeadline = deadline
         defer { frameDeadline = nil }
         let link = sender.link
         guard let pre = try link.receiveExactly(Wire.preamble.count, deadline: frameDeadline) else {
@@ -54,12 +55,12 @@ extension CollectorConnection {
     /// Whether `bytes` begin a TLS handshake record (content type 22, version 3.x).
     static func startsTLS(_ bytes: [UInt8]) -> Bool { bytes.count >= 2 && bytes[0] == 0x16 && bytes[1] == 0x03 }
 
-    /// With TLS configured: the TLS handshake, within the handshake deadline, before any frame.
+    /// With TLS configured: the TLS handshake, before any frame, by `deadline` (the handshake
+    /// deadline, which `handshake` goes on with).
     /// A peer whose first byte is the preamble's speaks plain text: it is refused in plain
     /// text, so that it can say why. With `ktls = require`, a connection whose receive keys
     /// the kernel did not take is refused (over TLS).
-    func secure(_ context: TLSContext, _ settings: TLSSettings) throws {
-        let deadline = monotonicNow() + config.handshakeTimeout
+    func secure(_ context: TLSContext, _ settings: TLSSettings, deadline: Double) throws {
         guard let first = try Self.peekFirstByte(socket, deadline: deadline) else {
             throw SyscallError(call: "recv", path: "\(socket.peer) (closed before hello)", errno: ECONNRESET)
         }
@@ -72,7 +73,7 @@ extension CollectorConnection {
         link.setTimeouts(receive: config.handshakeTimeout, send: config.idleTimeout)
         sender.use(link)
         stats.secured(link)
-        logger[metadataKey: "transport"] = "\(link.path(sending: false).rawValue)"
+        logger[metadataKey: "path"] = "\(link.path(sending: false).rawValue)"
         if settings.kernelTLS == .require && !tls.kernelReceive {
             throw Refusal(code: .internalError, message: "ktls = require at the collector, but the kernel did not take the receive keys of this connection (\(tls.agreed))")
         }

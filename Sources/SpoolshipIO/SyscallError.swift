@@ -16,7 +16,9 @@ public struct SyscallError: Error, CustomStringConvertible, Equatable, Sendable 
 
     public var description: String {
         let what = String(cString: strerror(errno))
-        return "\(call)(\(path ?? "")): \(what) (errno \(errno))"
+        // A call whose words name what it was on already ("TLS read from HOST:PORT") has no path.
+        guard let path = path else { return "\(call): \(what) (errno \(errno))" }
+        return "\(call)(\(path)): \(what) (errno \(errno))"
     }
 
     public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }

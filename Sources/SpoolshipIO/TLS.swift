@@ -127,6 +127,11 @@ public final class TLSContext: @unchecked Sendable {
         }
         spsh_ssl_ctx_harden(ctx)
         if kernelTLS { spsh_ssl_ctx_enable_ktls(ctx) }
+        // Read-ahead, except where the kernel could take the receive keys (the collector, with
+        // kernel TLS on a kernel that has it): the agent receives only small frames over TLS.
+        if role != .server || !kernelTLS || KernelTLS.unavailableReason() != nil {
+            spsh_ssl_ctx_read_ahead(ctx, 64 << 10)
+        }
         try check(SSL_CTX_set_ciphersuites(ctx, suites) == 1, "TLS 1.3 suites '\(suites)' are not usable")
         try check(SSL_CTX_set_cipher_list(ctx, ciphers) == 1, "TLS 1.2 ciphers '\(ciphers)' are not usable")
         try check(SSL_CTX_load_verify_locations(ctx, files.caFile, nil) == 1, "cannot read the CA file \(files.caFile)")
@@ -201,7 +206,25 @@ public final class TLSConnection: @unchecked Sendable {
         }
     }
 
-    deinit { SSL_free(ssl) }
+    deinit {
+        SSL_free(ssl)
+        scratch?.deallocate()
+    }
+
+    /// The buffer of `sendFile` (the agent's sender) and `receive(into:)` (the collector's
+    /// reader), 256 KiB, made at its first use and kept: one made for each file would be an
+    /// mmap and its page faults per file (above malloc's mmap threshold). Each of the two is
+    /// called by one thread; `scratchLock` holds while one runs.
+    private var scratch: UnsafeMutableRawBufferPointer?
+    private let scratchLock = NSLock()
+    static let scratchSize = 256 << 10
+
+    private func withScratch<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+        scratchLock.lock()
+        defer { scratchLock.unlock() }
+        if scratch == nil { scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.scratchSize, alignment: 64) }
+        return try body(scratch!)
+    }
 
     static func isIPAddress(_ s: String) -> Bool {
         var a4 = in_addr(), a6 = in6_addr()
@@ -258,41 +281,49 @@ public final class TLSConnection: @unchecked Sendable {
     public func receive(into file: OwnedFD, at offset: Int64, count: Int64, idle: Double, splicer: Splicer,
                         progress: (Int64) -> Void) throws {
         let deadline = { idle > 0 ? monotonicSeconds() + idle : .infinity }
-        var buf = [UInt8](repeating: 0, count: Int(min(count, 256 << 10)))
-        /// One SSL_read of at most `max` bytes, written to the file at `at`; returns its size.
-        func readOnce(at: Int64, max: Int64) throws -> Int64 {
-            let want = Int(min(Int64(buf.count), max))
-            var got = 0
-            let r = try buf.withUnsafeMutableBytes { p in
-                try call("TLS read from \(socket.peer)", deadline: deadline(), closedIsZero: true) {
-                    SSL_read_ex(ssl, p.baseAddress, want, &got) == 1 ? 1 : 0
+        try withScratch { buf in
+            /// Up to `max` bytes into the buffer and from there into the file at `at`: one
+            /// SSL_read that waits, then more that do not (OpenSSL hands out one record of at
+            /// most 16 KiB at a time), so that the file takes one write per buffer, not one per
+            /// record. Returns the bytes written.
+            func readOnce(at: Int64, max: Int64) throws -> Int64 {
+                let want = Int(min(Int64(buf.count), max))
+                var filled = 0
+                while filled < want {
+                    var got = 0
+                    let r = try call("TLS read from \(socket.peer)", deadline: filled == 0 ? deadline() : 0, closedIsZero: true,
+                                     wouldBlockIsZero: filled > 0) {
+                        SSL_read_ex(ssl, buf.baseAddress! + filled, want - filled, &got) == 1 ? 1 : 0
+                    }
+                    if r == 0 {
+                        if filled > 0 { break }  // nothing more now; what came is written first
+                        throw SyscallError(call: "TLS read", path: "\(socket.peer) (peer closed with \(max) bytes of the frame unsent)", errno: ECONNRESET)
+                    }
+                    filled += got
                 }
-            }
-            if r == 0 {
-                throw SyscallError(call: "TLS read", path: "\(socket.peer) (peer closed with \(max) bytes of the frame unsent)", errno: ECONNRESET)
-            }
-            var done = 0
-            while done < got {
-                let n = buf.withUnsafeBytes { pwrite(file.raw, $0.baseAddress! + done, got - done, off_t(at) + off_t(done)) }
-                if n < 0 {
-                    if Glibc.errno == EINTR { continue }
-                    throw SyscallError(call: "pwrite", path: file.label, errno: Glibc.errno)
+                var done = 0
+                while done < filled {
+                    let n = pwrite(file.raw, buf.baseAddress! + done, filled - done, off_t(at) + off_t(done))
+                    if n < 0 {
+                        if Glibc.errno == EINTR { continue }
+                        throw SyscallError(call: "pwrite", path: file.label, errno: Glibc.errno)
+                    }
+                    done += n
                 }
-                done += n
+                return Int64(filled)
             }
-            return Int64(got)
-        }
-        if kernelReceive && !hasPending {
-            try splicer.move(from: socket.fd.raw, label: socket.peer, into: file, at: offset, count: count,
-                             blocked: { try self.wait(forReading: true, deadline: deadline(), what: "TLS splice from \(self.socket.peer)") },
-                             notData: { at, max in try readOnce(at: at, max: max) },
-                             progress: progress)
-            return
-        }
-        var at = offset
-        while at < offset + count {
-            at += try readOnce(at: at, max: offset + count - at)
-            progress(at)
+            if kernelReceive && !hasPending {
+                try splicer.move(from: socket.fd.raw, label: socket.peer, into: file, at: offset, count: count,
+                                 blocked: { try self.wait(forReading: true, deadline: deadline(), what: "TLS splice from \(self.socket.peer)") },
+                                 notData: { at, max in try readOnce(at: at, max: max) },
+                                 progress: progress)
+                return
+            }
+            var at = offset
+            while at < offset + count {
+                at += try readOnce(at: at, max: offset + count - at)
+                progress(at)
+            }
         }
     }
 
@@ -362,15 +393,14 @@ public final class TLSConnection: @unchecked Sendable {
             }
             return
         }
-        var buf = [UInt8](repeating: 0, count: 256 << 10)
-        while sent < count {
-            let want = Int(min(Int64(buf.count), count - sent))
-            let n = try buf.withUnsafeMutableBytes { p in
-                try syscall("pread", fd.label) { pread(fd.raw, p.baseAddress, want, off_t(offset + sent)) }
+        try withScratch { buf in
+            while sent < count {
+                let want = Int(min(Int64(buf.count), count - sent))
+                let n = try syscall("pread", fd.label) { pread(fd.raw, buf.baseAddress, want, off_t(offset + sent)) }
+                if n == 0 { throw SyscallError(call: "pread", path: "\(fd.label): ended before \(count) bytes", errno: EIO) }
+                try write(UnsafeRawBufferPointer(rebasing: buf[0..<n]), deadline: deadline)
+                sent += Int64(n)
             }
-            if n == 0 { throw SyscallError(call: "pread", path: "\(fd.label): ended before \(count) bytes", errno: EIO) }
-            try buf.withUnsafeBytes { try write(UnsafeRawBufferPointer(rebasing: $0[0..<n]), deadline: deadline) }
-            sent += Int64(n)
         }
     }
 
@@ -384,7 +414,9 @@ public final class TLSConnection: @unchecked Sendable {
     /// One OpenSSL call, retried until it completes or `deadline` passes: the call (and the
     /// reading of its error) under `lock`, the wait for the socket outside it. Returns the
     /// call's positive result (0 when `closedIsZero` and the peer closed).
-    private func call(_ what: String, deadline: Double, closedIsZero: Bool = false, _ body: () -> Int32) throws -> Int32 {
+    /// `wouldBlockIsZero`: return 0 at once when the call would wait for the socket.
+    private func call(_ what: String, deadline: Double, closedIsZero: Bool = false, wouldBlockIsZero: Bool = false,
+                      _ body: () -> Int32) throws -> Int32 {
         while true {
             lock.lock()
             ERR_clear_error()
@@ -404,6 +436,7 @@ public final class TLSConnection: @unchecked Sendable {
                 if closedIsZero { return 0 }
                 throw TLSError("\(what): the peer closed the connection", detail: "")
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+                if wouldBlockIsZero { return 0 }
                 try wait(forReading: err == SSL_ERROR_WANT_READ, deadline: deadline, what: what)
             case SSL_ERROR_SSL where reasons.contains(SSL_R_UNEXPECTED_EOF_WHILE_READING):
                 // The peer closed without close_notify (killed, or cut): a close like any other.
