@@ -799,6 +799,39 @@ extension Payload {
         print("tls stall: \(line ?? "-")")
     }
 
+    /// A peer that finishes the TLS handshake (a good certificate) and then sends no HELLO is
+    /// dropped too: one deadline from the accept covers the TLS handshake and HELLO.
+    @Test func aPeerSilentAfterTheTLSHandshake_isDroppedAtTheHandshakeDeadline() throws {
+        let c = try Cluster("tls-stall-hello")
+        defer { c.remove() }
+        let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
+        let deadline = 2.0
+        let port = try c.startTLSCollector(pki, extra: ["--handshake-timeout", "\(deadline)"])
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        client.arguments = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.path("ca.pem"), "-cert", pki.path("agent.pem"), "-key", pki.path("agent.key")]
+        let stdin = Pipe()  // held open: s_client waits for input, sending nothing
+        let log = c.nextLog("s_client")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let out = try FileHandle(forWritingTo: log)
+        client.standardInput = stdin
+        client.standardOutput = out
+        client.standardError = out
+        let t0 = Harness.monotonicNow()
+        try client.run()
+        try? out.close()
+        defer { if client.isRunning { client.terminate() }; try? stdin.fileHandleForWriting.close() }
+        let ended = Harness.waitUntil(timeout: deadline + 10) { !client.isRunning }
+        let took = Harness.monotonicNow() - t0
+        let said = String(decoding: FileManager.default.contents(atPath: log.path) ?? Data(), as: UTF8.self)
+        print("tls hello stall: the collector closed the silent TLS connection after \(String(format: "%.2f", took)) s (deadline \(deadline) s)")
+        #expect(said.contains("Verify return code: 0 (ok)"), "the TLS handshake itself succeeded:\n\(said)")
+        #expect(ended && took >= deadline - 0.5 && took <= deadline + 5, "closed at the deadline: \(took) s\n\(said)")
+        let line = c.waitForCollectorLine(["peer=127.0.0.1:"], any: ["timed out", "HELLO"], timeout: 10)
+        #expect(line != nil, "\(c.collectorLog.suffix(2000))")
+        print("tls hello stall: \(line ?? "-")")
+    }
+
     /// A collector that accepts and never answers the ClientHello: the agent gives up the
     /// handshake within its --io-timeout and says so.
     @Test func aStalledHandshake_isAbandonedByTheAgentWithinItsIOTimeout() throws {
