@@ -166,18 +166,24 @@ import Testing
         #expect(Harness.files(in: spool).isEmpty)
     }
 
-    @Test func reslicedStream_fromOneTo1500ByteSlices_hasNoFramingError() throws {
-        let c = try Cluster("fault-slices")
+    /// The proxy forwards the agent's bytes in random slices of 1 to 1500 bytes: frames (or,
+    /// over TLS, records) arrive in many pieces; no error, no reconnection.
+    @Test(arguments: [false, true])
+    func reslicedStream_fromOneTo1500ByteSlices_hasNoFramingError(tls: Bool) throws {
+        let c = try Cluster("fault-slices-\(tls ? "tls" : "plain")")
         defer { c.remove() }
-        try c.startCollector()
+        let pki = tls ? try TestPKI(dir: c.root.appendingPathComponent("pki")) : nil
+        if let pki { try c.startTLSCollector(pki) } else { try c.startCollector() }
         let proxy = try c.startProxy()
         proxy.setSlicing(maxSlice: 1500, seed: 42)
         let spool = try c.spool()
         var p = try c.payload()
         for i in 0..<40 { try p.add("s\(i)", size: 100 + i * 997, seed: UInt64(i), into: spool) }
-        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], target: proxy.port))
+        let spools = [("spool", spool)]
+        let args = pki.map { c.tlsAgentArgs($0, spools: spools, target: proxy.port) } ?? c.agentArgs(spools: spools, target: proxy.port)
+        let (status, out) = try c.runOnce(args + ["--timeout", "60"], timeout: 120)
         #expect(status == 0, "\(out)")
-        #expect(proxy.connections == 1, "no framing error forced a reconnect")
+        #expect(proxy.connections == 1, "no framing error forced a reconnect:\n\(out)")
         #expect(try p.identical(in: c.committed()).count == p.names.count)
     }
 

@@ -233,24 +233,6 @@ extension Payload {
         #expect(try p.identical(in: c.committed()).count == 1)
     }
 
-    /// Row 5 over TLS: the proxy forwards the agent's bytes in random slices of 1 to 1500
-    /// bytes, so TLS records arrive in many pieces; no error, no reconnection.
-    @Test func reslicedStream_overTLS_hasNoFramingError() throws {
-        let c = try Cluster("tls-slices")
-        defer { c.remove() }
-        let pki = try TestPKI(dir: c.root.appendingPathComponent("pki"))
-        try c.startTLSCollector(pki)
-        let proxy = try c.startProxy()
-        proxy.setSlicing(maxSlice: 1500, seed: 42)
-        let spool = try c.spool()
-        var p = try c.payload()
-        for i in 0..<30 { try p.add("s\(i)", size: 100 + i * 1999, seed: UInt64(i), into: spool) }
-        let (status, out) = try c.runOnce(c.tlsAgentArgs(pki, spools: [("spool", spool)], target: proxy.port, extra: ["--timeout", "60"]), timeout: 120)
-        #expect(status == 0, "\(out)")
-        #expect(proxy.connections == 1, "no error forced a reconnect:\n\(out)")
-        #expect(try p.identical(in: c.committed()).count == p.names.count)
-    }
-
     /// An idle TLS connection lives on its pings: with a 1.5 s --io-timeout the agent pings
     /// every half second, and for more than three io timeouts nothing ends the connection; a
     /// file added afterwards ships on it.
