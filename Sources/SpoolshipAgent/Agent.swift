@@ -295,6 +295,10 @@ public final class Agent: Sendable {
             var waiting = "\(queue.count) segment(s) still pending"
             let unsettled = blobs.unsettledCount
             if unsettled > 0 { waiting += ", \(unsettled) file(s) not left alone for their settle time" }
+            let open = blobs.stillOpenNames
+            if !open.isEmpty {
+                waiting += ", \(open.count) file(s) still open for writing by some process (\(open.prefix(5).map { LogText.escaped($0) }.joined(separator: ", "))\(open.count > 5 ? ", ..." : ""))"
+            }
             let rotated = rotations.count
             if rotated > 0 { waiting += " and \(rotated) rotated file(s) not sealed" }
             throw DaemonError("no progress for \(Int(config.timeout)) s shipping to \(config.collector); \(waiting); last error: \(h.lastError ?? "none")")

@@ -48,6 +48,11 @@ final class BlobSealer: @unchecked Sendable {
     /// With `once`: the first scan of the spools is still sealing files (on its own thread,
     /// while the first ones ship); the run is not over before it ends.
     private var scanning = false
+    /// With `once`: files that were open for writing (or changed while being checksummed)
+    /// when last looked at, by `spool/name`. A daemon seals them at their close event; a
+    /// `once` run has no events, so its scanner looks at them again on every pass, and the
+    /// run is not over (nor a success) while one is left.
+    private var stillOpen: Set<String> = []
     /// The watcher's inotify, to wake it for a request.
     private var inotify: Inotify?
 
@@ -102,9 +107,11 @@ final class BlobSealer: @unchecked Sendable {
     }
 
     /// Whether nothing waits here to be sealed (and, with `once`, the scan is over).
-    var isIdle: Bool { locked { !scanning && unsettled.isEmpty && requests.isEmpty } }
+    var isIdle: Bool { locked { !scanning && unsettled.isEmpty && requests.isEmpty && stillOpen.isEmpty } }
     var isScanning: Bool { locked { scanning } }
     var unsettledCount: Int { locked { unsettled.count } }
+    /// With `once`: the files still open for writing, for the message of a run that timed out.
+    var stillOpenNames: [String] { locked { stillOpen.sorted() } }
 
     // MARK: threads
 
@@ -124,7 +131,7 @@ final class BlobSealer: @unchecked Sendable {
             while !threads.isStopped && !finished() {
                 threads.heartbeats.beat("scanner")
                 threads.pause(min(0.5, max(0.01, nextSettled() - monotonicNow())))
-                admit(sealSettled() + sealRequested())
+                admit(sealSettled() + sealRequested() + sealStillOpen())
             }
         }
     }
@@ -278,6 +285,16 @@ final class BlobSealer: @unchecked Sendable {
         return asked.compactMap { sealKey($0) }
     }
 
+    /// With `once`: looks again at the files that were open for writing (those still open go
+    /// back in the set).
+    private func sealStillOpen() -> [Segment] {
+        let keys: [String] = locked {
+            defer { stillOpen.removeAll() }
+            return stillOpen.sorted()
+        }
+        return keys.compactMap { sealKey($0) }
+    }
+
     private func sealKey(_ key: String) -> Segment? { sealKey(key, settled: nil) }
 
     private func sealKey(_ key: String, settled: Unsettled?) -> Segment? {
@@ -315,7 +332,10 @@ final class BlobSealer: @unchecked Sendable {
             guard (st.st_mode & S_IFMT) == S_IFREG else { return nil }
             // Complete means closed after writing: a file that a producer still holds open for
             // writing (seen by a scan, or closed by one of two writers) waits for its last close.
-            if Files.hasWriters(fd) == true { return nil }
+            if Files.hasWriters(fd) == true {
+                if config.once { locked { _ = stillOpen.insert(key) } }
+                return nil
+            }
             if let settle = settleTimes[spool], !renamedIn {
                 // Complete once unchanged across a whole settle time: looked at again then.
                 let now = Unsettled(due: monotonicNow() + settle, size: Int64(st.st_size), mtimeNs: mtimeNanoseconds(st))
@@ -333,7 +353,9 @@ final class BlobSealer: @unchecked Sendable {
             let crc = try Files.checksum(fd, size: Int64(st.st_size), progress: threads.workProgress)
             let after = try Files.fstat(fd)
             guard after.st_size == st.st_size, mtimeNanoseconds(after) == mtimeNanoseconds(st) else {
-                // Still being written: its close will bring another event.
+                // Still being written: its close will bring another event (a `once` run looks
+                // again).
+                if config.once { locked { _ = stillOpen.insert(key) } }
                 return nil
             }
             leftBehind.sealed(key)

@@ -260,7 +260,7 @@ final class RawClient {
         }
         let status = agent.wait(timeout: 1), out = agent.output
         #expect(status == 0, "\(out)")
-        #expect(try p.identical(in: c.committed()).count == 20)
+        #expect(try p.identical(in: c.committed()).count == 20, "left in the spool: \(Harness.files(in: spool))\n\(out)")
         // Every silent connection is closed by the collector, within twice the deadline.
         let stillOpen = closedAt.filter { $0 == nil }.count
         let closed = closedAt.compactMap { $0 }

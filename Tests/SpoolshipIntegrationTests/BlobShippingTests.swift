@@ -90,6 +90,43 @@ import Testing
         #expect(c.collector!.wait(timeout: 30) == 0, "SIGTERM stops the collector cleanly")
     }
 
+    /// `--once` ships what is there now; a file that a process still holds open for writing
+    /// is not complete yet, so the run waits for its close (and ships it), and if it never
+    /// comes, fails at its timeout naming the file: it does not end with success and the
+    /// file silently left behind.
+    @Test func once_waitsForAFileStillOpenForWriting_andNamesItIfItNeverCloses() throws {
+        let c = try Cluster("blob-once-held")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let held = spool.appendingPathComponent("held.bin")
+        let fd = open(held.path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+        #expect(fd >= 0)
+        var closed = false
+        defer { if !closed { close(fd) } }
+        let first = [UInt8](repeating: 1, count: 1000), second = [UInt8](repeating: 2, count: 1000)
+        #expect(write(fd, first, first.count) == first.count)
+        try Harness.writeRandomFile(spool.appendingPathComponent("done-1"), size: 100, seed: 1)
+        let (status, out) = try c.runOnce(c.agentArgs(spools: [("spool", spool)], extra: ["--timeout", "2"]), timeout: 60)
+        #expect(status == 1, "\(out)")
+        #expect(out.contains("1 file(s) still open for writing") && out.contains("spool/held.bin"), "\(out)")
+        #expect(Harness.files(in: c.committed()) == ["done-1"], "what was complete shipped")
+        #expect(Harness.files(in: spool) == ["held.bin"], "the open file stays")
+        // A second run: the writer closes while the agent waits for it.
+        try Harness.writeRandomFile(spool.appendingPathComponent("done-2"), size: 100, seed: 2)
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], extra: ["--timeout", "60"]) + ["--once"])
+        defer { agent.stop() }
+        #expect(Harness.waitUntil(timeout: 30) { Harness.files(in: c.committed()).contains("done-2") }, "\(agent.output)")
+        #expect(agent.isRunning, "the run waits for the file still open:\n\(agent.output)")
+        #expect(write(fd, second, second.count) == second.count)
+        close(fd)
+        closed = true
+        #expect(agent.wait(timeout: 60) == 0, "\(agent.output)")
+        let got = try Data(contentsOf: c.committed().appendingPathComponent("held.bin"))
+        #expect(got == Data(first + second), "every byte written before the close")
+        #expect(Harness.files(in: spool).isEmpty)
+    }
+
     @Test func once_stoppedBySIGTERM_exitsNonZero_andLosesNothing() throws {
         let c = try Cluster("blob-once-term")
         defer { c.remove() }

@@ -10,7 +10,7 @@ extension Payload {
         try writeMarkedFile(orig, size: size, marker: marker, seed: seed)
         let tmp = spool.appendingPathComponent(".\(name).part")
         try? FileManager.default.removeItem(at: tmp)
-        try FileManager.default.copyItem(at: orig, to: tmp)
+        try Harness.copyFile(orig, to: tmp)
         guard rename(tmp.path, spool.appendingPathComponent(name).path) == 0 else { throw TestFailure("rename failed") }
         names.append(name)
         sizes[name] = size

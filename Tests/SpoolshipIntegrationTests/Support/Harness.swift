@@ -124,6 +124,29 @@ enum Harness {
 
     /// Writes `size` bytes of deterministic pseudo-random content from `seed`: the little-endian bytes of
     /// successive SplitMix64 words (the last word truncated). Replaces any existing file.
+    /// Copies a file, both ends opened with O_CLOEXEC. Foundation's `copyItem` and
+    /// `Data.write` open without it, and `Process` closes the parent's descriptors only as it
+    /// found them just before spawning: a file being written by one test while another spawns
+    /// a daemon can leak into that daemon, which then holds it open for writing, and the agent
+    /// rightly does not ship a file someone still writes.
+    static func copyFile(_ from: URL, to: URL) throws {
+        let src = open(from.path, O_RDONLY | O_CLOEXEC)
+        guard src >= 0 else { throw Failure.errno("open", from.path) }
+        defer { close(src) }
+        let dst = open(to.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard dst >= 0 else { throw Failure.errno("open", to.path) }
+        defer { close(dst) }
+        var st = stat()
+        guard fstat(src, &st) == 0 else { throw Failure.errno("fstat", from.path) }
+        var left = Int(st.st_size)
+        while left > 0 {
+            let n = sendfile(dst, src, nil, left)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw Failure.errno("sendfile", to.path) }
+            left -= n
+        }
+    }
+
     static func writeRandomFile(_ url: URL, size: Int, seed: UInt64) throws {
         precondition(size >= 0)
         let fd = open(url.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
