@@ -11,6 +11,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -142,4 +143,11 @@ int spsh_spawn_shell(const char *command, int *pid_out) {
 
 int spsh_fix_mmap_threshold(int bytes) {
     return mallopt(M_MMAP_THRESHOLD, bytes);
+}
+
+int64_t spsh_birth_ns(int fd) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_BTIME, &sx) != 0) return -1;
+    if (!(sx.stx_mask & STATX_BTIME)) return 0;
+    return (int64_t)sx.stx_btime.tv_sec * 1000000000 + (int64_t)sx.stx_btime.tv_nsec;
 }

@@ -13,6 +13,7 @@ import SpoolshipDaemon
 /// | `BlobSealer` | settle waits, re-seal requests, seals of blob files | watcher / scanner |
 /// | `LogRotator` | each log stream's active file | rotator |
 /// | `RotationTable` + `LogSealer` | rotations not sealed yet | sealer |
+/// | `LogFollower` | followed log files (`reopen = "never"`): their descriptors and cut points | follower |
 /// | `SegmentQueue` | sealed segments until removed | (any; the session's) |
 /// | `AgentSession` | one connection's offers and answers | shipper + reader |
 /// | `Reaper` | acknowledged segments until removed (R4) | reaper |
@@ -37,6 +38,7 @@ public final class Agent: Sendable {
     let blobs: BlobSealer
     let rotator: LogRotator
     let logSealer: LogSealer
+    let follower: LogFollower
     let reaper: Reaper
     /// Log spools whose producers are told to reopen once the agent runs (a rotation was
     /// pending or finished at start).
@@ -85,19 +87,23 @@ public final class Agent: Sendable {
         blobs = BlobSealer(config: config, queue: queue, dirs: dirs, ids: ids, leftBehind: leftBehind, health: health,
                            threads: threads, logger: logger, stats: stats,
                            directoryBack: { [rotator] s in rotator.forgetStreams(s.name) })
-        let (journal, queue, rotations) = (journal, queue, rotations)
+        follower = LogFollower(spools: config.spools, dirs: dirs, queue: queue, ids: ids, journal: journal, leftBehind: leftBehind,
+                               health: health, threads: threads, logger: logger, stats: stats,
+                               lastSeq: loaded.lastSeq, positions: loaded.follows)
+        let (journal, queue, rotations, follower) = (journal, queue, rotations, follower)
         reaper = Reaper(journal: journal, queue: queue, dirs: dirs, archiveDirs: archives, threads: threads, sealer: blobs,
                         logger: logger, stats: stats, compact: {
                             // Rewritten when the journal holds 4 times more lines than the state.
                             let lines = journal.appended
                             guard lines > 100_000 else { return }
-                            let live = queue.all, rs = rotations.all, seqs = rotations.lastSeq
-                            guard lines > 4 * (live.count + rs.count + seqs.count) else { return }
-                            do { try journal.compact(live, rotations: rs, lastSeq: seqs) } catch {
+                            let live = queue.all, rs = rotations.all, followed = follower.state()
+                            let seqs = rotations.lastSeq.merging(followed.lastSeq, uniquingKeysWith: max)
+                            guard lines > 4 * (live.count + rs.count + seqs.count + followed.positions.count) else { return }
+                            do { try journal.compact(live, rotations: rs, lastSeq: seqs, follows: followed.positions) } catch {
                                 logger.error("cannot compact the agent state", metadata: ["error": "\(error)"])
                             }
                         })
-        reopenAtStart = try Self.recover(config: config, dirs: dirs, queue: queue, rotations: rotations, reaper: reaper,
+        reopenAtStart = try Self.recover(config: config, dirs: dirs, queue: queue, rotations: rotations, follower: follower, reaper: reaper,
                                          ids: ids, journal: journal, logger: logger)
     }
 
@@ -114,9 +120,12 @@ public final class Agent: Sendable {
     /// segment whose file changed or vanished is dropped (and re-sealed by the scan if
     /// present); rotations are finished (`LogRecovery`). Then the journal is rewritten.
     private static func recover(config: AgentConfig, dirs: SpoolDirectories, queue: SegmentQueue, rotations: RotationTable,
-                                reaper: Reaper, ids: SegmentIDs, journal: AgentJournal, logger: Logger) throws -> Set<String> {
+                                follower: LogFollower, reaper: Reaper, ids: SegmentIDs, journal: AgentJournal, logger: Logger) throws -> Set<String> {
+        // The followed files first, wherever their names are now: their ranges are read from them.
+        follower.restore()
         let acked = queue.recover(
             intact: { s in
+                if s.isFollowed { return follower.attach(&s) }
                 guard let dir = dirs.holding(s), let st = try? Files.statAt(dir, s.name, label: s.name) else { return false }
                 return s.isSealed(st)
             },
@@ -126,7 +135,9 @@ public final class Agent: Sendable {
         let reopen = try LogRecovery.recover(spools: config.spools, dirs: dirs, table: rotations, sealed: queue.all,
                                              ids: ids, journal: journal, logger: logger)
         do {
-            try journal.compact(queue.all, rotations: rotations.all, lastSeq: rotations.lastSeq)
+            let followed = follower.state()
+            try journal.compact(queue.all, rotations: rotations.all, lastSeq: rotations.lastSeq.merging(followed.lastSeq, uniquingKeysWith: max),
+                                follows: followed.positions)
         } catch {
             // Not needed to start: the journal as it is holds the same state, only longer.
             // Appends may fail as well while the disk is full; each is retried.
@@ -142,7 +153,9 @@ public final class Agent: Sendable {
     /// match: a log segment becomes a rotation again (the log sealer seals it anew), a blob
     /// is forgotten and its name handed to the blob watcher to seal as it is now.
     func sealAgain(_ s: Segment, reason: String) {
-        if s.kind == .log {
+        if s.isFollowed {
+            follower.sealAgain(s)
+        } else if s.kind == .log {
             logSealer.sealAgain(s)
         } else {
             drop(s.id, reason: reason)
@@ -193,8 +206,10 @@ public final class Agent: Sendable {
             if let s = config.spools.first(where: { $0.name == name }), let l = s.logs { LogRotator.reopenProducers(s, l, logger: logger) }
         }
         if config.once {
-            // Every log file with something in it is rotated now, whatever its size or age.
+            // Every log file with something in it is rotated now, whatever its size or age;
+            // every followed file is cut to its end.
             rotator.rotatePass(all: true)
+            follower.pass(all: true)
         }
         // The --once clock starts when there is something to ship, not before the scan.
         queue.progressed()
@@ -206,10 +221,11 @@ public final class Agent: Sendable {
             })
         }
         threads.spawn("reaper") { [reaper] in reaper.run() }
-        if config.spools.contains(where: { $0.logs != nil }) {
+        if config.spools.contains(where: { $0.logs != nil && $0.logs?.follows == false }) {
             if !config.once { threads.spawn("rotator") { [rotator] in rotator.run() } }
             threads.spawn("sealer") { [logSealer] in logSealer.run() }
         }
+        if !follower.isEmpty && !config.once { threads.spawn("follower") { [follower] in follower.run() } }
         threads.heartbeats.beat("shipper")
         if !blobs.watching.wait(timeout: 30) {
             logger.warning("the spool watcher is slow to start")

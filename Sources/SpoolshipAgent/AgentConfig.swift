@@ -13,12 +13,17 @@ public enum ReopenMethod: Sendable, Equatable, CustomStringConvertible {
     case signal(pidFile: String, signal: Int32)
     /// Run a shell command, as logrotate's postrotate does.
     case command(String)
+    /// They never reopen (a shell's `>>`, systemd's `StandardOutput=append:`, a plain file
+    /// appender): the agent does not rename the file but follows it, cutting its growth into
+    /// segments that are byte ranges of the live file (`LogFollower`).
+    case never
 
     public var description: String {
         switch self {
         case .path: return "path"
         case .signal(let f, let s): return "signal \(s) to the pid in \(f)"
         case .command(let c): return "command '\(c)'"
+        case .never: return "never (followed)"
         }
     }
 }
@@ -36,6 +41,11 @@ public struct LogSettings: Sendable, Equatable {
     /// A reopen command still running after this long is killed.
     public var reopenTimeout: Double = 30
     public init() {}
+}
+
+extension LogSettings {
+    /// The spool's files are followed, not rotated (`reopen = "never"`).
+    public var follows: Bool { reopen == .never }
 }
 
 public struct SpoolConfig: Sendable, Equatable {

@@ -96,8 +96,12 @@ public struct AgentFileConfig {
             case "command":
                 guard let cmd = command, !cmd.isEmpty else { throw r.fail("command", "a shell command when reopen = \"command\"") }
                 l.reopen = .command(cmd)
+            case "never":
+                // Followed: segments are ranges of the live file, sent as they are.
+                if compress { throw r.fail("compress", "false with reopen = \"never\" (a followed file's ranges are sent from the live file with sendfile, never rewritten)") }
+                l.reopen = .never
             default:
-                throw r.fail("reopen", "\"path\", \"signal\" or \"command\", got '\(method)'")
+                throw r.fail("reopen", "\"path\", \"signal\", \"command\" or \"never\", got '\(method)'")
             }
             if method != "signal" && (pidFile != nil || signalName != nil) {
                 throw r.fail(pidFile != nil ? "pid-file" : "signal", "reopen = \"signal\" for this key to mean anything")

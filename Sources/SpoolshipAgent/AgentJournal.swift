@@ -5,12 +5,29 @@ import SpoolshipCore
 import SpoolshipIO
 import SpoolshipDaemon
 
+/// Where a followed file's next range starts (`follow` records, and the ends of its ranges'
+/// `seal` records).
+struct FollowPosition: Sendable, Equatable {
+    var spool: String
+    var stream: String
+    var identity: FileIdentity
+    var offset: UInt64
+
+    var record: StateRecord {
+        var r = StateRecord(op: .follow, id: 0)
+        r.spool = spool; r.name = stream; r.dev = identity.dev; r.ino = identity.ino; r.birth = identity.birth; r.offset = offset
+        return r
+    }
+}
+
 /// What the journal held at start.
 struct LoadedState {
     var segments: [UInt64: Segment] = [:]
     var rotations: [UInt64: Rotation] = [:]
     /// Last sequence number used, by `spool/stream`.
     var lastSeq: [String: UInt64] = [:]
+    /// Where each followed file's next range starts.
+    var follows: [FileIdentity: FollowPosition] = [:]
     var nextID: UInt64 = 1
 }
 
@@ -64,9 +81,23 @@ final class AgentJournal: @unchecked Sendable {
             switch r.op {
             case .seal:
                 guard let spool = r.spool, let name = r.name, let size = r.size, let crc = r.crc else { continue }
-                st.segments[r.id] = Segment(id: r.id, spool: spool, name: name, kind: r.kind ?? .blob, dev: r.dev ?? 0, ino: r.ino ?? 0,
-                                            size: size, crc: crc, mtimeNs: r.mtimeNs ?? 0)
+                var s = Segment(id: r.id, spool: spool, name: name, kind: r.kind ?? .blob, dev: r.dev ?? 0, ino: r.ino ?? 0,
+                                size: size, crc: crc, mtimeNs: r.mtimeNs ?? 0)
+                s.offset = r.offset
+                s.birth = r.birth ?? 0
+                st.segments[r.id] = s
                 st.rotations[r.id] = nil
+                if let offset = r.offset, let p = LogNames.parse(segmentName: name) {
+                    // A followed file's range: the file's next range starts at its end.
+                    let key = "\(spool)/\(p.stream)"
+                    st.lastSeq[key] = max(st.lastSeq[key] ?? 0, p.seq)
+                    let end = offset + size
+                    if let was = st.follows[s.identity], was.spool == spool, was.stream == p.stream {
+                        st.follows[s.identity]!.offset = max(was.offset, end)
+                    } else {
+                        st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end)
+                    }
+                }
             case .ack:
                 st.segments[r.id]?.acked = true
                 st.segments[r.id]?.stored = r.stored
@@ -80,6 +111,11 @@ final class AgentJournal: @unchecked Sendable {
             case .sequence:
                 guard let spool = r.spool, let stream = r.name, let seq = r.seq else { continue }
                 st.lastSeq["\(spool)/\(stream)"] = max(st.lastSeq["\(spool)/\(stream)"] ?? 0, seq)
+            case .follow:
+                // Set, not raised: the file was started over (truncated, rewritten).
+                guard let spool = r.spool, let stream = r.name, let offset = r.offset else { continue }
+                let id = FileIdentity(dev: r.dev ?? 0, ino: r.ino ?? 0, birth: r.birth ?? 0)
+                st.follows[id] = FollowPosition(spool: spool, stream: stream, identity: id, offset: offset)
             }
         }
         return st
@@ -109,7 +145,7 @@ final class AgentJournal: @unchecked Sendable {
 
     /// Rewrites the journal with only the live segments, the pending rotations and each log
     /// stream's last sequence number: temp file, fsync, rename, fsync dir.
-    func compact(_ live: [Segment], rotations: [Rotation] = [], lastSeq: [String: UInt64] = [:]) throws {
+    func compact(_ live: [Segment], rotations: [Rotation] = [], lastSeq: [String: UInt64] = [:], follows: [FollowPosition] = []) throws {
         lock.lock()
         defer { lock.unlock() }
         var bytes = RecordLog.headerLine(kind: StateRecord.kind, version: StateRecord.version)
@@ -118,6 +154,9 @@ final class AgentJournal: @unchecked Sendable {
             var r = StateRecord(op: .sequence, id: 0)
             r.spool = String(key[..<slash]); r.name = String(key[key.index(after: slash)...]); r.seq = seq
             bytes += RecordLog.line(r)
+        }
+        for f in follows.sorted(by: { ($0.spool, $0.stream, $0.identity.ino) < ($1.spool, $1.stream, $1.identity.ino) }) {
+            bytes += RecordLog.line(f.record)
         }
         for r in rotations.sorted(by: { $0.id < $1.id }) { bytes += RecordLog.line(r.record) }
         for s in live.sorted(by: { $0.id < $1.id }) {
@@ -144,6 +183,6 @@ final class AgentJournal: @unchecked Sendable {
         let newFD = try Files.open("\(dir)/\(Self.fileName)", O_RDWR | O_CREAT | O_APPEND, mode: 0o600)
         try? fd.close()
         fd = newFD
-        lines = live.count + live.filter(\.acked).count + rotations.count + lastSeq.count
+        lines = live.count + live.filter(\.acked).count + rotations.count + lastSeq.count + follows.count
     }
 }

@@ -269,6 +269,7 @@ final class AgentSession: @unchecked Sendable {
     }
 
     private func sendData(_ sock: Link, tag: UInt64, offset: UInt64, segment s: Segment) throws {
+        if s.isFollowed { return try sendRange(sock, tag: tag, offset: offset, segment: s) }
         guard let dir = agent.dirs.holding(s) else { return }
         let label = "\(s.spool)/\(s.name)"
         guard let fd = try Files.openIfPresent(dir, s.name, label: label) else {
@@ -290,7 +291,29 @@ final class AgentSession: @unchecked Sendable {
             agent.sealAgain(s, reason: "the file changed after it was sealed; sealing it again")
             return
         }
-        let count = s.size - offset
+        try sendBytes(sock, tag: tag, fd: fd, from: offset, count: s.size - offset, offset: offset)
+    }
+
+    /// DATA for a range of a followed file, read from the follower's descriptor of the file
+    /// (held whatever became of its name). A file truncated under the range since it was cut
+    /// no longer holds its bytes: the offer is withdrawn and the bytes counted lost.
+    private func sendRange(_ sock: Link, tag: UInt64, offset: UInt64, segment s: Segment) throws {
+        let start = s.offset ?? 0
+        guard let fd = s.source, let st = try? Files.fstat(fd), UInt64(st.st_size) >= start + s.size else {
+            locked { inflight[tag] = nil }
+            var w = FrameWriter()
+            w.append(Self.withdrawal(tag))
+            try sock.sendAll(w.bytes)
+            agent.stats.followLost(spool: s.spool, bytes: s.size)
+            agent.drop(s.id, reason: "the followed file was truncated under this range before it was sent (copytruncate?); \(s.size) bytes not shipped")
+            return
+        }
+        try sendBytes(sock, tag: tag, fd: fd, from: start + offset, count: s.size - offset, offset: offset)
+    }
+
+    /// One DATA frame: its header, then `count` bytes of `fd` from file offset `from` with
+    /// sendfile (`offset`: where they start in the segment).
+    private func sendBytes(_ sock: Link, tag: UInt64, fd: OwnedFD, from: UInt64, count: UInt64, offset: UInt64) throws {
         var w = FrameWriter()
         w.append(.data(tag: tag, offset: offset, length: count))
         try sock.sendAll(w.bytes)
@@ -298,7 +321,7 @@ final class AgentSession: @unchecked Sendable {
         var sent: UInt64 = 0
         while sent < count {
             let n = min(count - sent, 2 << 20)
-            try sock.sendFile(fd, offset: Int64(offset + sent), count: Int64(n))
+            try sock.sendFile(fd, offset: Int64(from + sent), count: Int64(n))
             sent += n
             agent.stats.sent(bytes: n)
             agent.threads.heartbeats.beat("shipper")

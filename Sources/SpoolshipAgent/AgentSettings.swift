@@ -15,6 +15,8 @@ public struct AgentFlags: Equatable, Sendable {
     public var spool: [String] = []
     /// `--logs NAME=DIR[:GLOB]`, as given.
     public var logs: [String] = []
+    /// `--follow-logs NAME=DIR[:GLOB]`, as given.
+    public var followLogs: [String] = []
     public var rotateSize: String?
     public var rotateAge: Double?
     public var settle: Double?
@@ -72,14 +74,16 @@ public struct AgentSettings: Sendable {
             do { try Names.validateIdentifier(name, what: "spool name") } catch { throw SettingsError("--spool \(s): \(error)") }
             return SpoolConfig(name: name, directory: String(s[s.index(after: eq)...]))
         }
-        let logSpools = try flags.logs.map { a in
+        let logSpools = try (flags.logs.map { ($0, false) } + flags.followLogs.map { ($0, true) }).map { a, follow in
             do {
                 let p = try LogNames.parseLogSpoolArgument(a)
                 var l = LogSettings()
                 l.glob = p.glob
+                if follow { l.reopen = .never }
                 return SpoolConfig(name: p.name, directory: p.directory, logs: l)
             } catch {
-                throw SettingsError("\(error)")
+                let text = "\(error)"
+                throw SettingsError(follow ? text.replacingOccurrences(of: "--logs", with: "--follow-logs") : text)
             }
         }
         return blobs + logSpools
@@ -109,7 +113,7 @@ public struct AgentSettings: Sendable {
         var spools = file.spools.filter { !byFlag.contains($0.name) } + fromFlags
         guard Set(spools.map(\.name)).count == spools.count else { throw SettingsError("each spool needs its own name") }
         guard !spools.isEmpty else {
-            throw SettingsError("give at least one --spool NAME=DIR or --logs NAME=DIR[:GLOB] (or spools in the config file)")
+            throw SettingsError("give at least one --spool NAME=DIR, --logs NAME=DIR[:GLOB] or --follow-logs NAME=DIR[:GLOB] (or spools in the config file)")
         }
         // Rotation: a spool's own setting in the file, else the flag, else the file's default
         // (else LogSettings' own). A spool a flag replaced has no settings of its own.

@@ -37,6 +37,11 @@ public final class AgentStats: @unchecked Sendable {
     public struct Spool: Codable, Sendable, Equatable {
         public var acknowledgedSegments: UInt64 = 0
         public var acknowledgedBytes: UInt64 = 0
+        /// Followed log files (`reopen = "never"`) found truncated (copytruncate) or rewritten
+        /// in place, and the bytes known not to have been shipped because of it (at least).
+        public var followTruncations: UInt64 = 0
+        public var followRewrites: UInt64 = 0
+        public var followLostBytes: UInt64 = 0
     }
 
     public struct Snapshot: Sendable {
@@ -70,6 +75,8 @@ public final class AgentStats: @unchecked Sendable {
     private let mResumedBytes: Counter
     /// Per spool: segments and bytes shipped. Under `lock`.
     private var mSpools: [String: (segments: Counter, bytes: Counter)] = [:]
+    /// Per spool, followed files: truncations, rewrites, bytes lost. Under `lock`.
+    private var mFollow: [String: (truncations: Counter, rewrites: Counter, lost: Counter)] = [:]
 
     /// `factory` makes the metrics (swift-metrics' no-op one when there is no metrics listener).
     public init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
@@ -88,6 +95,9 @@ public final class AgentStats: @unchecked Sendable {
             s.spools[name] = Spool()
             mSpools[name] = (Counter(label: "spoolship_agent_shipped_segments_total", dimensions: [("spool", name)], factory: factory),
                              Counter(label: "spoolship_agent_shipped_bytes_total", dimensions: [("spool", name)], factory: factory))
+            mFollow[name] = (Counter(label: "spoolship_agent_follow_truncations_total", dimensions: [("spool", name)], factory: factory),
+                             Counter(label: "spoolship_agent_follow_rewrites_total", dimensions: [("spool", name)], factory: factory),
+                             Counter(label: "spoolship_agent_follow_lost_bytes_total", dimensions: [("spool", name)], factory: factory))
         }
         lock.unlock()
     }
@@ -134,6 +144,27 @@ public final class AgentStats: @unchecked Sendable {
         lock.unlock()
         mResumes.increment()
         mResumedBytes.increment(by: Int64(clamping: bytes))
+    }
+
+    /// A followed file was truncated or rewritten under the follower; `lost` bytes at least
+    /// were not shipped.
+    func followSurprise(spool: String, truncated: Bool, lost: UInt64) {
+        lock.lock()
+        if truncated { s.spools[spool]?.followTruncations += 1 } else { s.spools[spool]?.followRewrites += 1 }
+        s.spools[spool]?.followLostBytes &+= lost
+        let m = mFollow[spool]
+        lock.unlock()
+        if truncated { m?.truncations.increment() } else { m?.rewrites.increment() }
+        m?.lost.increment(by: Int64(clamping: lost))
+    }
+
+    /// Bytes of a followed file that cannot be shipped (a range that can no longer be read).
+    func followLost(spool: String, bytes: UInt64) {
+        lock.lock()
+        s.spools[spool]?.followLostBytes &+= bytes
+        let m = mFollow[spool]
+        lock.unlock()
+        m?.lost.increment(by: Int64(clamping: bytes))
     }
 
     func error(_ kind: ErrorKind) {

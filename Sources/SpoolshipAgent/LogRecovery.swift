@@ -21,7 +21,7 @@ enum LogRecovery {
                 try journal.append([StateRecord(op: .done, id: id)], sync: false)
                 rotations[id] = nil
             }
-            for spool in spools where spool.logs != nil {
+            for spool in spools where spool.logs != nil && spool.logs?.follows == false {
                 guard let both = dirs.logDirectories(spool.name) else { continue }
                 let (dir, rdir) = both
                 let rlabel = "\(spool.directory)/\(LogNames.rotatedDirName)"

@@ -39,7 +39,7 @@ final class LogRotator: @unchecked Sendable {
     init(spools: [SpoolConfig], dirs: SpoolDirectories, table: RotationTable, ids: SegmentIDs, journal: AgentJournal,
          leftBehind: LeftBehindFiles, health: AgentHealth, threads: AgentThreads, logger: Logger,
          sealerWake: @escaping @Sendable () -> Void) {
-        self.spools = spools.filter { $0.logs != nil }
+        self.spools = spools.filter { $0.logs != nil && $0.logs?.follows == false }
         self.dirs = dirs
         self.table = table
         self.ids = ids
@@ -328,7 +328,7 @@ final class LogRotator: @unchecked Sendable {
     /// `reopen` setting says).
     static func reopenProducers(_ spool: SpoolConfig, _ settings: LogSettings, logger: Logger) {
         switch settings.reopen {
-        case .path:
+        case .path, .never:
             return
         case .signal(let pidFile, let sig):
             do {

@@ -35,7 +35,7 @@ final class LogSealer: @unchecked Sendable {
 
     init(spools: [SpoolConfig], dirs: SpoolDirectories, table: RotationTable, queue: SegmentQueue, ids: SegmentIDs,
          journal: AgentJournal, health: AgentHealth, threads: AgentThreads, logger: Logger) {
-        self.spools = spools.filter { $0.logs != nil }
+        self.spools = spools.filter { $0.logs != nil && $0.logs?.follows == false }
         self.dirs = dirs
         self.table = table
         self.queue = queue

@@ -146,6 +146,8 @@ final class Reaper: @unchecked Sendable {
         for start in stride(from: 0, to: batch.count, by: Self.removalChunk) {
             var held: [Aside] = []
             for s in batch[start..<min(start + Self.removalChunk, batch.count)] {
+                // A followed file's range: the file is the producer's; nothing to remove.
+                if s.isFollowed { removed.append(s); continue }
                 do {
                     switch try moveAside(s, touched: &touched, rescan: &rescan) {
                     case .done: removed.append(s)

@@ -26,13 +26,24 @@ struct Segment: Sendable {
     /// When this process sealed it (wall clock; not in the state file): nil for a segment
     /// found sealed in the state at start.
     var sealedAt: Double?
+    /// A range of a followed file (`reopen = "never"`): where it starts in the file, and the
+    /// file's birth time (its identity with `dev` and `ino`). nil for a whole file.
+    var offset: UInt64?
+    var birth: Int64 = 0
+    /// A followed file's range is read from the follower's descriptor of that file (held from
+    /// its first sight, whatever became of its name since). In memory only.
+    var source: OwnedFD?
 
     var key: SegmentKey { SegmentKey(spool: spool, name: name, size: size, crc: crc) }
+
+    var isFollowed: Bool { offset != nil }
+    var identity: FileIdentity { FileIdentity(dev: dev, ino: ino, birth: birth) }
 
     var sealRecord: StateRecord {
         var r = StateRecord(op: .seal, id: id)
         r.spool = spool; r.name = name; r.kind = kind; r.dev = dev; r.ino = ino
         r.size = size; r.crc = crc; r.mtimeNs = mtimeNs
+        if let o = offset { r.offset = o; r.birth = birth }
         return r
     }
 }

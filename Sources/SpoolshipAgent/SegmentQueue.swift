@@ -62,7 +62,8 @@ final class SegmentQueue: @unchecked Sendable {
     /// Keeps the unacknowledged segments whose file is still as sealed (`intact`), forgets the
     /// rest, queues the kept ones for offering, and returns the acknowledged ones (their
     /// removal is the reaper's to finish).
-    func recover(intact: (Segment) -> Bool, configured: (Segment) -> Bool) -> [Segment] {
+    /// `intact` may fill in what is kept in memory only (a followed file's descriptor).
+    func recover(intact: (inout Segment) -> Bool, configured: (Segment) -> Bool) -> [Segment] {
         locked {
             for (id, s) in segments where !s.acked {
                 guard configured(s) else {
@@ -70,7 +71,13 @@ final class SegmentQueue: @unchecked Sendable {
                     segments[id] = nil
                     continue
                 }
-                if intact(s) { byName["\(s.spool)/\(s.name)"] = id } else { segments[id] = nil }
+                var kept = s
+                if intact(&kept) {
+                    segments[id] = kept
+                    byName["\(s.spool)/\(s.name)"] = id
+                } else {
+                    segments[id] = nil
+                }
             }
             toOffer = segments.keys.sorted()
             return segments.values.filter(\.acked).sorted { $0.id < $1.id }
@@ -93,13 +100,15 @@ final class SegmentQueue: @unchecked Sendable {
     /// name: a name sealed twice in one batch would be offered twice under one key, and the
     /// collector keeps only the later offer). Throws, recording nothing, when the journal
     /// cannot be written.
-    func admit(_ sealed: [Segment]) throws {
+    /// `sync`: the seals are synced before anything is offered (a followed file's ranges: a
+    /// range cut again after a crash would not be cut where it was).
+    func admit(_ sealed: [Segment], sync: Bool = false) throws {
         guard !sealed.isEmpty else { return }
         try locked {
             var latest: [String: Segment] = [:]
             for s in sealed where byName["\(s.spool)/\(s.name)"] == nil { latest["\(s.spool)/\(s.name)"] = s }
             let fresh = latest.values.sorted { $0.id < $1.id }
-            try journal.append(fresh.map(\.sealRecord), sync: false)
+            try journal.append(fresh.map(\.sealRecord), sync: sync)
             for s in fresh {
                 segments[s.id] = s
                 byName["\(s.spool)/\(s.name)"] = s.id

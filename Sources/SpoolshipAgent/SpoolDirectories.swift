@@ -29,7 +29,7 @@ final class SpoolDirectories: Sendable {
         spools = config.spools
         var h = Handles()
         h.spool = try Self.open(config)
-        for s in config.spools where s.logs != nil {
+        for s in config.spools where s.logs != nil && s.logs?.follows == false {
             do {
                 h.rotated[s.name] = try Files.ensureDirectory(h.spool[s.name]!, LogNames.rotatedDirName, label: "\(s.directory)/\(LogNames.rotatedDirName)", mode: 0o700)
             } catch {
@@ -77,7 +77,10 @@ final class SpoolDirectories: Sendable {
 
     /// The directory that holds a segment's file: the spool's own for blobs, the rotated
     /// directory for log segments.
-    func holding(_ s: Segment) -> OwnedFD? { s.kind == .log ? rotated(s.spool) : spool(s.spool) }
+    /// The directory that holds a segment's file: the rotated directory for a rotated log
+    /// file, else the spool's own (a followed file's range is read from its descriptor, but
+    /// its spool must still be configured).
+    func holding(_ s: Segment) -> OwnedFD? { s.kind == .log && !s.isFollowed ? rotated(s.spool) : spool(s.spool) }
 
     func replaceRotated(_ name: String, _ fd: OwnedFD) { handles.withLock { $0.rotated[name] = fd } }
 
@@ -97,7 +100,7 @@ final class SpoolDirectories: Sendable {
                 continue
             }
             var rotated: OwnedFD?
-            if spool.logs != nil {
+            if spool.logs != nil && spool.logs?.follows == false {
                 do {
                     rotated = try Files.ensureDirectory(fresh, LogNames.rotatedDirName, label: "\(spool.directory)/\(LogNames.rotatedDirName)", mode: 0o700)
                 } catch {

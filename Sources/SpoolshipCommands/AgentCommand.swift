@@ -34,6 +34,9 @@ struct AgentCommand: ParsableCommand {
     @Option(help: ArgumentHelp("A log spool, NAME=DIR[:GLOB] (GLOB defaults to *.log); may repeat.", valueName: "name=dir[:glob]"))
     var logs: [String] = []
 
+    @Option(help: ArgumentHelp("A log spool whose producers never reopen their files, NAME=DIR[:GLOB]: the files are followed, not renamed, and their growth shipped as byte ranges (reopen = \"never\"); may repeat.", valueName: "name=dir[:glob]"))
+    var followLogs: [String] = []
+
     @Option(help: ArgumentHelp("Rotate a log file once it holds this many bytes (suffixes K, M, G); default 64M.", valueName: "bytes"))
     var rotateSize: String?
 
@@ -68,6 +71,7 @@ struct AgentCommand: ParsableCommand {
         f.stateDir = stateDir
         f.spool = spool
         f.logs = logs
+        f.followLogs = followLogs
         f.rotateSize = rotateSize
         f.rotateAge = rotateAge
         f.settle = settle

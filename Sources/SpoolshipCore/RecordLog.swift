@@ -186,6 +186,7 @@ extension LedgerEntry: RecordLogJSON {
 extension StateRecord: RecordLogJSON {
     public func json() -> [UInt8] {
         var w = JSONObjectWriter()
+        w.field("birth", birth)
         w.field("crc", crc)
         w.field("dev", dev)
         w.field("id", id)
@@ -193,6 +194,7 @@ extension StateRecord: RecordLogJSON {
         w.field("kind", kind?.rawValue)
         w.field("mtimeNs", mtimeNs)
         w.field("name", name)
+        w.field("offset", offset)
         w.field("op", op.rawValue)
         w.field("seq", seq)
         w.field("size", size)
@@ -245,6 +247,11 @@ public struct StateRecord: Codable, Equatable, Sendable {
         /// The last sequence number used by a stream (`name`); written by compaction, so the
         /// numbers go on from there once every segment of the stream is done.
         case sequence
+        /// A followed file (`reopen = "never"`): stream `name`, the file's identity (`dev`,
+        /// `ino`, `birth`), and `offset`, where its next range starts. Written when the agent
+        /// starts the file over (it was truncated or rewritten) and by compaction; a `seal`
+        /// with an `offset` moves it on to the end of its range.
+        case follow
     }
 
     public var op: Op
@@ -258,6 +265,10 @@ public struct StateRecord: Codable, Equatable, Sendable {
     public var size: UInt64?
     public var crc: UInt32?
     public var mtimeNs: Int64?
+    // seal of a range of a followed file, and follow: where the range starts in the file, and
+    // the file's birth time (statx; 0 where the file system keeps none)
+    public var offset: UInt64?
+    public var birth: Int64?
     // ack only
     public var stored: String?
     // rotate, sequence
@@ -270,6 +281,7 @@ public struct StateRecord: Codable, Equatable, Sendable {
 
     public static let kind = "spoolship-agent-state"
     /// 2 added the `rotate` and `sequence` records of log spools: an older agent refuses
-    /// the file instead of skipping them as damaged lines.
-    public static let version = 2
+    /// the file instead of skipping them as damaged lines. 3 added followed files: `seal`
+    /// records with `offset` and `birth`, and `follow` records.
+    public static let version = 3
 }

@@ -161,6 +161,37 @@ public enum Files {
         }
     }
 
+    /// The file's birth time in nanoseconds (statx), or 0 where the file system keeps none.
+    public static func birth(_ fd: OwnedFD) throws -> Int64 {
+        let b = spsh_birth_ns(fd.raw)
+        if b < 0 { throw SyscallError(call: "statx", path: fd.label, errno: Glibc.errno) }
+        return b
+    }
+
+    /// The offset of the last newline in [from, to) of `fd`, or nil: read backwards from `to`,
+    /// 64 KiB at a time.
+    public static func lastNewline(_ fd: OwnedFD, from: UInt64, to: UInt64) throws -> UInt64? {
+        guard to > from else { return nil }
+        let block = 64 << 10
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: block, alignment: 16)
+        defer { buf.deallocate() }
+        var end = to
+        while end > from {
+            let start = end - min(UInt64(block), end - from)
+            let want = Int(end - start)
+            let n = try syscall("pread", fd.label) { Glibc.pread(fd.raw, buf, want, Int(start)) }
+            if n < want { throw SyscallError(call: "pread", path: fd.label + " (file shorter than expected)", errno: EIO) }
+            let bytes = buf.assumingMemoryBound(to: UInt8.self)
+            var i = want - 1
+            while i >= 0 {
+                if bytes[i] == UInt8(ascii: "\n") { return start + UInt64(i) }
+                i -= 1
+            }
+            end = start
+        }
+        return nil
+    }
+
     public static func truncate(_ fd: OwnedFD, _ size: Int64) throws {
         _ = try syscall("ftruncate", fd.label) { ftruncate(fd.raw, Int(size)) }
     }

@@ -223,7 +223,7 @@ func resolveAgent(_ f: AgentFlags) throws -> AgentSettings {
     #expect(error { $0.spool = ["a/b=dir"] }.hasPrefix("--spool a/b=dir: "))
     #expect(error { $0.logs = ["nodir"] } == "--logs must be NAME=DIR[:GLOB], got 'nodir'")
     #expect(error { $0.spool = ["in=/in", "in=/other"] } == "each spool needs its own name")
-    #expect(error { $0.spool = [] } == "give at least one --spool NAME=DIR or --logs NAME=DIR[:GLOB] (or spools in the config file)")
+    #expect(error { $0.spool = [] } == "give at least one --spool NAME=DIR, --logs NAME=DIR[:GLOB] or --follow-logs NAME=DIR[:GLOB] (or spools in the config file)")
     #expect(error { $0.timeout = 0 } == "timeouts must be positive")
     #expect(error { $0.ioTimeout = -1 } == "timeouts must be positive")
     #expect(error { $0.common.controlSocket = "" } == "--control-socket must be a path of 1 to \(Socket.maxUnixPath) bytes, or none; got ''")

@@ -50,3 +50,7 @@ int spsh_spawn_shell(const char *command, int *pid_out);
 /// mapped and unmapped, instead of the threshold growing after the first free and the
 /// buffers of hundreds of threads staying resident in malloc's arenas. Returns mallopt's result.
 int spsh_fix_mmap_threshold(int bytes);
+/// A file's birth time (statx STATX_BTIME) in nanoseconds since the epoch: 0 when the file
+/// system does not record one, -1 with errno set when statx failed. With the inode number it
+/// tells a file from a later one that reuses the inode.
+int64_t spsh_birth_ns(int fd);

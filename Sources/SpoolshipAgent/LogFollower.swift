@@ -1,0 +1,501 @@
+import Foundation
+import Glibc
+import Logging
+import SpoolshipCore
+import SpoolshipIO
+import SpoolshipDaemon
+
+/// The log follower: the log spools whose producers never reopen (`reopen = "never"`). It
+/// never renames a file. Each file matching the spool's glob is a stream; the follower opens
+/// each file of a stream at first sight and holds it, whatever becomes of its name (logrotate
+/// renames it, compresses and deletes it), and cuts the file's growth into segments
+/// `NAME.<SEQ>`, each a byte range of one file, checksummed here and sent with sendfile from
+/// its offset by the session. When is a cut due, where does it end, and in which order the
+/// files go is `FollowStream`'s (SpoolshipCore), held to a model test.
+///
+/// Each range's seal is synced before it is offered: after a crash the next range starts
+/// exactly where the last recorded one ended, never cut again elsewhere (which would send
+/// bytes twice under two names). Acknowledged ranges are recorded done; the file is never
+/// removed (it is the producer's, or logrotate's).
+///
+/// A file that shrinks below its cut point (copytruncate) is followed again from its start;
+/// the rest of what was there is shipped from logrotate's copy when the copy is found beside
+/// it (same bytes before the cut point), and what cannot be shipped is counted and logged. A
+/// file whose last 4 KiB before the cut point changed was rewritten in place: it is followed
+/// again from its start.
+///
+/// `@unchecked Sendable`: every stored `var` is read and written only while holding `lock`
+/// (the follower's thread; compaction and `sealAgain` from other threads); the `let`s are
+/// Sendable or thread-safe.
+final class LogFollower: @unchecked Sendable {
+    private let spools: [SpoolConfig]
+    private let dirs: SpoolDirectories
+    private let queue: SegmentQueue
+    private let ids: SegmentIDs
+    private let journal: AgentJournal
+    private let leftBehind: LeftBehindFiles
+    private let health: AgentHealth
+    private let threads: AgentThreads
+    private let logger: Logger
+    private let stats: AgentStats
+
+    private let lock = NSLock()
+    // Under `lock`:
+    /// Each stream, by `spool/stream`.
+    private var streams: [String: Followed] = [:]
+    /// The last sequence number used, by `spool/stream`.
+    private var lastSeq: [String: UInt64]
+    /// Positions from the journal whose files have not been seen since the start.
+    private var restored: [FileIdentity: FollowPosition]
+    private var inotify: Inotify?
+
+    /// One stream: its files (`FollowStream`), and a descriptor of each, held from first sight.
+    struct Followed {
+        var spool: String
+        var name: String
+        var stream = FollowStream()
+        var fds: [FileIdentity: OwnedFD] = [:]
+        /// When each file no longer under the name was last asked whether anyone writes it.
+        var writersAsked: [FileIdentity: Double] = [:]
+        var warnedNotRegular = false
+    }
+
+    /// While a stream holds uncut bytes (or old files), the follower looks this often;
+    /// otherwise it sleeps in inotify until a file changes.
+    static let tick = 0.01
+    /// A file no longer under its name is asked whether anyone writes it at most this often.
+    static let writersEvery = 0.5
+
+    init(spools: [SpoolConfig], dirs: SpoolDirectories, queue: SegmentQueue, ids: SegmentIDs, journal: AgentJournal,
+         leftBehind: LeftBehindFiles, health: AgentHealth, threads: AgentThreads, logger: Logger, stats: AgentStats,
+         lastSeq: [String: UInt64], positions: [FileIdentity: FollowPosition]) {
+        self.spools = spools.filter { $0.logs?.follows == true }
+        self.dirs = dirs
+        self.queue = queue
+        self.ids = ids
+        self.journal = journal
+        self.leftBehind = leftBehind
+        self.health = health
+        self.threads = threads
+        self.logger = logger
+        self.stats = stats
+        let names = Set(self.spools.map(\.name))
+        self.lastSeq = lastSeq.filter { k, _ in names.contains(String(k.prefix { $0 != "/" })) }
+        self.restored = positions.filter { names.contains($0.value.spool) }
+        threads.onStop { [self] in wake() }
+    }
+
+    private func locked<R>(_ body: () throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    func wake() { locked { inotify }?.wake() }
+
+    var isEmpty: Bool { spools.isEmpty }
+
+    // MARK: start-up
+
+    /// At start, before any thread: finds the files the journal followed, by identity,
+    /// wherever they are in their spool directory now (logrotate may have renamed them while
+    /// the agent was down), and holds them. A file that is gone took its unshipped bytes with
+    /// it: said so.
+    func restore() {
+        locked {
+            for spool in spools {
+                guard let dir = dirs.spool(spool.name) else { continue }
+                let wanted = restored.filter { $0.value.spool == spool.name }
+                guard !wanted.isEmpty, let entries = try? Files.entries(of: dir) else { continue }
+                let byInode = Dictionary(grouping: wanted.keys, by: { "\($0.dev):\($0.ino)" })
+                var found: [(name: String, id: FileIdentity, fd: OwnedFD)] = []
+                for e in entries {
+                    guard let n = e.name, let st = try? Files.statAt(dir, n, label: n), (st.st_mode & S_IFMT) == S_IFREG,
+                          byInode["\(st.st_dev):\(st.st_ino)"] != nil,
+                          let fd = try? Files.openIfPresent(dir, n, label: "\(spool.directory)/\(n)"),
+                          let fst = try? Files.fstat(fd), fst.st_ino == st.st_ino, let birth = try? Files.birth(fd)
+                    else { continue }
+                    let id = FileIdentity(dev: UInt64(fst.st_dev), ino: UInt64(fst.st_ino), birth: birth)
+                    if wanted[id] != nil { found.append((n, id, fd)) }
+                }
+                // Oldest first; the one under its stream's name last.
+                for f in found.sorted(by: { ($0.id.birth, $0.id.ino) < ($1.id.birth, $1.id.ino) }) {
+                    guard let pos = restored.removeValue(forKey: f.id) else { continue }
+                    let key = "\(spool.name)/\(pos.stream)"
+                    var s = streams[key] ?? Followed(spool: spool.name, name: pos.stream)
+                    s.fds[f.id] = f.fd
+                    let size = (try? Files.fstat(f.fd)).map { UInt64($0.st_size) } ?? pos.offset
+                    var file = FollowedFile(identity: f.id, cutEnd: pos.offset, size: max(size, pos.offset), current: false)
+                    file.pendingSince = size > pos.offset ? monotonicNow() : nil
+                    s.stream.adopt(file)
+                    if f.name != pos.stream { s.stream.nameGone() }
+                    streams[key] = s
+                    if f.name != pos.stream {
+                        logger.notice("following a log file renamed while the agent was down, from where it was cut", metadata: [
+                            "spool.name": "\(spool.name)", "stream": "\(pos.stream)", "path": "\(spool.directory)/\(f.name)", "offset": "\(pos.offset)"])
+                    }
+                }
+            }
+            for (_, pos) in restored {
+                logger.error("a followed log file is gone (deleted while the agent was down?); what it held past the last cut point was not shipped", metadata: [
+                    "spool.name": "\(pos.spool)", "stream": "\(pos.stream)", "file": "\(pos.identity)", "offset": "\(pos.offset)"])
+            }
+            restored.removeAll()
+        }
+    }
+
+    /// A range recorded in the journal before the last stop: gets the descriptor of its file,
+    /// if its file was found and still holds it. False: it cannot be sent (logged).
+    func attach(_ s: inout Segment) -> Bool {
+        let fd: OwnedFD? = locked {
+            for f in streams.values { if let fd = f.fds[s.identity] { return fd } }
+            return nil
+        }
+        guard let fd, let st = try? Files.fstat(fd), UInt64(st.st_size) >= (s.offset ?? 0) + s.size else {
+            logger.error("a range of a followed log file cut before the last stop can no longer be read; it is not shipped", metadata: [
+                "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "bytes": "\(s.size)"])
+            stats.followLost(spool: s.spool, bytes: s.size)
+            return false
+        }
+        s.source = fd
+        return true
+    }
+
+    /// For compaction: where each held file's next range starts, and each stream's last
+    /// sequence number.
+    func state() -> (positions: [FollowPosition], lastSeq: [String: UInt64]) {
+        locked {
+            var out: [FollowPosition] = []
+            for f in streams.values {
+                for file in f.stream.files {
+                    out.append(FollowPosition(spool: f.spool, stream: f.name, identity: file.identity, offset: file.cutEnd))
+                }
+            }
+            return (out, lastSeq)
+        }
+    }
+
+    // MARK: the follower's thread
+
+    func run() {
+        var ino: Inotify?
+        do { ino = try Inotify() } catch {
+            logger.warning("cannot watch the followed log spools; polling them instead", metadata: ["error": "\(error)"])
+        }
+        locked { inotify = ino }
+        defer { locked { inotify = nil } }
+        var watched: [String: (UInt64, UInt64)] = [:]
+        var lastList = 0.0
+        while !threads.isStopped {
+            threads.heartbeats.beat("follower")
+            let now = monotonicNow()
+            let list = now - lastList >= 1
+            if list {
+                lastList = now
+                if let ino {
+                    for s in spools {
+                        guard let fd = dirs.spool(s.name), let st = try? Files.fstat(fd) else { continue }
+                        let id = (UInt64(st.st_dev), UInt64(st.st_ino))
+                        if let w = watched[s.name], w == id { continue }
+                        let mask = UInt32(IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR)
+                        if (try? ino.watch(s.directory, mask: mask)) != nil { watched[s.name] = id }
+                    }
+                }
+            }
+            let busy = pass(all: false, discover: list)
+            if busy || ino == nil {
+                threads.pause(ino == nil ? 0.1 : Self.tick, beat: "follower")
+                _ = try? ino?.read(timeout: 0)
+            } else {
+                do { _ = try ino?.read(timeout: 0.5) } catch {
+                    logger.error("reading inotify events failed; polling the followed log spools", metadata: ["error": "\(error)"])
+                    ino = nil
+                }
+            }
+        }
+    }
+
+    /// Looks at every stream once and seals what is due (everything there is with `all`, as
+    /// `--once` does). Returns whether some stream holds bytes not cut yet or files no longer
+    /// under its name: then the next look comes after `tick`, not at the next event.
+    @discardableResult
+    func pass(all: Bool, discover: Bool = true) -> Bool {
+        var sealed: [Segment] = []
+        var moves: [(key: String, cuts: [FollowCut], tails: [FileIdentity: TailCheck], seq: UInt64)] = []
+        var busy = false
+        for spool in spools {
+            guard let settings = spool.logs, let dir = dirs.spool(spool.name) else { continue }
+            if discover || all { discoverStreams(spool, settings, dir) }
+            let keys = locked { streams.keys.filter { $0.hasPrefix("\(spool.name)/") }.sorted() }
+            for key in keys {
+                guard var f = locked({ streams[key] }) else { continue }
+                let now = monotonicNow()
+                look(&f, spool, dir, now: now)
+                var seq = locked { lastSeq[key] ?? 0 }
+                let (cuts, tails, segments) = cut(&f, spool, settings, now: now, all: all, seq: &seq)
+                locked { streams[key] = f }
+                if !segments.isEmpty {
+                    sealed += segments
+                    moves.append((key, cuts, tails, seq))
+                }
+                if f.stream.pending > 0 || f.stream.files.contains(where: { !$0.current }) { busy = true }
+            }
+        }
+        guard !sealed.isEmpty else { return busy }
+        do {
+            try queue.admit(sealed, sync: true)
+        } catch {
+            logger.error("cannot record the ranges cut from followed log files; cutting them again later", metadata: ["error": "\(error)"])
+            health.error("cannot record a sealed segment: \(error)")
+            return true
+        }
+        let now = monotonicNow()
+        locked {
+            for m in moves {
+                guard var f = streams[m.key] else { continue }
+                f.stream.applied(m.cuts, tails: m.tails, now: now)
+                for done in f.stream.dropFinished() {
+                    f.fds[done.identity] = nil  // the segments in flight hold their own reference
+                    f.writersAsked[done.identity] = nil
+                    logger.debug("followed log file finished", metadata: ["spool.name": "\(f.spool)", "stream": "\(f.name)", "file": "\(done.identity)"])
+                }
+                streams[m.key] = f
+                lastSeq[m.key] = max(lastSeq[m.key] ?? 0, m.seq)
+            }
+        }
+        return true
+    }
+
+    /// Adds the spool's files that match its glob and are not streams yet.
+    private func discoverStreams(_ spool: SpoolConfig, _ settings: LogSettings, _ dir: OwnedFD) {
+        guard let names = try? Files.names(of: dir) else { return }
+        for n in names where LogNames.matches(settings.glob, n) {
+            let key = "\(spool.name)/\(n)"
+            if locked({ streams[key] == nil }) && streamNameUsable(spool, n) {
+                locked { streams[key] = Followed(spool: spool.name, name: n) }
+            }
+        }
+    }
+
+    /// Whether a stream's segment names can be shipped; one that cannot is left alone, and
+    /// said so once.
+    private func streamNameUsable(_ spool: SpoolConfig, _ name: String) -> Bool {
+        do {
+            try Names.validateSegmentName(LogNames.segmentName(stream: name, seq: 1, compressed: true), what: "segment name of this log file")
+            return true
+        } catch {
+            if leftBehind.refuse("\(spool.name)/\(name)") {
+                logger.error("log file name cannot be shipped; leaving the file alone", metadata: ["spool.name": "\(spool.name)", "stream": "\(name)", "error": "\(error)"])
+            }
+            return false
+        }
+    }
+
+    /// One look at a stream: the file under its name (a new one is opened and held at once),
+    /// then every file's size, newest first (see `FollowStream.plan`), each file no longer under
+    /// the name asked first whether anyone still writes it.
+    private func look(_ f: inout Followed, _ spool: SpoolConfig, _ dir: OwnedFD, now: Double) {
+        let label = "\(spool.directory)/\(f.name)"
+        do {
+            if let st = try Files.statAt(dir, f.name, label: label) {
+                if (st.st_mode & S_IFMT) != S_IFREG {
+                    if !f.warnedNotRegular {
+                        logger.warning("a name matching the log glob is not a regular file; ignoring it", metadata: ["spool.name": "\(spool.name)", "stream": "\(f.name)"])
+                        f.warnedNotRegular = true
+                    }
+                    f.stream.nameGone()
+                } else if f.stream.current.map({ $0.identity.dev != UInt64(st.st_dev) || $0.identity.ino != UInt64(st.st_ino) }) ?? true,
+                          let fd = try Files.openIfPresent(dir, f.name, label: label) {
+                    let fst = try Files.fstat(fd)
+                    let id = FileIdentity(dev: UInt64(fst.st_dev), ino: UInt64(fst.st_ino), birth: try Files.birth(fd))
+                    if f.fds[id] == nil {
+                        f.fds[id] = fd
+                        logger.debug("following log file", metadata: ["spool.name": "\(spool.name)", "stream": "\(f.name)", "file": "\(id)", "bytes": "\(fst.st_size)"])
+                    }
+                    f.stream.adopt(FollowedFile(identity: id, current: true))
+                }
+            } else {
+                f.stream.nameGone()
+            }
+        } catch {
+            logger.error("cannot look at a followed log file", metadata: ["spool.name": "\(spool.name)", "stream": "\(f.name)", "error": "\(error)"])
+        }
+        for file in f.stream.files.reversed() {
+            guard let fd = f.fds[file.identity] else { continue }
+            do {
+                if !file.current && now - (f.writersAsked[file.identity] ?? 0) >= Self.writersEvery {
+                    f.writersAsked[file.identity] = now
+                    let writers: Bool
+                    if let held = Files.hasWriters(fd) {
+                        writers = held
+                    } else {
+                        writers = !Processes.writers(dev: file.identity.dev, ino: file.identity.ino).isEmpty
+                    }
+                    f.stream.setWriters(file.identity, writers)
+                }
+                let size = UInt64(try Files.fstat(fd).st_size)
+                if let s = f.stream.observe(file.identity, size: size, now: now) {
+                    report(s, &f, spool, dir)
+                }
+            } catch {
+                logger.error("cannot look at a followed log file", metadata: ["spool.name": "\(spool.name)", "stream": "\(f.name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Seals the ranges that are due: checks each file's tail first (rewritten in place?),
+    /// then checksums each range. Returns the cuts, the new tail checks and the segments.
+    private func cut(_ f: inout Followed, _ spool: SpoolConfig, _ settings: LogSettings, now: Double, all: Bool,
+                     seq: inout UInt64) -> ([FollowCut], [FileIdentity: TailCheck], [Segment]) {
+        let fds = f.fds
+        let cuts: [FollowCut]
+        do {
+            cuts = try f.stream.plan(now: now, rotateSize: settings.rotateSize, rotateAge: settings.rotateAge, all: all) { id, from, to in
+                guard let fd = fds[id] else { return nil }
+                return try Files.lastNewline(fd, from: from, to: to)
+            }
+        } catch {
+            // Shorter than it was a moment ago: the next look says what happened.
+            return ([], [:], [])
+        }
+        guard !cuts.isEmpty else { return ([], [:], []) }
+        var done: [FollowCut] = []
+        var tails: [FileIdentity: TailCheck] = [:]
+        var segments: [Segment] = []
+        var checked: Set<FileIdentity> = []
+        for c in cuts {
+            guard let fd = fds[c.file], let file = f.stream.files.first(where: { $0.identity == c.file }) else { break }
+            do {
+                if !checked.contains(c.file), let t = file.tail {
+                    checked.insert(c.file)
+                    var crc = CRC32()
+                    try Files.checksum(fd, from: Int64(t.from), to: Int64(file.cutEnd), into: &crc)
+                    if crc.value != t.crc {
+                        if let s = f.stream.rewritten(c.file, now: now) { report(s, &f, spool, nil) }
+                        break
+                    }
+                }
+                var crc = CRC32()
+                try Files.checksum(fd, from: Int64(c.from), to: Int64(c.to), into: &crc, progress: threads.workProgress)
+                let tailFrom = c.to >= TailCheck.window ? c.to - TailCheck.window : 0
+                var tail = CRC32()
+                try Files.checksum(fd, from: Int64(tailFrom), to: Int64(c.to), into: &tail)
+                // Truncated while it was read: what was read may mix old and new bytes.
+                guard UInt64(try Files.fstat(fd).st_size) >= c.to else { break }
+                seq += 1
+                var s = Segment(id: ids.next(), spool: spool.name, name: LogNames.segmentName(stream: f.name, seq: seq, compressed: false),
+                                kind: .log, dev: c.file.dev, ino: c.file.ino, size: c.length, crc: crc.value, mtimeNs: 0,
+                                sealedAt: Date().timeIntervalSince1970)
+                s.offset = c.from
+                s.birth = c.file.birth
+                s.source = fd
+                segments.append(s)
+                tails[c.file] = TailCheck(from: tailFrom, crc: tail.value)
+                done.append(c)
+            } catch is StoppedWork {
+                break
+            } catch {
+                logger.error("cannot read a followed log file", metadata: ["spool.name": "\(spool.name)", "stream": "\(f.name)", "error": "\(error)"])
+                break
+            }
+        }
+        return (done, tails, segments)
+    }
+
+    /// Says what a look found, counts what cannot be shipped, and records the new start of a
+    /// file followed again from its start. For a truncation, looks for logrotate's copy beside
+    /// the file (`dir`), and ships the rest from it.
+    private func report(_ s: FollowSurprise, _ f: inout Followed, _ spool: SpoolConfig, _ dir: OwnedFD?) {
+        let file: FileIdentity, cutEnd: UInt64, unshipped: UInt64
+        var lost: UInt64
+        switch s {
+        case .truncated(let id, let c, let u, let now):
+            (file, cutEnd, unshipped) = (id, c, u)
+            lost = u
+            var from = "nowhere"
+            if let dir, let copy = findCopy(of: id, f, spool, dir, cutEnd: c) {
+                // The copy holds what the original held when logrotate copied it: the rest
+                // after the cut point ships from it, before the file's new bytes.
+                let copySize = UInt64((try? Files.fstat(copy.fd)).map { $0.st_size } ?? 0)
+                lost = c + u > copySize ? c + u - copySize : 0
+                from = copy.name
+                var old = FollowedFile(identity: copy.id, cutEnd: c, size: copySize, current: false)
+                old.pendingSince = monotonicNow()
+                old.tail = f.stream.files.first { $0.identity == id }?.tail
+                f.fds[copy.id] = copy.fd
+                f.stream.insertBefore(id, old)
+            }
+            logger.error("followed log file was truncated (copytruncate?); following it again from its start", metadata: [
+                "spool.name": "\(spool.name)", "stream": "\(f.name)", "cut.point": "\(c)", "size.now": "\(now)",
+                "rest.shipped.from": "\(from)", "bytes.lost.at.least": "\(lost)"])
+            stats.followSurprise(spool: spool.name, truncated: true, lost: lost)
+        case .rewritten(let id, let c, let u):
+            (file, cutEnd, unshipped) = (id, c, u)
+            lost = u
+            logger.error("followed log file was rewritten in place under bytes already shipped; following it again from its start (its new content ships whole)", metadata: [
+                "spool.name": "\(spool.name)", "stream": "\(f.name)", "cut.point": "\(c)", "bytes.lost.at.least": "\(u)"])
+            stats.followSurprise(spool: spool.name, truncated: false, lost: lost)
+        }
+        _ = cutEnd
+        _ = unshipped
+        health.error("\(spool.name)/\(f.name) was \(s.isTruncation ? "truncated" : "rewritten") under the follower; at least \(lost) byte(s) not shipped")
+        let start = FollowPosition(spool: spool.name, stream: f.name, identity: file, offset: 0)
+        try? journal.append([start.record], sync: false)
+    }
+
+    /// logrotate's copytruncate copy of a file: a regular file in the spool directory, other
+    /// than the followed ones, at least `cutEnd` long, whose bytes before `cutEnd` end as the
+    /// original's did (its tail check), opened and held.
+    private func findCopy(of id: FileIdentity, _ f: Followed, _ spool: SpoolConfig, _ dir: OwnedFD, cutEnd: UInt64) -> (name: String, id: FileIdentity, fd: OwnedFD)? {
+        guard let tail = f.stream.files.first(where: { $0.identity == id })?.tail ?? nil, cutEnd > 0,
+              let names = try? Files.names(of: dir) else { return nil }
+        let held = Set(f.fds.keys.map { "\($0.dev):\($0.ino)" })
+        for n in names where n != f.name {
+            guard let st = try? Files.statAt(dir, n, label: n), (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_size) >= cutEnd,
+                  !held.contains("\(st.st_dev):\(st.st_ino)"),
+                  let fd = try? Files.openIfPresent(dir, n, label: "\(spool.directory)/\(n)") else { continue }
+            var crc = CRC32()
+            guard (try? Files.checksum(fd, from: Int64(tail.from), to: Int64(cutEnd), into: &crc)) != nil, crc.value == tail.crc,
+                  let fst = try? Files.fstat(fd), let birth = try? Files.birth(fd) else { continue }
+            return (n, FileIdentity(dev: UInt64(fst.st_dev), ino: UInt64(fst.st_ino), birth: birth), fd)
+        }
+        return nil
+    }
+
+    // MARK: other threads
+
+    /// A range whose checksum the collector did not match (the file changed under it after it
+    /// was cut): sealed again as it is now, under the same name.
+    func sealAgain(_ s: Segment) {
+        guard let fd = s.source, let offset = s.offset, queue.segment(s.id) != nil else { return }
+        var crc = CRC32()
+        do {
+            try Files.checksum(fd, from: Int64(offset), to: Int64(offset + s.size), into: &crc)
+        } catch {
+            if queue.forget(s.id, retry: { _ in false }) != nil {
+                logger.error("a range of a followed log file can no longer be read; it is not shipped", metadata: [
+                    "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)"])
+                stats.followLost(spool: s.spool, bytes: s.size)
+            }
+            return
+        }
+        var again = s
+        again.id = ids.next()
+        again.crc = crc.value
+        again.sealedAt = Date().timeIntervalSince1970
+        logger.warning("a range of a followed log file changed after it was cut; sealing it again as it is now", metadata: [
+            "spool.name": "\(s.spool)", "segment.name": "\(s.name)"])
+        _ = queue.forget(s.id, retry: { _ in false })
+        do { try queue.admit([again], sync: true) } catch {
+            logger.error("cannot write the agent state; the range is not shipped", metadata: ["segment.name": "\(s.name)", "error": "\(error)"])
+            stats.followLost(spool: s.spool, bytes: s.size)
+        }
+    }
+}
+
+extension FollowSurprise {
+    var isTruncation: Bool {
+        if case .truncated = self { return true }
+        return false
+    }
+}
