@@ -8,9 +8,10 @@ set -euo pipefail
 # debootstrap and systemd-container (systemd-nspawn): the package under a real systemd in a
 # Debian root (scripts/container-root.sh, RealSystemdTests). libssl-dev: TLS (OpenSSL 3.0, with
 # kernel TLS); openssl: the tests make their certificates with it; tcpdump: the TLS tests capture
-# loopback traffic to check that no payload crosses in clear.
+# loopback traffic to check that no payload crosses in clear. logrotate: the follow-mode tests run
+# Debian's own logrotate beside the agent.
 packages=(libsystemd-dev zlib1g-dev libisal-dev libssl-dev openssl tcpdump pkg-config strace e2fsprogs systemd gzip util-linux dpkg-dev make python3 python3-prometheus-client
-          debootstrap systemd-container)
+          debootstrap systemd-container logrotate)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,10 +12,25 @@ struct FollowPosition: Sendable, Equatable {
     var stream: String
     var identity: FileIdentity
     var offset: UInt64
+    /// The CRC-32 of the last 4 KiB (at most) before `offset`, when known.
+    var tail: UInt32?
 
     var record: StateRecord {
         var r = StateRecord(op: .follow, id: 0)
         r.spool = spool; r.name = stream; r.dev = identity.dev; r.ino = identity.ino; r.birth = identity.birth; r.offset = offset
+        r.tail = tail
+        return r
+    }
+
+    /// The tail check the follower starts the file with.
+    var tailCheck: TailCheck? {
+        tail.map { TailCheck(from: offset >= TailCheck.window ? offset - TailCheck.window : 0, crc: $0) }
+    }
+
+    /// The record that forgets a finished file.
+    static func unfollow(_ id: FileIdentity) -> StateRecord {
+        var r = StateRecord(op: .unfollow, id: 0)
+        r.dev = id.dev; r.ino = id.ino; r.birth = id.birth
         return r
     }
 }
@@ -93,9 +108,9 @@ final class AgentJournal: @unchecked Sendable {
                     st.lastSeq[key] = max(st.lastSeq[key] ?? 0, p.seq)
                     let end = offset + size
                     if let was = st.follows[s.identity], was.spool == spool, was.stream == p.stream {
-                        st.follows[s.identity]!.offset = max(was.offset, end)
+                        if end >= was.offset { st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end, tail: r.tail) }
                     } else {
-                        st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end)
+                        st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end, tail: r.tail)
                     }
                 }
             case .ack:
@@ -115,7 +130,9 @@ final class AgentJournal: @unchecked Sendable {
                 // Set, not raised: the file was started over (truncated, rewritten).
                 guard let spool = r.spool, let stream = r.name, let offset = r.offset else { continue }
                 let id = FileIdentity(dev: r.dev ?? 0, ino: r.ino ?? 0, birth: r.birth ?? 0)
-                st.follows[id] = FollowPosition(spool: spool, stream: stream, identity: id, offset: offset)
+                st.follows[id] = FollowPosition(spool: spool, stream: stream, identity: id, offset: offset, tail: r.tail)
+            case .unfollow:
+                st.follows[FileIdentity(dev: r.dev ?? 0, ino: r.ino ?? 0, birth: r.birth ?? 0)] = nil
             }
         }
         return st

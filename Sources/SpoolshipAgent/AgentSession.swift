@@ -299,13 +299,12 @@ final class AgentSession: @unchecked Sendable {
     /// no longer holds its bytes: the offer is withdrawn and the bytes counted lost.
     private func sendRange(_ sock: Link, tag: UInt64, offset: UInt64, segment s: Segment) throws {
         let start = s.offset ?? 0
-        guard let fd = s.source, let st = try? Files.fstat(fd), UInt64(st.st_size) >= start + s.size else {
+        guard let fd = agent.follower.source(of: s) else {
             locked { inflight[tag] = nil }
             var w = FrameWriter()
             w.append(Self.withdrawal(tag))
             try sock.sendAll(w.bytes)
-            agent.stats.followLost(spool: s.spool, bytes: s.size)
-            agent.drop(s.id, reason: "the followed file was truncated under this range before it was sent (copytruncate?); \(s.size) bytes not shipped")
+            agent.follower.lost(s, why: "the file was truncated under this range before it was sent (copytruncate?), and no copy of it was found")
             return
         }
         try sendBytes(sock, tag: tag, fd: fd, from: start + offset, count: s.size - offset, offset: offset)

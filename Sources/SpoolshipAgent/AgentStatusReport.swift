@@ -63,6 +63,19 @@ public struct AgentStatus: Codable, Sendable {
         /// Acknowledged by the collector since the process started.
         public var shippedSegments: UInt64
         public var shippedBytes: UInt64
+        /// Followed log spools (`reopen = "never"`) only.
+        public var follow: Follow?
+    }
+
+    public struct Follow: Codable, Sendable {
+        /// Files the follower holds open (those under a stream's name, and older ones not
+        /// finished yet).
+        public var files: Int
+        /// Since the process started: files found truncated (copytruncate) or rewritten in
+        /// place, and the bytes known not to have been shipped because of it (at least).
+        public var truncations: UInt64
+        public var rewrites: UInt64
+        public var lostBytes: UInt64
     }
 
     public struct Totals: Codable, Sendable {
@@ -103,8 +116,10 @@ extension Agent {
         var st = AgentStatus.idle(config: config, stats: snap, state: threads.isStopped ? "stopping" : "running")
         func age(_ since: Double?) -> Double? { since.map { StatusFormat.seconds(now - $0) } }
         var oldest: Double?
+        let followed = follower.fileCounts()
         for i in st.spools.indices {
             let name = st.spools[i].name
+            if st.spools[i].follow != nil { st.spools[i].follow?.files = followed[name] ?? 0 }
             guard let e = bySpool[name] else { st.spools[i].rotatedToSeal = rotated[name] ?? 0; continue }
             st.spools[i].pendingSegments = e.count
             st.spools[i].pendingBytes = e.bytes
@@ -139,9 +154,12 @@ extension AgentStatus {
         let now = Date().timeIntervalSince1970
         let spools = config.spools.map { s in
             let shipped = snap.spools[s.name] ?? AgentStats.Spool()
-            return Spool(name: s.name, kind: s.logs == nil ? "blobs" : "logs", directory: s.directory,
+            let follows = s.logs?.follows == true
+            return Spool(name: s.name, kind: s.logs == nil ? "blobs" : follows ? "followed" : "logs", directory: s.directory,
                          pendingSegments: 0, pendingBytes: 0, oldestPendingAgeSeconds: nil, rotatedToSeal: 0,
-                         shippedSegments: shipped.acknowledgedSegments, shippedBytes: shipped.acknowledgedBytes)
+                         shippedSegments: shipped.acknowledgedSegments, shippedBytes: shipped.acknowledgedBytes,
+                         follow: follows ? Follow(files: 0, truncations: shipped.followTruncations, rewrites: shipped.followRewrites,
+                                                  lostBytes: shipped.followLostBytes) : nil)
         }
         var errors: [String: UInt64] = [:]
         for k in AgentStats.ErrorKind.allCases { errors[k.rawValue] = snap.errors[k] ?? 0 }

@@ -47,6 +47,16 @@ final class LogFollower: @unchecked Sendable {
     private var lastSeq: [String: UInt64]
     /// Positions from the journal whose files have not been seen since the start.
     private var restored: [FileIdentity: FollowPosition]
+    /// logrotate's copies of truncated files, by the truncated file: ranges cut from the
+    /// original before the truncation and not sent yet are sent from the copy.
+    private var copies: [FileIdentity: (id: FileIdentity, fd: OwnedFD, size: UInt64)] = [:]
+    /// How many times each file was started over (see `Segment.followEpoch`).
+    private var epochs: [FileIdentity: Int] = [:]
+    /// Finished files whose ranges are not all done yet: their positions stay in the journal
+    /// (a restart must find them for those ranges) until the last is.
+    private var retired: [FileIdentity: FollowPosition] = [:]
+    /// After a failure to record what was cut (a full state disk), no cut before this time.
+    private var cutPausedUntil = 0.0
     private var inotify: Inotify?
 
     /// One stream: its files (`FollowStream`), and a descriptor of each, held from first sight.
@@ -118,8 +128,12 @@ final class LogFollower: @unchecked Sendable {
                     let id = FileIdentity(dev: UInt64(fst.st_dev), ino: UInt64(fst.st_ino), birth: birth)
                     if wanted[id] != nil { found.append((n, id, fd)) }
                 }
-                // Oldest first; the one under its stream's name last.
-                for f in found.sorted(by: { ($0.id.birth, $0.id.ino) < ($1.id.birth, $1.id.ino) }) {
+                // Oldest first; the one under its stream's name last (a copytruncate copy is born
+                // after the file it copies, but holds its earlier bytes).
+                func order(_ f: (name: String, id: FileIdentity, fd: OwnedFD)) -> (Int, Int64, UInt64) {
+                    (f.name == wanted[f.id]?.stream ? 1 : 0, f.id.birth, f.id.ino)
+                }
+                for f in found.sorted(by: { order($0) < order($1) }) {
                     guard let pos = restored.removeValue(forKey: f.id) else { continue }
                     let key = "\(spool.name)/\(pos.stream)"
                     var s = streams[key] ?? Followed(spool: spool.name, name: pos.stream)
@@ -127,6 +141,7 @@ final class LogFollower: @unchecked Sendable {
                     let size = (try? Files.fstat(f.fd)).map { UInt64($0.st_size) } ?? pos.offset
                     var file = FollowedFile(identity: f.id, cutEnd: pos.offset, size: max(size, pos.offset), current: false)
                     file.pendingSince = size > pos.offset ? monotonicNow() : nil
+                    file.tail = pos.tailCheck
                     s.stream.adopt(file)
                     if f.name != pos.stream { s.stream.nameGone() }
                     streams[key] = s
@@ -136,9 +151,26 @@ final class LogFollower: @unchecked Sendable {
                     }
                 }
             }
-            for (_, pos) in restored {
-                logger.error("a followed log file is gone (deleted while the agent was down?); what it held past the last cut point was not shipped", metadata: [
-                    "spool.name": "\(pos.spool)", "stream": "\(pos.stream)", "file": "\(pos.identity)", "offset": "\(pos.offset)"])
+            for (id, pos) in restored.sorted(by: { ($0.key.birth, $0.key.ino) < ($1.key.birth, $1.key.ino) }) {
+                // Deleted while the agent was down, but a producer that never reopens may
+                // still hold it, and write into it: the way back is through its descriptor.
+                if let fd = Processes.openHeld(dev: id.dev, ino: id.ino), (try? Files.birth(fd)) == id.birth {
+                    let key = "\(pos.spool)/\(pos.stream)"
+                    var s = streams[key] ?? Followed(spool: pos.spool, name: pos.stream)
+                    s.fds[id] = fd
+                    let size = (try? Files.fstat(fd)).map { UInt64($0.st_size) } ?? pos.offset
+                    var file = FollowedFile(identity: id, cutEnd: pos.offset, size: max(size, pos.offset), current: false)
+                    file.pendingSince = size > pos.offset ? monotonicNow() : nil
+                    file.tail = pos.tailCheck
+                    // Before the files found by name: it is older than any file now under a name.
+                    s.stream.insertFirst(file)
+                    streams[key] = s
+                    logger.notice("following a log file deleted while the agent was down, through the descriptor of a process that still holds it", metadata: [
+                        "spool.name": "\(pos.spool)", "stream": "\(pos.stream)", "file": "\(id)", "via": "\(fd.label)", "offset": "\(pos.offset)"])
+                    continue
+                }
+                logger.error("a followed log file is gone (deleted while the agent was down, and no process holds it); what it held past the last cut point was not shipped", metadata: [
+                    "spool.name": "\(pos.spool)", "stream": "\(pos.stream)", "file": "\(id)", "offset": "\(pos.offset)"])
             }
             restored.removeAll()
         }
@@ -153,7 +185,7 @@ final class LogFollower: @unchecked Sendable {
         }
         guard let fd, let st = try? Files.fstat(fd), UInt64(st.st_size) >= (s.offset ?? 0) + s.size else {
             logger.error("a range of a followed log file cut before the last stop can no longer be read; it is not shipped", metadata: [
-                "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "bytes": "\(s.size)"])
+                "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "bytes.lost.at.least": "\(s.size)"])
             stats.followLost(spool: s.spool, bytes: s.size)
             return false
         }
@@ -168,10 +200,19 @@ final class LogFollower: @unchecked Sendable {
             var out: [FollowPosition] = []
             for f in streams.values {
                 for file in f.stream.files {
-                    out.append(FollowPosition(spool: f.spool, stream: f.name, identity: file.identity, offset: file.cutEnd))
+                    out.append(FollowPosition(spool: f.spool, stream: f.name, identity: file.identity, offset: file.cutEnd, tail: file.tail?.crc))
                 }
             }
-            return (out, lastSeq)
+            return (out + retired.values, lastSeq)
+        }
+    }
+
+    /// Files held, by spool (for the status).
+    func fileCounts() -> [String: Int] {
+        locked {
+            var out: [String: Int] = [:]
+            for f in streams.values { out[f.spool, default: 0] += f.stream.files.count }
+            return out
         }
     }
 
@@ -223,6 +264,8 @@ final class LogFollower: @unchecked Sendable {
         var sealed: [Segment] = []
         var moves: [(key: String, cuts: [FollowCut], tails: [FileIdentity: TailCheck], seq: UInt64)] = []
         var busy = false
+        let cutting = all || monotonicNow() >= locked { cutPausedUntil }
+        forgetRetired()
         for spool in spools {
             guard let settings = spool.logs, let dir = dirs.spool(spool.name) else { continue }
             if discover || all { discoverStreams(spool, settings, dir) }
@@ -232,7 +275,8 @@ final class LogFollower: @unchecked Sendable {
                 let now = monotonicNow()
                 look(&f, spool, dir, now: now)
                 var seq = locked { lastSeq[key] ?? 0 }
-                let (cuts, tails, segments) = cut(&f, spool, settings, now: now, all: all, seq: &seq)
+                let (cuts, tails, segments) = cutting ? cut(&f, spool, settings, now: now, all: all, seq: &seq) : ([], [:], [])
+                retireFinished(&f)
                 locked { streams[key] = f }
                 if !segments.isEmpty {
                     sealed += segments
@@ -245,8 +289,9 @@ final class LogFollower: @unchecked Sendable {
         do {
             try queue.admit(sealed, sync: true)
         } catch {
-            logger.error("cannot record the ranges cut from followed log files; cutting them again later", metadata: ["error": "\(error)"])
+            logger.error("cannot record the ranges cut from followed log files; cutting them again in a second", metadata: ["error": "\(error)"])
             health.error("cannot record a sealed segment: \(error)")
+            locked { cutPausedUntil = monotonicNow() + 1 }
             return true
         }
         let now = monotonicNow()
@@ -254,16 +299,34 @@ final class LogFollower: @unchecked Sendable {
             for m in moves {
                 guard var f = streams[m.key] else { continue }
                 f.stream.applied(m.cuts, tails: m.tails, now: now)
-                for done in f.stream.dropFinished() {
-                    f.fds[done.identity] = nil  // the segments in flight hold their own reference
-                    f.writersAsked[done.identity] = nil
-                    logger.debug("followed log file finished", metadata: ["spool.name": "\(f.spool)", "stream": "\(f.name)", "file": "\(done.identity)"])
-                }
                 streams[m.key] = f
                 lastSeq[m.key] = max(lastSeq[m.key] ?? 0, m.seq)
             }
         }
         return true
+    }
+
+    /// Lets go of the files that are finished (the ranges in flight hold their own
+    /// descriptors); their positions are forgotten once their last range is done.
+    private func retireFinished(_ f: inout Followed) {
+        for done in f.stream.dropFinished() {
+            f.fds[done.identity] = nil
+            f.writersAsked[done.identity] = nil
+            locked {
+                retired[done.identity] = FollowPosition(spool: f.spool, stream: f.name, identity: done.identity, offset: done.cutEnd, tail: done.tail?.crc)
+            }
+            logger.debug("followed log file finished", metadata: ["spool.name": "\(f.spool)", "stream": "\(f.name)", "file": "\(done.identity)"])
+        }
+    }
+
+    /// Writes `unfollow` for the retired files none of whose ranges is live any more.
+    private func forgetRetired() {
+        let ids = locked { Array(retired.keys) }
+        guard !ids.isEmpty else { return }
+        let live = Set(queue.all.filter(\.isFollowed).map(\.identity))
+        let gone = ids.filter { !live.contains($0) }
+        guard !gone.isEmpty, (try? journal.append(gone.map(FollowPosition.unfollow), sync: false)) != nil else { return }
+        locked { for id in gone { retired[id] = nil } }
     }
 
     /// Adds the spool's files that match its glob and are not streams yet.
@@ -362,35 +425,48 @@ final class LogFollower: @unchecked Sendable {
         var done: [FollowCut] = []
         var tails: [FileIdentity: TailCheck] = [:]
         var segments: [Segment] = []
-        var checked: Set<FileIdentity> = []
+        var checked: [FileIdentity: TailCheck?] = [:]
+        func intact(_ fd: OwnedFD, _ t: TailCheck, to: UInt64) throws -> Bool {
+            var crc = CRC32()
+            try Files.checksum(fd, from: Int64(t.from), to: Int64(to), into: &crc)
+            return crc.value == t.crc
+        }
         for c in cuts {
             guard let fd = fds[c.file], let file = f.stream.files.first(where: { $0.identity == c.file }) else { break }
             do {
-                if !checked.contains(c.file), let t = file.tail {
-                    checked.insert(c.file)
-                    var crc = CRC32()
-                    try Files.checksum(fd, from: Int64(t.from), to: Int64(file.cutEnd), into: &crc)
-                    if crc.value != t.crc {
+                if checked[c.file] == nil {
+                    // The bytes before the cut point are still those that were cut: else the
+                    // file was rewritten in place.
+                    if let t = file.tail, try !intact(fd, t, to: file.cutEnd) {
                         if let s = f.stream.rewritten(c.file, now: now) { report(s, &f, spool, nil) }
                         break
                     }
+                    checked[c.file] = .some(file.tail)
                 }
                 var crc = CRC32()
                 try Files.checksum(fd, from: Int64(c.from), to: Int64(c.to), into: &crc, progress: threads.workProgress)
+                // And still, after the range was read: a file cut short and written again
+                // while it was read would give a range of two contents (the next look says
+                // what happened).
+                if let t = checked[c.file] ?? nil, try !intact(fd, t, to: c.from) { break }
                 let tailFrom = c.to >= TailCheck.window ? c.to - TailCheck.window : 0
                 var tail = CRC32()
                 try Files.checksum(fd, from: Int64(tailFrom), to: Int64(c.to), into: &tail)
                 // Truncated while it was read: what was read may mix old and new bytes.
-                guard UInt64(try Files.fstat(fd).st_size) >= c.to else { break }
+                let after = try Files.fstat(fd)
+                guard UInt64(after.st_size) >= c.to else { break }
                 seq += 1
                 var s = Segment(id: ids.next(), spool: spool.name, name: LogNames.segmentName(stream: f.name, seq: seq, compressed: false),
-                                kind: .log, dev: c.file.dev, ino: c.file.ino, size: c.length, crc: crc.value, mtimeNs: 0,
+                                kind: .log, dev: c.file.dev, ino: c.file.ino, size: c.length, crc: crc.value, mtimeNs: mtimeNanoseconds(after),
                                 sealedAt: Date().timeIntervalSince1970)
                 s.offset = c.from
                 s.birth = c.file.birth
                 s.source = fd
+                s.followEpoch = locked { epochs[c.file] ?? 0 }
+                s.tail = tail.value
                 segments.append(s)
                 tails[c.file] = TailCheck(from: tailFrom, crc: tail.value)
+                checked[c.file] = .some(tails[c.file])
                 done.append(c)
             } catch is StoppedWork {
                 break
@@ -409,21 +485,29 @@ final class LogFollower: @unchecked Sendable {
         let file: FileIdentity, cutEnd: UInt64, unshipped: UInt64
         var lost: UInt64
         switch s {
-        case .truncated(let id, let c, let u, let now):
+        case .truncated(let id, let c, let u, let now, let tail):
             (file, cutEnd, unshipped) = (id, c, u)
             lost = u
             var from = "nowhere"
-            if let dir, let copy = findCopy(of: id, f, spool, dir, cutEnd: c) {
+            if let dir, let tail, let copy = findCopy(of: id, tail: tail, f, spool, dir, cutEnd: c) {
                 // The copy holds what the original held when logrotate copied it: the rest
                 // after the cut point ships from it, before the file's new bytes.
+                // Up to its last newline: a last record logrotate caught half written is torn.
                 let copySize = UInt64((try? Files.fstat(copy.fd)).map { $0.st_size } ?? 0)
-                lost = c + u > copySize ? c + u - copySize : 0
+                let whole = ((try? Files.lastNewline(copy.fd, from: c, to: copySize)) ?? nil).map { $0 + 1 } ?? c
+                lost = (c + u > whole ? c + u - whole : 0)
                 from = copy.name
-                var old = FollowedFile(identity: copy.id, cutEnd: c, size: copySize, current: false)
+                var old = FollowedFile(identity: copy.id, cutEnd: c, size: whole, current: false)
+                old.limit = whole
                 old.pendingSince = monotonicNow()
-                old.tail = f.stream.files.first { $0.identity == id }?.tail
+                old.tail = tail
                 f.fds[copy.id] = copy.fd
                 f.stream.insertBefore(id, old)
+                locked { copies[id] = (copy.id, copy.fd, whole) }
+                // Recorded before anything is cut from it: after a restart the copy goes on
+                // from the original's cut point, not from the ranges re-sealed against it.
+                let at = FollowPosition(spool: spool.name, stream: f.name, identity: copy.id, offset: c, tail: old.tail?.crc)
+                try? journal.append([at.record], sync: false)
             }
             logger.error("followed log file was truncated (copytruncate?); following it again from its start", metadata: [
                 "spool.name": "\(spool.name)", "stream": "\(f.name)", "cut.point": "\(c)", "size.now": "\(now)",
@@ -438,17 +522,43 @@ final class LogFollower: @unchecked Sendable {
         }
         _ = cutEnd
         _ = unshipped
+        locked { epochs[file, default: 0] += 1 }
+        resolveStale(file, f, spool)
         health.error("\(spool.name)/\(f.name) was \(s.isTruncation ? "truncated" : "rewritten") under the follower; at least \(lost) byte(s) not shipped")
         let start = FollowPosition(spool: spool.name, stream: f.name, identity: file, offset: 0)
         try? journal.append([start.record], sync: false)
     }
 
+    /// The ranges cut from a file's earlier content and not acknowledged yet: those that
+    /// logrotate's copy holds are sealed again against the copy (same name, bytes and
+    /// checksum), so that a restart reads them from the copy too; the others are lost.
+    private func resolveStale(_ file: FileIdentity, _ f: Followed, _ spool: SpoolConfig) {
+        let copy = locked { copies[file] }
+        for s in queue.all where s.isFollowed && !s.acked && s.identity == file {
+            guard let c = copy, (s.offset ?? 0) + s.size <= c.size else {
+                lost(s, why: "the file was started over (truncated or rewritten) before this range was sent, and no copy of it was found")
+                continue
+            }
+            var moved = s
+            moved.id = ids.next()
+            moved.dev = c.id.dev; moved.ino = c.id.ino; moved.birth = c.id.birth
+            moved.source = c.fd
+            moved.followEpoch = locked { epochs[c.id] ?? 0 }
+            guard queue.forget(s.id, retry: { _ in false }) != nil else { continue }
+            do { try queue.admit([moved], sync: true) } catch {
+                logger.error("cannot write the agent state; the range is not shipped", metadata: [
+                    "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)", "bytes.lost.at.least": "\(s.size)"])
+                stats.followLost(spool: s.spool, bytes: s.size)
+            }
+        }
+    }
+
     /// logrotate's copytruncate copy of a file: a regular file in the spool directory, other
     /// than the followed ones, at least `cutEnd` long, whose bytes before `cutEnd` end as the
     /// original's did (its tail check), opened and held.
-    private func findCopy(of id: FileIdentity, _ f: Followed, _ spool: SpoolConfig, _ dir: OwnedFD, cutEnd: UInt64) -> (name: String, id: FileIdentity, fd: OwnedFD)? {
-        guard let tail = f.stream.files.first(where: { $0.identity == id })?.tail ?? nil, cutEnd > 0,
-              let names = try? Files.names(of: dir) else { return nil }
+    private func findCopy(of id: FileIdentity, tail: TailCheck, _ f: Followed, _ spool: SpoolConfig, _ dir: OwnedFD,
+                          cutEnd: UInt64) -> (name: String, id: FileIdentity, fd: OwnedFD)? {
+        guard cutEnd > 0, let names = try? Files.names(of: dir) else { return nil }
         let held = Set(f.fds.keys.map { "\($0.dev):\($0.ino)" })
         for n in names where n != f.name {
             guard let st = try? Files.statAt(dir, n, label: n), (st.st_mode & S_IFMT) == S_IFREG, UInt64(st.st_size) >= cutEnd,
@@ -464,32 +574,66 @@ final class LogFollower: @unchecked Sendable {
 
     // MARK: other threads
 
-    /// A range whose checksum the collector did not match (the file changed under it after it
-    /// was cut): sealed again as it is now, under the same name.
+    /// A range cut from a file that was truncated before the range was sent: the copy
+    /// logrotate made of the file, if the follower found it and it holds the range (the
+    /// collector's checksum check stands behind it).
+    func copy(of s: Segment) -> OwnedFD? { copyHolding(s)?.fd }
+
+    private func copyHolding(_ s: Segment) -> (id: FileIdentity, fd: OwnedFD, size: UInt64)? {
+        let end = (s.offset ?? 0) + s.size
+        return locked { copies[s.identity].flatMap { $0.size >= end ? $0 : nil } }
+    }
+
+    /// Where a range's bytes are now: its file, unless the file was started over since the
+    /// range was cut (then logrotate's copy, if found), or nil.
+    func source(of s: Segment) -> OwnedFD? {
+        let end = (s.offset ?? 0) + s.size
+        let current = locked { (epochs[s.identity] ?? 0) == s.followEpoch }
+        if current, let fd = s.source, let st = try? Files.fstat(fd), UInt64(st.st_size) >= end { return fd }
+        return copy(of: s)
+    }
+
+    /// A range that cannot be sent (its file no longer holds it): logged, counted, forgotten.
+    func lost(_ s: Segment, why: String) {
+        guard queue.forget(s.id, retry: { _ in false }) != nil else { return }
+        logger.error("a range of a followed log file cannot be shipped", metadata: [
+            "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "reason": "\(why)", "bytes.lost.at.least": "\(s.size)"])
+        stats.followLost(spool: s.spool, bytes: s.size)
+    }
+
+    /// A range whose checksum the collector did not match. Its bytes are read again: the same
+    /// as cut (damaged on the way), it is offered again; changed (the file was truncated and
+    /// written again, or rewritten, under it), it is sent from logrotate's copy if the copy
+    /// holds the bytes as cut, and otherwise counted lost. Never sealed again with what the
+    /// file holds now: those bytes are the file's new content, which the follower cuts anew.
     func sealAgain(_ s: Segment) {
-        guard let fd = s.source, let offset = s.offset, queue.segment(s.id) != nil else { return }
-        var crc = CRC32()
-        do {
-            try Files.checksum(fd, from: Int64(offset), to: Int64(offset + s.size), into: &crc)
-        } catch {
-            if queue.forget(s.id, retry: { _ in false }) != nil {
-                logger.error("a range of a followed log file can no longer be read; it is not shipped", metadata: [
-                    "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)"])
+        guard let offset = s.offset, queue.segment(s.id) != nil else { return }
+        func crc(_ fd: OwnedFD) -> UInt32? {
+            var c = CRC32()
+            guard (try? Files.checksum(fd, from: Int64(offset), to: Int64(offset + s.size), into: &c)) != nil else { return nil }
+            return c.value
+        }
+        if let fd = source(of: s), crc(fd) == s.crc {
+            queue.offerFirst(s.id)
+            return
+        }
+        if let copy = copyHolding(s), crc(copy.fd) == s.crc {
+            var moved = s
+            moved.source = copy.fd
+            moved.dev = copy.id.dev; moved.ino = copy.id.ino; moved.birth = copy.id.birth
+            moved.followEpoch = locked { epochs[copy.id] ?? 0 }
+            logger.notice("a range of a followed log file changed under it before it was sent; sending it from logrotate's copy", metadata: [
+                "spool.name": "\(s.spool)", "segment.name": "\(s.name)"])
+            guard queue.forget(s.id, retry: { _ in false }) != nil else { return }
+            moved.id = ids.next()
+            do { try queue.admit([moved], sync: true) } catch {
+                logger.error("cannot write the agent state; the range is not shipped", metadata: [
+                    "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "error": "\(error)", "bytes.lost.at.least": "\(s.size)"])
                 stats.followLost(spool: s.spool, bytes: s.size)
             }
             return
         }
-        var again = s
-        again.id = ids.next()
-        again.crc = crc.value
-        again.sealedAt = Date().timeIntervalSince1970
-        logger.warning("a range of a followed log file changed after it was cut; sealing it again as it is now", metadata: [
-            "spool.name": "\(s.spool)", "segment.name": "\(s.name)"])
-        _ = queue.forget(s.id, retry: { _ in false })
-        do { try queue.admit([again], sync: true) } catch {
-            logger.error("cannot write the agent state; the range is not shipped", metadata: ["segment.name": "\(s.name)", "error": "\(error)"])
-            stats.followLost(spool: s.spool, bytes: s.size)
-        }
+        lost(s, why: "the file changed under this range (truncated and written again, or rewritten in place) before it was sent")
     }
 }
 

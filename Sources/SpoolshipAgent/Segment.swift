@@ -33,6 +33,11 @@ struct Segment: Sendable {
     /// A followed file's range is read from the follower's descriptor of that file (held from
     /// its first sight, whatever became of its name since). In memory only.
     var source: OwnedFD?
+    /// How many times the follower had started the file over (truncated, rewritten) when
+    /// the range was cut: a range of an earlier content is not read from the file any more.
+    var followEpoch = 0
+    /// A followed range: the CRC-32 of its last 4 KiB (at most, reaching back before its start).
+    var tail: UInt32?
 
     var key: SegmentKey { SegmentKey(spool: spool, name: name, size: size, crc: crc) }
 
@@ -43,7 +48,7 @@ struct Segment: Sendable {
         var r = StateRecord(op: .seal, id: id)
         r.spool = spool; r.name = name; r.kind = kind; r.dev = dev; r.ino = ino
         r.size = size; r.crc = crc; r.mtimeNs = mtimeNs
-        if let o = offset { r.offset = o; r.birth = birth }
+        if let o = offset { r.offset = o; r.birth = birth; r.tail = tail }
         return r
     }
 }

@@ -48,6 +48,9 @@ public struct FollowedFile: Sendable, Equatable {
     /// No process holds it open for writing (looked at only for files no longer current).
     public var noWriters = false
     public var tail: TailCheck?
+    /// Bytes past this are never cut (logrotate's copy of a truncated file: a last record it
+    /// caught half written is torn, and not shipped).
+    public var limit: UInt64?
 
     public init(identity: FileIdentity, cutEnd: UInt64 = 0, size: UInt64 = 0, current: Bool) {
         self.identity = identity
@@ -73,8 +76,9 @@ public struct FollowCut: Sendable, Equatable {
 public enum FollowSurprise: Sendable, Equatable {
     /// The file shrank below what was cut (copytruncate, or `: > file`): it is followed again
     /// from its start. `unshipped` bytes had been seen past the cut point and are gone, and
-    /// whatever was written after the last look before the truncation with them.
-    case truncated(file: FileIdentity, cutEnd: UInt64, unshipped: UInt64, sizeNow: UInt64)
+    /// whatever was written after the last look before the truncation with them. `tail`: the
+    /// file's tail check as it was (to know logrotate's copy by).
+    case truncated(file: FileIdentity, cutEnd: UInt64, unshipped: UInt64, sizeNow: UInt64, tail: TailCheck?)
     /// The bytes just before the cut point changed: the file was rewritten in place. It is
     /// followed again from its start (the new content ships whole).
     case rewritten(file: FileIdentity, cutEnd: UInt64, unshipped: UInt64)
@@ -110,6 +114,12 @@ public struct FollowStream: Sendable, Equatable {
         files.insert(f, at: files.firstIndex { $0.identity == id } ?? files.endIndex)
     }
 
+    /// Puts a file first, as the oldest (one found at start through a process's descriptor).
+    public mutating func insertFirst(_ f: FollowedFile) {
+        guard !files.contains(where: { $0.identity == f.identity }) else { return }
+        files.insert(f, at: 0)
+    }
+
     /// The name no longer holds the current file (renamed away, deleted).
     public mutating func nameGone() {
         for i in files.indices { files[i].current = false }
@@ -120,11 +130,12 @@ public struct FollowStream: Sendable, Equatable {
         guard let i = files.firstIndex(where: { $0.identity == id }) else { return nil }
         var surprise: FollowSurprise?
         if size < files[i].cutEnd {
-            surprise = .truncated(file: id, cutEnd: files[i].cutEnd, unshipped: files[i].size - files[i].cutEnd, sizeNow: size)
+            surprise = .truncated(file: id, cutEnd: files[i].cutEnd, unshipped: files[i].size - files[i].cutEnd, sizeNow: size, tail: files[i].tail)
             files[i].cutEnd = 0
             files[i].tail = nil
+            files[i].pendingSince = nil  // the age of the new content counts from now
         }
-        files[i].size = max(size, files[i].cutEnd)
+        files[i].size = max(min(size, files[i].limit ?? .max), files[i].cutEnd)
         if files[i].size > files[i].cutEnd {
             if files[i].pendingSince == nil { files[i].pendingSince = now }
         } else {

@@ -200,6 +200,7 @@ extension StateRecord: RecordLogJSON {
         w.field("size", size)
         w.field("spool", spool)
         w.field("stored", stored)
+        w.field("tail", tail)
         return w.finish()
     }
 }
@@ -252,6 +253,9 @@ public struct StateRecord: Codable, Equatable, Sendable {
         /// starts the file over (it was truncated or rewritten) and by compaction; a `seal`
         /// with an `offset` moves it on to the end of its range.
         case follow
+        /// A followed file that is finished (not under its name any more, cut to its end,
+        /// written by no one): its position is forgotten.
+        case unfollow
     }
 
     public var op: Op
@@ -269,6 +273,9 @@ public struct StateRecord: Codable, Equatable, Sendable {
     // the file's birth time (statx; 0 where the file system keeps none)
     public var offset: UInt64?
     public var birth: Int64?
+    /// The CRC-32 of the last 4 KiB (at most) before the end of the range (seal) or before
+    /// `offset` (follow): the agent checks it before it cuts the file again.
+    public var tail: UInt32?
     // ack only
     public var stored: String?
     // rotate, sequence

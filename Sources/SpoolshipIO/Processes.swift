@@ -90,6 +90,26 @@ public enum Processes {
 }
 
 extension Processes {
+    /// A file (device, inode) that some process holds open, opened for reading through that
+    /// process's descriptor (/proc/PID/fd/N): the way back to a file deleted while no one
+    /// else held it (a producer that never reopens still writes into it). nil when no process
+    /// we may look at holds it.
+    public static func openHeld(dev: UInt64, ino: UInt64) -> OwnedFD? {
+        guard let procs = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+        for p in procs where Int32(p) != nil && Int32(p) != getpid() {
+            guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p)/fd") else { continue }
+            for f in fds {
+                let path = "/proc/\(p)/fd/\(f)"
+                var st = stat()
+                guard fstatat(AT_FDCWD, path, &st, 0) == 0, UInt64(st.st_dev) == dev, UInt64(st.st_ino) == ino,
+                      (st.st_mode & S_IFMT) == S_IFREG else { continue }
+                let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+                if fd >= 0 { return OwnedFD(fd, label: path) }
+            }
+        }
+        return nil
+    }
+
     /// Raises this process's soft limit of open descriptors to its hard limit (systemd's
     /// LimitNOFILE= sets both; a shell usually gives 1024 soft).
     public static func raiseDescriptorLimit() {

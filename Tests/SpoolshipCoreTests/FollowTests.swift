@@ -155,7 +155,7 @@ import Testing
         _ = s.observe(id, size: 100, now: 0)
         s.applied([FollowCut(file: id, from: 0, to: 80)], tails: [:], now: 0)
         #expect(s.observe(id, size: 120, now: 1) == nil)
-        #expect(s.observe(id, size: 10, now: 2) == .truncated(file: id, cutEnd: 80, unshipped: 40, sizeNow: 10))
+        #expect(s.observe(id, size: 10, now: 2) == .truncated(file: id, cutEnd: 80, unshipped: 40, sizeNow: 10, tail: nil))
         #expect(s.files[0].cutEnd == 0 && s.files[0].size == 10, "followed again from its start")
         s.applied([FollowCut(file: id, from: 0, to: 10)], tails: [:], now: 3)
         _ = s.observe(id, size: 30, now: 4)

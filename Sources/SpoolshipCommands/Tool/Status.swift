@@ -185,13 +185,18 @@ enum StatusView {
         } else {
             out += "  pending: \(plural(t.pendingSegments, "segment")), \(bytes(t.pendingBytes)), oldest \(t.oldestPendingAgeSeconds.map(age) ?? "-")\n"
         }
+        func followNote(_ f: AgentStatus.Follow) -> String { "\(plural(f.files, "file")) followed" }
         var rows = [["SPOOL", "KIND", "PENDING", "BYTES", "OLDEST", "SHIPPED", ""]]
         for sp in s.spools {
             rows.append([sp.name, sp.kind, "\(sp.pendingSegments)", bytes(sp.pendingBytes), sp.oldestPendingAgeSeconds.map(age) ?? "-",
                          "\(sp.shippedSegments) (\(bytes(sp.shippedBytes)))",
-                         sp.rotatedToSeal > 0 ? "\(plural(sp.rotatedToSeal, "rotated file")) to seal" : ""])
+                         sp.rotatedToSeal > 0 ? "\(plural(sp.rotatedToSeal, "rotated file")) to seal" : sp.follow.map(followNote) ?? ""])
         }
         out += table(rows, indent: "    ")
+        for sp in s.spools {
+            guard let f = sp.follow, f.truncations + f.rewrites + f.lostBytes > 0 else { continue }
+            out += "  FOLLOWED \(sp.name): \(plural(f.truncations, "truncation")) (copytruncate?), \(plural(f.rewrites, "rewrite")) in place; at least \(bytes(f.lostBytes)) not shipped (see the agent's log)\n"
+        }
         if let e = errors(s.errors) { out += "  errors since start: \(e)\n" }
         let left = s.spools.reduce(0) { $0 + $1.unshippable }
         if left > 0 {

@@ -113,7 +113,8 @@ final class Cluster {
     func remove() {
         for p in proxies { p.stop() }
         collector?.stop()
-        try? FileManager.default.removeItem(at: root)
+        // SPOOLSHIP_KEEP_TEST_DIRS=1 keeps the daemons' logs and data for a look after a failure.
+        if ProcessInfo.processInfo.environment["SPOOLSHIP_KEEP_TEST_DIRS"] == nil { try? FileManager.default.removeItem(at: root) }
     }
 }
 
