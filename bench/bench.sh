@@ -3,14 +3,14 @@
 # run, on the same files, every transfer durable at the receiver where the row says so; and
 # spoolship with TLS against a bare OpenSSL transfer (bench/tls_baseline.c) and rsync over ssh.
 #
-#   bash bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N] [--systems LIST | --tls] [--pause S]
+#   bash bench/bench.sh [--quick] [--only 1,2,3,4,5] [--rounds N] [--systems LIST | --tls] [--pause S]
 #
 # Systems (--systems, comma-separated; default all of them): c (bench/baseline.c), rsync (an
 # rsync daemon), spoolship; and with TLS: c-tls (bench/tls_baseline.c: TLS 1.3 with
 # AES-128-GCM, and the same with AES-256-GCM and with the sender writing from a mapping),
 # rsync-ssh (rsync over ssh into a private sshd on 127.0.0.1), spoolship-tls (mutual TLS
 # with certificates made here by openssl). --tls is --systems c-tls,rsync-ssh,spoolship-tls.
-# Workloads 3 and 4 run only with spoolship. spoolship-tls is skipped, with a message, when the
+# Workloads 3, 4 and 5 run only with spoolship. spoolship-tls is skipped, with a message, when the
 # agent has no --tls-ca-file. --pause S sleeps S seconds before each transfer of workload 1 (the
 # disk of the development machines writes a GiB or two at a burst rate, then slows down).
 #
@@ -20,6 +20,8 @@
 #   3  200 agents at once into one collector, 50 files of 1 MiB each (quick: 4 agents x 5):
 #      the agents run as daemons, all connected before the files appear in their spools
 #   4  a log producer at full speed, rotated every second, for 10 s (quick: 3 s)
+#   5  the same producer never reopening its file, which the agent follows (ranges cut every
+#      second; issue 18), for as long as workload 4
 # Workloads 1 and 2 run N rounds (default 3), the systems taking turns within each round; the
 # table shows each system's median round by wall time. Prints a table (wall time, throughput, CPU seconds per GiB on each side, peak RSS of each
 # side) and the ratios the targets of docs/PERFORMANCE.md are stated in; writes
@@ -30,11 +32,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
-only="1,2,3,4"
+only="1,2,3,4,5"
 rounds=3
 systems="c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls"
 pause=0
-usage="usage: bench/bench.sh [--quick] [--only 1,2,3,4] [--rounds N] [--systems c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls | --tls] [--pause SECONDS]"
+usage="usage: bench/bench.sh [--quick] [--only 1,2,3,4,5] [--rounds N] [--systems c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls | --tls] [--pause SECONDS]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1;;
@@ -52,8 +54,8 @@ for s in ${systems//,/ }; do
 done
 runs() { [[ ",$only," == *",$1,"* ]]; }
 has() { [[ ",$systems," == *",$1,"* ]]; }
-# Workloads 3 and 4 are spoolship's alone.
-has spoolship || only=$(echo ",$only," | sed 's/,3,/,/; s/,4,/,/; s/^,//; s/,$//')
+# Workloads 3, 4 and 5 are spoolship's alone.
+has spoolship || only=$(echo ",$only," | sed 's/,3,/,/; s/,4,/,/; s/,5,/,/; s/^,//; s/,$//')
 breathe() { [ "$pause" = 0 ] || sleep "$pause"; }
 
 work=${WORK:-/var/tmp/spoolship-bench}
@@ -439,6 +441,17 @@ if runs 4; then
   r=$(grep '^RESULT ' "$work/w4.out")
   get() { echo "$r" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
   row 4 "spoolship, log spool" "$(get seconds)" "$(get bytes)" 1 "$(get agent_cpu_s)" "$(get collector_cpu_s)" \
+    "$(get agent_hwm_kb)" "$(get collector_hwm_kb)" "records_per_s=$(get records_per_s) latency_median_s=$(get latency_median_s) latency_p99_s=$(get latency_p99_s)"
+fi
+
+# ---- Workload 5: the same producer, never reopening, its file followed ----
+if runs 5; then
+  echo "bench: workload 5, the same log producer for $log_s s, never reopening; the agent follows the file"
+  WORK="$work/w5" BIN="$BIN" MODE=follow bash bench/logs.sh "$log_s" > "$work/w5.out"
+  cat "$work/w5.out"
+  r=$(grep '^RESULT ' "$work/w5.out")
+  get() { echo "$r" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+  row 5 "spoolship, followed log" "$(get seconds)" "$(get bytes)" 1 "$(get agent_cpu_s)" "$(get collector_cpu_s)" \
     "$(get agent_hwm_kb)" "$(get collector_hwm_kb)" "records_per_s=$(get records_per_s) latency_median_s=$(get latency_median_s) latency_p99_s=$(get latency_p99_s)"
 fi
 

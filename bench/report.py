@@ -30,7 +30,7 @@ def num(r, key):
     return float(r[key])
 
 
-names = {"1": "1 GiB file", "2": "small files", "3": "many agents", "4": "log spool"}
+names = {"1": "1 GiB file", "2": "small files", "3": "many agents", "4": "log spool", "5": "followed log"}
 header = ["workload", "system", "wall s", "rate", "CPU s/GiB send", "CPU s/GiB recv", "RSS MiB send", "RSS MiB recv", "notes"]
 table = [[f"{r['workload']} {names.get(r['workload'], '')}", r["system"], r["wall_s"], f"{r['rate']} {r['unit']}",
           r["send_cpu_s_per_gib"], r["recv_cpu_s_per_gib"], r["send_rss_mib"], r["recv_rss_mib"], r["extra"]] for r in rows]

@@ -100,12 +100,15 @@ final class AgentJournal: @unchecked Sendable {
                                 size: size, crc: crc, mtimeNs: r.mtimeNs ?? 0)
                 s.offset = r.offset
                 s.birth = r.birth ?? 0
+                s.moved = r.moved ?? false
                 st.segments[r.id] = s
                 st.rotations[r.id] = nil
                 if let offset = r.offset, let p = LogNames.parse(segmentName: name) {
-                    // A followed file's range: the file's next range starts at its end.
+                    // A followed file's range: the file's next range starts at its end (not
+                    // for a range moved to logrotate's copy of the file it was cut from).
                     let key = "\(spool)/\(p.stream)"
                     st.lastSeq[key] = max(st.lastSeq[key] ?? 0, p.seq)
+                    if r.moved == true { continue }
                     let end = offset + size
                     if let was = st.follows[s.identity], was.spool == spool, was.stream == p.stream {
                         if end >= was.offset { st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end, tail: r.tail) }

@@ -179,10 +179,11 @@ final class LogFollower: @unchecked Sendable {
     /// A range recorded in the journal before the last stop: gets the descriptor of its file,
     /// if its file was found and still holds it. False: it cannot be sent (logged).
     func attach(_ s: inout Segment) -> Bool {
-        let fd: OwnedFD? = locked {
+        var fd: OwnedFD? = locked {
             for f in streams.values { if let fd = f.fds[s.identity] { return fd } }
             return nil
         }
+        if fd == nil && s.moved { fd = find(s.identity, in: s.spool) }
         guard let fd, let st = try? Files.fstat(fd), UInt64(st.st_size) >= (s.offset ?? 0) + s.size else {
             logger.error("a range of a followed log file cut before the last stop can no longer be read; it is not shipped", metadata: [
                 "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "bytes.lost.at.least": "\(s.size)"])
@@ -191,6 +192,20 @@ final class LogFollower: @unchecked Sendable {
         }
         s.source = fd
         return true
+    }
+
+    /// A file of a spool's directory by identity (logrotate's copy that a moved range is read
+    /// from), opened.
+    private func find(_ id: FileIdentity, in spool: String) -> OwnedFD? {
+        guard let config = spools.first(where: { $0.name == spool }), let dir = dirs.spool(spool),
+              let names = try? Files.names(of: dir) else { return nil }
+        for n in names {
+            guard let st = try? Files.statAt(dir, n, label: n), UInt64(st.st_dev) == id.dev, UInt64(st.st_ino) == id.ino,
+                  let fd = try? Files.openIfPresent(dir, n, label: "\(config.directory)/\(n)"), (try? Files.birth(fd)) == id.birth
+            else { continue }
+            return fd
+        }
+        return nil
     }
 
     /// For compaction: where each held file's next range starts, and each stream's last
@@ -489,6 +504,8 @@ final class LogFollower: @unchecked Sendable {
             (file, cutEnd, unshipped) = (id, c, u)
             lost = u
             var from = "nowhere"
+            // A copy found at an earlier truncation holds an earlier content: never this one's.
+            locked { copies[id] = nil }
             if let dir, let tail, let copy = findCopy(of: id, tail: tail, f, spool, dir, cutEnd: c) {
                 // The copy holds what the original held when logrotate copied it: the rest
                 // after the cut point ships from it, before the file's new bytes.
@@ -516,6 +533,7 @@ final class LogFollower: @unchecked Sendable {
         case .rewritten(let id, let c, let u):
             (file, cutEnd, unshipped) = (id, c, u)
             lost = u
+            locked { copies[id] = nil }
             logger.error("followed log file was rewritten in place under bytes already shipped; following it again from its start (its new content ships whole)", metadata: [
                 "spool.name": "\(spool.name)", "stream": "\(f.name)", "cut.point": "\(c)", "bytes.lost.at.least": "\(u)"])
             stats.followSurprise(spool: spool.name, truncated: false, lost: lost)
@@ -523,19 +541,40 @@ final class LogFollower: @unchecked Sendable {
         _ = cutEnd
         _ = unshipped
         locked { epochs[file, default: 0] += 1 }
-        resolveStale(file, f, spool)
+        resolveStale(file, f, spool, dir)
         health.error("\(spool.name)/\(f.name) was \(s.isTruncation ? "truncated" : "rewritten") under the follower; at least \(lost) byte(s) not shipped")
         let start = FollowPosition(spool: spool.name, stream: f.name, identity: file, offset: 0)
         try? journal.append([start.record], sync: false)
     }
 
-    /// The ranges cut from a file's earlier content and not acknowledged yet: those that
-    /// logrotate's copy holds are sealed again against the copy (same name, bytes and
-    /// checksum), so that a restart reads them from the copy too; the others are lost.
-    private func resolveStale(_ file: FileIdentity, _ f: Followed, _ spool: SpoolConfig) {
-        let copy = locked { copies[file] }
-        for s in queue.all where s.isFollowed && !s.acked && s.identity == file {
-            guard let c = copy, (s.offset ?? 0) + s.size <= c.size else {
+    /// The ranges cut from a file's earlier content and not acknowledged yet: each is sent
+    /// from a file beside it that holds its bytes as cut (same checksum): logrotate's copy
+    /// found for this truncation, or another copy in the directory (one made before the agent's
+    /// last cut, shorter than the cut point, still holds the ranges before it). Sealed again
+    /// against that file, marked as moved (a moved range does not move that file's position).
+    /// The others are lost.
+    private func resolveStale(_ file: FileIdentity, _ f: Followed, _ spool: SpoolConfig, _ dir: OwnedFD?) {
+        let stale = queue.all.filter { $0.isFollowed && !$0.acked && $0.identity == file }.sorted { $0.id < $1.id }
+        guard !stale.isEmpty else { return }
+        var candidates: [(id: FileIdentity, fd: OwnedFD, size: UInt64)] = []
+        if let c = locked({ copies[file] }) { candidates.append(c) }
+        if let dir, let names = try? Files.names(of: dir) {
+            let held = Set(f.fds.keys.map { "\($0.dev):\($0.ino)" })
+            for n in names where n != f.name {
+                guard let st = try? Files.statAt(dir, n, label: n), (st.st_mode & S_IFMT) == S_IFREG,
+                      !held.contains("\(st.st_dev):\(st.st_ino)"),
+                      let fd = try? Files.openIfPresent(dir, n, label: "\(spool.directory)/\(n)"),
+                      let fst = try? Files.fstat(fd), let birth = try? Files.birth(fd) else { continue }
+                candidates.append((FileIdentity(dev: UInt64(fst.st_dev), ino: UInt64(fst.st_ino), birth: birth), fd, UInt64(fst.st_size)))
+            }
+        }
+        for s in stale {
+            let start = s.offset ?? 0, end = start + s.size
+            let holder = candidates.first { c in
+                var crc = CRC32()
+                return c.size >= end && (try? Files.checksum(c.fd, from: Int64(start), to: Int64(end), into: &crc)) != nil && crc.value == s.crc
+            }
+            guard let c = holder else {
                 lost(s, why: "the file was started over (truncated or rewritten) before this range was sent, and no copy of it was found")
                 continue
             }
@@ -543,6 +582,7 @@ final class LogFollower: @unchecked Sendable {
             moved.id = ids.next()
             moved.dev = c.id.dev; moved.ino = c.id.ino; moved.birth = c.id.birth
             moved.source = c.fd
+            moved.moved = true
             moved.followEpoch = locked { epochs[c.id] ?? 0 }
             guard queue.forget(s.id, retry: { _ in false }) != nil else { continue }
             do { try queue.admit([moved], sync: true) } catch {
@@ -621,6 +661,7 @@ final class LogFollower: @unchecked Sendable {
             var moved = s
             moved.source = copy.fd
             moved.dev = copy.id.dev; moved.ino = copy.id.ino; moved.birth = copy.id.birth
+            moved.moved = true
             moved.followEpoch = locked { epochs[copy.id] ?? 0 }
             logger.notice("a range of a followed log file changed under it before it was sent; sending it from logrotate's copy", metadata: [
                 "spool.name": "\(s.spool)", "segment.name": "\(s.name)"])

@@ -38,6 +38,9 @@ struct Segment: Sendable {
     var followEpoch = 0
     /// A followed range: the CRC-32 of its last 4 KiB (at most, reaching back before its start).
     var tail: UInt32?
+    /// A followed range moved to logrotate's copy of the file it was cut from: read from the
+    /// copy, but not a range of the copy's own (its seal does not move the copy's position).
+    var moved = false
 
     var key: SegmentKey { SegmentKey(spool: spool, name: name, size: size, crc: crc) }
 
@@ -48,7 +51,7 @@ struct Segment: Sendable {
         var r = StateRecord(op: .seal, id: id)
         r.spool = spool; r.name = name; r.kind = kind; r.dev = dev; r.ino = ino
         r.size = size; r.crc = crc; r.mtimeNs = mtimeNs
-        if let o = offset { r.offset = o; r.birth = birth; r.tail = tail }
+        if let o = offset { r.offset = o; r.birth = birth; r.tail = tail; r.moved = moved ? true : nil }
         return r
     }
 }

@@ -133,6 +133,12 @@ public struct JSONObjectWriter {
         bytes.append(contentsOf: String(v).utf8)
     }
 
+    public mutating func field(_ k: StaticString, _ v: Bool?) {
+        guard let v = v else { return }
+        key(k)
+        bytes.append(contentsOf: (v ? "true" : "false").utf8)
+    }
+
     public mutating func field(_ k: StaticString, _ v: String?) {
         guard let v = v else { return }
         key(k)
@@ -192,6 +198,7 @@ extension StateRecord: RecordLogJSON {
         w.field("id", id)
         w.field("ino", ino)
         w.field("kind", kind?.rawValue)
+        w.field("moved", moved)
         w.field("mtimeNs", mtimeNs)
         w.field("name", name)
         w.field("offset", offset)
@@ -276,6 +283,9 @@ public struct StateRecord: Codable, Equatable, Sendable {
     /// The CRC-32 of the last 4 KiB (at most) before the end of the range (seal) or before
     /// `offset` (follow): the agent checks it before it cuts the file again.
     public var tail: UInt32?
+    /// A followed range moved to logrotate's copy of its file: it does not move the copy's
+    /// position.
+    public var moved: Bool?
     // ack only
     public var stored: String?
     // rotate, sequence

@@ -107,7 +107,7 @@ import Testing
         #expect(h.json() == Array(try RecordLog.encoder.encode(h)))
         // Every stored property is written: a field added later must be added to json() too.
         var full = seal
-        full.stored = "x"; full.seq = 1; full.offset = 7; full.birth = 8; full.tail = 9
+        full.stored = "x"; full.seq = 1; full.offset = 7; full.birth = 8; full.tail = 9; full.moved = true
         let keys = try #require(try JSONSerialization.jsonObject(with: Data(full.json())) as? [String: Any]).keys
         #expect(Set(keys) == Set(Mirror(reflecting: full).children.compactMap(\.label)))
         let ledgerKeys = try #require(try JSONSerialization.jsonObject(with: Data(entries[0].json())) as? [String: Any]).keys

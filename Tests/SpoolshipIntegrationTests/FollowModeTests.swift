@@ -43,10 +43,14 @@ import Testing
         let seed = UInt64(Date().timeIntervalSince1970 * 1000)
         var rng = Harness.SplitMix64(seed: seed)
         var rotations = 0, kills = 0, rotatedWhileDown = 0, step = 0
+        let started = Harness.monotonicNow()
         while producer.daemon.isRunning {
             usleep(UInt32(100_000 + rng.next() % 300_000))  // a random moment for the next fault: the fault, not a wait
             step += 1
-            if step % 3 == 1 {
+            // No kill in the producer's last 1.5 s: a file that logrotate deleted while the agent
+            // was down can be found again only while the producer still holds it (through
+            // /proc); once the producer has closed it too, its last bytes are gone for anyone.
+            if step % 3 == 1 && Harness.monotonicNow() - started < 3.5 {
                 agents.last!.kill(SIGKILL)
                 #expect(agents.last!.wait(timeout: 10) == 137)
                 kills += 1
@@ -82,7 +86,7 @@ import Testing
         let r = try LogStreamCheck.recordsWithGaps(data, recordSize: producer.recordSize)
         let reported = Self.reportedLoss(agents)
         print("follow \(mode): seed \(seed), \(rotations) logrotate runs (\(rotatedWhileDown) while the agent was down), \(kills) kills; records written \(written), received \(r.records), lost \(r.missing) in \(r.gaps) gap(s) (\(r.missing * producer.recordSize) bytes; reported lost at least \(reported) bytes), duplicated 0, \(segments.count) segments")
-        #expect(kills >= 3 && rotations >= 4 && rotatedWhileDown >= 1)
+        #expect(kills >= 2 && rotations >= 4 && rotatedWhileDown >= 1)
         #expect(r.last == written - 1)
         #expect(Harness.files(in: dir).filter { $0.contains("~") }.isEmpty, "no segment name was used for two different ranges")
         if mode == .copytruncate {
@@ -192,7 +196,7 @@ import Testing
     }
 
     /// The payload never passes through the agent in user space: strace counts what its read
-    /// calls return while it ships a followed file's growth (256 MiB: the range checksums read
+    /// calls return while it ships a followed file's growth (256 MiB here: the range checksums read
     /// each byte once, the tail checks and newline searches a little more), and what sendfile
     /// carried.
     @Test func aFollowedTransfer_isReadOnceForItsChecksums_andSentWithSendfile() throws {
@@ -212,7 +216,9 @@ import Testing
         #expect(Harness.waitUntil(timeout: 30) {
             strace.output.contains(" attached with ") || strace.output.components(separatedBy: " attached").count - 1 >= threads()
         }, "\(strace.output)")
-        let records = (256 << 20) / 100, size = records * 100
+        // 256 MiB in the suite; SPOOLSHIP_FOLLOW_STRACE_MIB=1024 for the 1 GiB.
+        let mib = Int(ProcessInfo.processInfo.environment["SPOOLSHIP_FOLLOW_STRACE_MIB"] ?? "") ?? 256
+        let records = (mib << 20) / 100, size = records * 100
         let producer = try LogProducer(cluster: c, file: spool.appendingPathComponent("app.log"), records: records, reopen: "never", batch: 64)
         #expect(try producer.finish() == records)
         let dir = c.committed(spool: "app")
@@ -224,7 +230,8 @@ import Testing
         var read = 0, sent = 0
         for line in try String(contentsOf: trace, encoding: .utf8).split(separator: "\n") {
             guard let eq = line.range(of: "= ", options: .backwards), let n = Int(line[eq.upperBound...].prefix { $0.isNumber }) else { continue }
-            if line.contains("sendfile(") { sent += n } else { read += n }
+            // With -f a call may be split: "sendfile(... <unfinished ...>", then "<... sendfile resumed>) = N".
+            if line.contains("sendfile") { sent += n } else { read += n }
         }
         print("follow strace: \(size) bytes followed; the agent's reads returned \(read) bytes, sendfile carried \(sent)")
         #expect(sent >= size, "the payload went out with sendfile")
