@@ -57,6 +57,8 @@ final class LogFollower: @unchecked Sendable {
     private var retired: [FileIdentity: FollowPosition] = [:]
     /// After a failure to record what was cut (a full state disk), no cut before this time.
     private var cutPausedUntil = 0.0
+    /// When `forgetRetired` last looked (it reads the whole queue: once a second at most).
+    private var retiredLookedAt = 0.0
     private var inotify: Inotify?
 
     /// One stream: its files (`FollowStream`), and a descriptor of each, held from first sight.
@@ -336,7 +338,12 @@ final class LogFollower: @unchecked Sendable {
 
     /// Writes `unfollow` for the retired files none of whose ranges is live any more.
     private func forgetRetired() {
-        let ids = locked { Array(retired.keys) }
+        let ids: [FileIdentity] = locked {
+            let now = monotonicNow()
+            guard !retired.isEmpty, now - retiredLookedAt >= 1 else { return [] }
+            retiredLookedAt = now
+            return Array(retired.keys)
+        }
         guard !ids.isEmpty else { return }
         let live = Set(queue.all.filter(\.isFollowed).map(\.identity))
         let gone = ids.filter { !live.contains($0) }
