@@ -202,6 +202,8 @@ import Testing
             ("[[logs]]\nname = \"app\"\ndir = \"\(spool.path)\"\nrotate-sise = 10\n", "unknown key 'rotate-sise' in [[logs]] #1"),
             ("[[logs]]\nname = \"app\"\ndir = \"\(spool.path)\"\nrotate-size = \"ten\"\n", "key 'rotate-size' in [[logs]] #1: expected a positive size"),
             ("[[logs]]\nname = \"app\"\ndir = \"\(spool.path)\"\nreopen = \"signal\"\n", "key 'pid-file' in [[logs]] #1: expected a pid file"),
+            ("[[logs]]\nname = \"app\"\ndir = \"\(spool.path)\"\nreopen = \"never\"\ncompress = true\n", "key 'compress' in [[logs]] #1: expected false with reopen = \"never\""),
+            ("[[logs]]\nname = \"app\"\ndir = \"\(spool.path)\"\nreopen = \"sometimes\"\n", "key 'reopen' in [[logs]] #1: expected \"path\", \"signal\", \"command\" or \"never\", got 'sometimes'"),
             ("[[logs]]\nname = \"app\"\ndir = \"\(spool.path)\"\ncompress = yes\n", "line 4"),
             ("[[logs]]\nname = \"app\"\ndir = \"\(c.root.path)/missing\"\n", "cannot open its directory \(c.root.path)/missing"),
         ]
@@ -210,7 +212,7 @@ import Testing
             let (status, out) = try c.runOnce(c.agentArgs(spools: []) + ["--config", f.path], timeout: 30)
             #expect(status != 0 && status != nil)
             #expect(out.contains(expected), "case \(i): expected '\(expected)' in:\n\(out)")
-            if i < 4 { #expect(out.contains(f.path), "the message names the file") }
+            if i < 6 { #expect(out.contains(f.path), "the message names the file") }
         }
     }
 }
