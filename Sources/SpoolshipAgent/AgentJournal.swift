@@ -14,11 +14,14 @@ struct FollowPosition: Sendable, Equatable {
     var offset: UInt64
     /// The CRC-32 of the last 4 KiB (at most) before `offset`, when known.
     var tail: UInt32?
+    /// Bytes past this are never cut (logrotate's copy: its torn last record).
+    var limit: UInt64? = nil
 
     var record: StateRecord {
         var r = StateRecord(op: .follow, id: 0)
         r.spool = spool; r.name = stream; r.dev = identity.dev; r.ino = identity.ino; r.birth = identity.birth; r.offset = offset
         r.tail = tail
+        r.size = limit
         return r
     }
 
@@ -111,7 +114,9 @@ final class AgentJournal: @unchecked Sendable {
                     if r.moved == true { continue }
                     let end = offset + size
                     if let was = st.follows[s.identity], was.spool == spool, was.stream == p.stream {
-                        if end >= was.offset { st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end, tail: r.tail) }
+                        if end >= was.offset {
+                            st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end, tail: r.tail, limit: was.limit)
+                        }
                     } else {
                         st.follows[s.identity] = FollowPosition(spool: spool, stream: p.stream, identity: s.identity, offset: end, tail: r.tail)
                     }
@@ -133,7 +138,7 @@ final class AgentJournal: @unchecked Sendable {
                 // Set, not raised: the file was started over (truncated, rewritten).
                 guard let spool = r.spool, let stream = r.name, let offset = r.offset else { continue }
                 let id = FileIdentity(dev: r.dev ?? 0, ino: r.ino ?? 0, birth: r.birth ?? 0)
-                st.follows[id] = FollowPosition(spool: spool, stream: stream, identity: id, offset: offset, tail: r.tail)
+                st.follows[id] = FollowPosition(spool: spool, stream: stream, identity: id, offset: offset, tail: r.tail, limit: r.size)
             case .unfollow:
                 st.follows[FileIdentity(dev: r.dev ?? 0, ino: r.ino ?? 0, birth: r.birth ?? 0)] = nil
             }

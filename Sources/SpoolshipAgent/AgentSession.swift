@@ -304,7 +304,7 @@ final class AgentSession: @unchecked Sendable {
             var w = FrameWriter()
             w.append(Self.withdrawal(tag))
             try sock.sendAll(w.bytes)
-            agent.follower.lost(s, why: "the file was truncated under this range before it was sent (copytruncate?), and no copy of it was found")
+            agent.follower.lost(s, why: "its file no longer holds it (truncated or rewritten under it, or gone while the agent was down) and no copy of it was found")
             return
         }
         try sendBytes(sock, tag: tag, fd: fd, from: start + offset, count: s.size - offset, offset: offset)

@@ -141,9 +141,11 @@ final class LogFollower: @unchecked Sendable {
                     var s = streams[key] ?? Followed(spool: spool.name, name: pos.stream)
                     s.fds[f.id] = f.fd
                     let size = (try? Files.fstat(f.fd)).map { UInt64($0.st_size) } ?? pos.offset
-                    var file = FollowedFile(identity: f.id, cutEnd: pos.offset, size: max(size, pos.offset), current: false)
-                    file.pendingSince = size > pos.offset ? monotonicNow() : nil
+                    let seen = min(size, pos.limit ?? .max)
+                    var file = FollowedFile(identity: f.id, cutEnd: pos.offset, size: max(seen, pos.offset), current: false)
+                    file.pendingSince = seen > pos.offset ? monotonicNow() : nil
                     file.tail = pos.tailCheck
+                    file.limit = pos.limit
                     s.stream.adopt(file)
                     if f.name != pos.stream { s.stream.nameGone() }
                     streams[key] = s
@@ -179,20 +181,16 @@ final class LogFollower: @unchecked Sendable {
     }
 
     /// A range recorded in the journal before the last stop: gets the descriptor of its file,
-    /// if its file was found and still holds it. False: it cannot be sent (logged).
+    /// if its file was found and still holds it. A range without one is still offered: the
+    /// collector may hold it already (committed, its acknowledgement lost in the stop); only
+    /// if the collector asks for its bytes is it counted lost (`AgentSession.sendRange`).
     func attach(_ s: inout Segment) -> Bool {
         var fd: OwnedFD? = locked {
             for f in streams.values { if let fd = f.fds[s.identity] { return fd } }
             return nil
         }
         if fd == nil && s.moved { fd = find(s.identity, in: s.spool) }
-        guard let fd, let st = try? Files.fstat(fd), UInt64(st.st_size) >= (s.offset ?? 0) + s.size else {
-            logger.error("a range of a followed log file cut before the last stop can no longer be read; it is not shipped", metadata: [
-                "spool.name": "\(s.spool)", "segment.name": "\(s.name)", "bytes.lost.at.least": "\(s.size)"])
-            stats.followLost(spool: s.spool, bytes: s.size)
-            return false
-        }
-        s.source = fd
+        if let fd, let st = try? Files.fstat(fd), UInt64(st.st_size) >= (s.offset ?? 0) + s.size { s.source = fd }
         return true
     }
 
@@ -217,7 +215,8 @@ final class LogFollower: @unchecked Sendable {
             var out: [FollowPosition] = []
             for f in streams.values {
                 for file in f.stream.files {
-                    out.append(FollowPosition(spool: f.spool, stream: f.name, identity: file.identity, offset: file.cutEnd, tail: file.tail?.crc))
+                    out.append(FollowPosition(spool: f.spool, stream: f.name, identity: file.identity, offset: file.cutEnd, tail: file.tail?.crc,
+                                              limit: file.limit))
                 }
             }
             return (out + retired.values, lastSeq)
@@ -330,7 +329,7 @@ final class LogFollower: @unchecked Sendable {
             f.fds[done.identity] = nil
             f.writersAsked[done.identity] = nil
             locked {
-                retired[done.identity] = FollowPosition(spool: f.spool, stream: f.name, identity: done.identity, offset: done.cutEnd, tail: done.tail?.crc)
+                retired[done.identity] = FollowPosition(spool: f.spool, stream: f.name, identity: done.identity, offset: done.cutEnd, tail: done.tail?.crc, limit: done.limit)
             }
             logger.debug("followed log file finished", metadata: ["spool.name": "\(f.spool)", "stream": "\(f.name)", "file": "\(done.identity)"])
         }
@@ -530,7 +529,7 @@ final class LogFollower: @unchecked Sendable {
                 locked { copies[id] = (copy.id, copy.fd, whole) }
                 // Recorded before anything is cut from it: after a restart the copy goes on
                 // from the original's cut point, not from the ranges re-sealed against it.
-                let at = FollowPosition(spool: spool.name, stream: f.name, identity: copy.id, offset: c, tail: old.tail?.crc)
+                let at = FollowPosition(spool: spool.name, stream: f.name, identity: copy.id, offset: c, tail: old.tail?.crc, limit: whole)
                 try? journal.append([at.record], sync: false)
             }
             logger.error("followed log file was truncated (copytruncate?); following it again from its start", metadata: [
@@ -559,7 +558,8 @@ final class LogFollower: @unchecked Sendable {
     /// found for this truncation, or another copy in the directory (one made before the agent's
     /// last cut, shorter than the cut point, still holds the ranges before it). Sealed again
     /// against that file, marked as moved (a moved range does not move that file's position).
-    /// The others are lost.
+    /// The others stay as they are: the collector may hold them already; if it asks for their
+    /// bytes, they are counted lost then (`AgentSession.sendRange`).
     private func resolveStale(_ file: FileIdentity, _ f: Followed, _ spool: SpoolConfig, _ dir: OwnedFD?) {
         let stale = queue.all.filter { $0.isFollowed && !$0.acked && $0.identity == file }.sorted { $0.id < $1.id }
         guard !stale.isEmpty else { return }
@@ -581,10 +581,7 @@ final class LogFollower: @unchecked Sendable {
                 var crc = CRC32()
                 return c.size >= end && (try? Files.checksum(c.fd, from: Int64(start), to: Int64(end), into: &crc)) != nil && crc.value == s.crc
             }
-            guard let c = holder else {
-                lost(s, why: "the file was started over (truncated or rewritten) before this range was sent, and no copy of it was found")
-                continue
-            }
+            guard let c = holder else { continue }
             var moved = s
             moved.id = ids.next()
             moved.dev = c.id.dev; moved.ino = c.id.ino; moved.birth = c.id.birth
@@ -637,6 +634,8 @@ final class LogFollower: @unchecked Sendable {
         let end = (s.offset ?? 0) + s.size
         let current = locked { (epochs[s.identity] ?? 0) == s.followEpoch }
         if current, let fd = s.source, let st = try? Files.fstat(fd), UInt64(st.st_size) >= end { return fd }
+        // Moved to a copy: its source is the copy, whatever the epoch of the file it came from.
+        if s.moved, let fd = s.source { return fd }
         return copy(of: s)
     }
 
