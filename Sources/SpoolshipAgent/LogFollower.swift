@@ -503,11 +503,11 @@ final class LogFollower: @unchecked Sendable {
     /// file followed again from its start. For a truncation, looks for logrotate's copy beside
     /// the file (`dir`), and ships the rest from it.
     private func report(_ s: FollowSurprise, _ f: inout Followed, _ spool: SpoolConfig, _ dir: OwnedFD?) {
-        let file: FileIdentity, cutEnd: UInt64, unshipped: UInt64
+        let file: FileIdentity
         var lost: UInt64
         switch s {
         case .truncated(let id, let c, let u, let now, let tail):
-            (file, cutEnd, unshipped) = (id, c, u)
+            file = id
             lost = u
             var from = "nowhere"
             // A copy found at an earlier truncation holds an earlier content: never this one's.
@@ -537,15 +537,13 @@ final class LogFollower: @unchecked Sendable {
                 "rest.shipped.from": "\(from)", "bytes.lost.at.least": "\(lost)"])
             stats.followSurprise(spool: spool.name, truncated: true, lost: lost)
         case .rewritten(let id, let c, let u):
-            (file, cutEnd, unshipped) = (id, c, u)
+            file = id
             lost = u
             locked { copies[id] = nil }
             logger.error("followed log file was rewritten in place under bytes already shipped; following it again from its start (its new content ships whole)", metadata: [
                 "spool.name": "\(spool.name)", "stream": "\(f.name)", "cut.point": "\(c)", "bytes.lost.at.least": "\(u)"])
             stats.followSurprise(spool: spool.name, truncated: false, lost: lost)
         }
-        _ = cutEnd
-        _ = unshipped
         locked { epochs[file, default: 0] += 1 }
         resolveStale(file, f, spool, dir)
         health.error("\(spool.name)/\(f.name) was \(s.isTruncation ? "truncated" : "rewritten") under the follower; at least \(lost) byte(s) not shipped")
