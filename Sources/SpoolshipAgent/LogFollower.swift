@@ -361,18 +361,8 @@ final class LogFollower: @unchecked Sendable {
         }
     }
 
-    /// Whether a stream's segment names can be shipped; one that cannot is left alone, and
-    /// said so once.
     private func streamNameUsable(_ spool: SpoolConfig, _ name: String) -> Bool {
-        do {
-            try Names.validateSegmentName(LogNames.segmentName(stream: name, seq: 1, compressed: true), what: "segment name of this log file")
-            return true
-        } catch {
-            if leftBehind.refuse("\(spool.name)/\(name)") {
-                logger.error("log file name cannot be shipped; leaving the file alone", metadata: ["spool.name": "\(spool.name)", "stream": "\(name)", "error": "\(error)"])
-            }
-            return false
-        }
+        LogRotator.streamNameUsable(spool, name, leftBehind: leftBehind, logger: logger)
     }
 
     /// One look at a stream: the file under its name (a new one is opened and held at once),

@@ -182,9 +182,14 @@ final class LogRotator: @unchecked Sendable {
         }
     }
 
-    /// Whether a stream's segment names can be shipped (the longest, `NAME.<SEQ>.gz`, must be
-    /// a valid name); a stream that cannot is left alone, and said so once.
     private func streamNameUsable(_ spool: SpoolConfig, _ name: String) -> Bool {
+        Self.streamNameUsable(spool, name, leftBehind: leftBehind, logger: logger)
+    }
+
+    /// Whether a stream's segment names can be shipped (the longest, `NAME.<SEQ>.gz`, must be
+    /// a valid name); a stream that cannot is left alone, and said so once. The rotator's and
+    /// the follower's.
+    static func streamNameUsable(_ spool: SpoolConfig, _ name: String, leftBehind: LeftBehindFiles, logger: Logger) -> Bool {
         do {
             try Names.validateSegmentName(LogNames.segmentName(stream: name, seq: 1, compressed: true), what: "segment name of this log file")
             return true

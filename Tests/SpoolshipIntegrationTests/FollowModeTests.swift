@@ -121,7 +121,7 @@ import Testing
         let sh = try Daemon("/bin/sh", ["-c", """
             {
               i=0; while [ $i -lt 50 ]; do echo "shell record $i"; i=$((i+1)); done
-              while [ ! -e "$2" ]; do sleep 0.05; done
+              n=0; while [ ! -e "$2" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done  # at most 60 s
               while [ $i -lt 300 ]; do echo "shell record $i"; i=$((i+1)); done
             } >> "$1"
             """, "sh", spool.appendingPathComponent("shell.log").path, go.path], log: c.nextLog("sh"))
@@ -132,7 +132,8 @@ import Testing
             h.setFormatter(logging.Formatter("%(message)s"))
             log = logging.getLogger("producer"); log.addHandler(h); log.setLevel(logging.INFO)
             for i in range(20): log.info("python record %d", i)
-            while not os.path.exists(sys.argv[2]): time.sleep(0.05)
+            deadline = time.monotonic() + 60
+            while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline: time.sleep(0.05)
             for i in range(20, 200): log.info("python record %d", i)
             """, spool.appendingPathComponent("python.log").path, go.path], log: c.nextLog("py"))
         defer { py.stop() }
@@ -144,7 +145,7 @@ import Testing
             stream("shell.log").contains("shell record 49\n") && stream("python.log").contains("python record 19\n")
         }, "the first records are committed while the producers hold their files:\n\(agent.output.suffix(2000))")
         #expect(sh.isRunning && py.isRunning, "both producers still run (they wait for the test)")
-        FileManager.default.createFile(atPath: go.path, contents: nil)
+        #expect(FileManager.default.createFile(atPath: go.path, contents: nil))
         #expect(sh.wait(timeout: 30) == 0 && py.wait(timeout: 30) == 0, "\(sh.output)\(py.output)")
         let shell = (0..<300).map { "shell record \($0)\n" }.joined(), python = (0..<200).map { "python record \($0)\n" }.joined()
         #expect(Harness.waitUntil(timeout: 30) { stream("shell.log") == shell && stream("python.log") == python },
@@ -250,22 +251,11 @@ extension LogStreamCheck {
     /// The records of a stream that may have gaps (copytruncate): whole, each numbered above
     /// the one before. Throws naming the first record that is torn, repeated or out of order.
     static func recordsWithGaps(_ data: Data, recordSize: Int) throws -> (records: Int, last: Int, missing: Int, gaps: Int) {
-        guard data.count % recordSize == 0 else { throw TestFailure("stream is \(data.count) bytes, not a whole number of \(recordSize)-byte records") }
         var last = -1, missing = 0, gaps = 0
-        let n = data.count / recordSize
-        try data.withUnsafeBytes { (p: UnsafeRawBufferPointer) in
-            for i in 0..<n {
-                let r = p.baseAddress! + i * recordSize
-                var seq = 0
-                for k in 0..<16 {
-                    let c = r.load(fromByteOffset: k, as: UInt8.self)
-                    guard c >= 48 && c <= 57 else { throw TestFailure("record at position \(i) is torn (byte \(k) is \(c))") }
-                    seq = seq * 10 + Int(c - 48)
-                }
-                guard seq > last else { throw TestFailure("record \(seq) at position \(i) comes after record \(last): repeated or out of order") }
-                if seq > last + 1 { missing += seq - last - 1; gaps += 1 }
-                last = seq
-            }
+        let n = try forEachRecord(data, recordSize: recordSize) { i, seq in
+            guard seq > last else { throw TestFailure("record \(seq) at position \(i) comes after record \(last): repeated or out of order") }
+            if seq > last + 1 { missing += seq - last - 1; gaps += 1 }
+            last = seq
         }
         return (n, last, missing, gaps)
     }

@@ -88,6 +88,18 @@ enum LogStreamCheck {
     }
 
     static func verifyRecords(_ data: Data, recordSize: Int) throws -> Int {
+        try forEachRecord(data, recordSize: recordSize) { i, seq in
+            guard seq == i else {
+                throw TestFailure(seq < i ? "record \(seq) appears twice (at position \(i))" : "records \(i)..<\(seq) are missing")
+            }
+        }
+    }
+
+    /// Calls `body` with each record's position and number, in stream order; throws on a
+    /// stream that is not whole records, or a record that is torn or does not end in a
+    /// newline. Returns the number of records.
+    @discardableResult
+    static func forEachRecord(_ data: Data, recordSize: Int, _ body: (Int, Int) throws -> Void) throws -> Int {
         guard data.count % recordSize == 0 else {
             throw TestFailure("stream is \(data.count) bytes, not a whole number of \(recordSize)-byte records")
         }
@@ -101,10 +113,8 @@ enum LogStreamCheck {
                     guard c >= 48 && c <= 57 else { throw TestFailure("record \(i) is torn (byte \(k) is \(c))") }
                     seq = seq * 10 + Int(c - 48)
                 }
-                guard seq == i else {
-                    throw TestFailure(seq < i ? "record \(seq) appears twice (at position \(i))" : "records \(i)..<\(seq) are missing")
-                }
                 guard r.load(fromByteOffset: recordSize - 1, as: UInt8.self) == 10 else { throw TestFailure("record \(i) does not end in a newline") }
+                try body(i, seq)
             }
         }
         return n
