@@ -151,3 +151,17 @@ int64_t spsh_birth_ns(int fd) {
     if (!(sx.stx_mask & STATX_BTIME)) return 0;
     return (int64_t)sx.stx_btime.tv_sec * 1000000000 + (int64_t)sx.stx_btime.tv_nsec;
 }
+
+int spsh_syncfs(int fd) {
+    return syncfs(fd);
+}
+
+int spsh_open_unnamed(int dirfd, unsigned int mode) {
+    return openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
+}
+
+int spsh_link_unnamed(int fd, int dirfd, const char *name) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    return linkat(AT_FDCWD, path, dirfd, name, AT_SYMLINK_FOLLOW);
+}

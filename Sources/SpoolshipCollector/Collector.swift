@@ -41,14 +41,32 @@ public struct CollectorConfig: Sendable {
     /// The agents that may connect, with their secrets (`--agents FILE`); nil accepts any
     /// well-formed agent id without credentials.
     public var agents: [String: [UInt8]]?
+    /// How a commit batch's data is made durable (`commit-sync`).
+    public var commitSync: CommitSync = .filesystem
     /// TLS (`[tls]`, `--tls-*`); nil for plain TCP. Its files, read, are the collector's
     /// `tlsContext`.
     public var tls: TLSSettings?
+
+    /// Segments up to this size are received into an unnamed partial (O_TMPFILE), which the
+    /// commit links into place, where `commitSync` is `filesystem` (whose sync after the links
+    /// makes their link counts durable too). A cut costs a resend of at most this much.
+    public static let unnamedPartialLimit: UInt64 = 1 << 20
 
     public init(listen: Endpoint, dataDir: String) {
         self.listen = listen
         self.dataDir = dataDir
     }
+}
+
+/// How the collector makes the data of a commit batch durable before it renames the files into
+/// place (`commit-sync`; docs/OPERATIONS.md, "Commit sync").
+public enum CommitSync: String, Sendable, CaseIterable {
+    /// One syncfs of the data dir's file system for a batch of more than one file, shared
+    /// with the other connections' batches (needs Linux 5.8 for its errors; before, `file`).
+    case filesystem
+    /// Each file's own fdatasync: for a data dir on a file system that other programs fill
+    /// with writes of their own, which a syncfs would have to wait for.
+    case file
 }
 
 /// The collector: accepts agents, splices their segments into partial files, commits them
@@ -108,6 +126,9 @@ public final class Collector: Sendable {
     /// Accepts connections until `stop()`; returns once every connection has ended.
     public func run() {
         logger.info("listening", metadata: ["address": "\(address)", "data_dir": "\(config.dataDir)"])
+        if config.commitSync == .filesystem && !Files.syncfsReportsErrors {
+            logger.notice("commit-sync = filesystem needs Linux 5.8 or later (its syncfs reports write errors); each file is synced on its own")
+        }
         let tls = self.tls
         if let a = config.agents {
             logger.info("agents must authenticate", metadata: ["agents": "\(a.count)"])

@@ -198,9 +198,9 @@ final class CollectorConnection: @unchecked Sendable {
         // Let the durability thread finish what was fully received, then let go of the agent.
         durability?.finish()
         for t in transfers.values {
-            let hadFile = t.file.isOpen
+            let hadFile = t.file.isOpen && !t.file.isUnnamed
             try? t.file.close()
-            guard let s = store else { continue }
+            guard let s = store, !t.file.isUnnamed else { continue }
             if t.poisoned {
                 _ = try? Files.unlink(s.partialDir, t.partialName, label: t.label)
             } else if hadFile {
@@ -272,7 +272,7 @@ final class CollectorConnection: @unchecked Sendable {
     /// stays as a left-over; an unknown tag (answered already, or never offered) is ignored.
     private func withdraw(_ tag: UInt64) {
         guard let store = store, let t = transfers[tag] else { return }
-        if t.file.isOpen { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
+        if t.file.isOpen && !t.file.isUnnamed { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
         t.retired = true
         transfers[tag] = nil
         stats.offersOpen(transfers.count)

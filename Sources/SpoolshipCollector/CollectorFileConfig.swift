@@ -21,6 +21,7 @@ public struct CollectorFileConfig {
     public var freeSpaceReserve: UInt64?
     public var maxPartialBytes: UInt64?
     public var maxFrameBody: UInt64?
+    public var commitSync: String?
     public var controlSocket: String?
     public var metricsListen: String?
     public var metricsPortFile: String?
@@ -49,6 +50,8 @@ public struct CollectorFileConfig {
         c.freeSpaceReserve = try top.bytes("free-space-reserve")
         c.maxPartialBytes = try top.bytes("max-partial-bytes")
         c.maxFrameBody = try top.bytes("max-frame-body")
+        c.commitSync = try top.string("commit-sync")
+        if let m = c.commitSync, CommitSync(rawValue: m) == nil { throw top.fail("commit-sync", "\"filesystem\" or \"file\", got '\(m)'") }
         c.controlSocket = try top.controlSocket()
         (c.metricsListen, c.metricsPortFile) = try top.metrics()
         c.tls = try top.tls(serverName: false)

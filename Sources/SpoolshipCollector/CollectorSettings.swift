@@ -21,6 +21,7 @@ public struct CollectorFlags: Equatable, Sendable {
     public var maxFrameBody: String?
     public var maxConnections: Int?
     public var agents: String?
+    public var commitSync: String?
 
     public init() {}
 }
@@ -92,6 +93,10 @@ public struct CollectorSettings: Sendable {
             } catch {
                 throw SettingsError("\(error)")
             }
+        }
+        if let m = flags.commitSync ?? file.commitSync {
+            guard let parsed = CommitSync(rawValue: m) else { throw SettingsError("commit-sync must be filesystem or file; got '\(m)'") }
+            c.commitSync = parsed
         }
         guard c.handshakeTimeout > 0, c.idleTimeout > 0 else { throw SettingsError("timeouts must be positive") }
         guard c.checkpointBytes > 0 else { throw SettingsError("--checkpoint-bytes must be positive") }

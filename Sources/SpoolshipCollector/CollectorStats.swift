@@ -51,9 +51,10 @@ public final class CollectorStats: @unchecked Sendable {
         public var receiveRate: Double = 0
     }
 
-    /// Which file an fdatasync was for (the metric's `file` label).
+    /// Which file an fdatasync was for (the metric's `file` label); `filesystem`: a syncfs of
+    /// the data dir's file system for a commit batch (`commit-sync = filesystem`).
     public enum SyncedFile: String, CaseIterable, Sendable {
-        case partial, ledger
+        case partial, ledger, filesystem
     }
 
     private let lock = NSLock()
@@ -122,7 +123,7 @@ public final class CollectorStats: @unchecked Sendable {
         s.fsyncs += 1
         s.fsyncSeconds += seconds
         lock.unlock()
-        mFsync[file == .partial ? 0 : 1].recordSeconds(seconds)
+        mFsync[SyncedFile.allCases.firstIndex(of: file)!].recordSeconds(seconds)
     }
 
     func error(_ kind: ErrorKind?) {

@@ -16,6 +16,8 @@ final class DataDir: Sendable {
     let partialRoot: OwnedFD
     let ledgerRoot: OwnedFD
     let lock: OwnedFD
+    /// The syncs of the data dir's file system that commit batches share (`commit-sync`).
+    let groupSync: GroupSync
     private let agents = Locked<[String: AgentStore]>([:])
 
     init(path: String) throws {
@@ -30,6 +32,8 @@ final class DataDir: Sendable {
         lock = l
         partialRoot = try Files.ensureDirectory(area, DataDirLayout.partialName, label: layout.partialRootPath, mode: 0o700)
         ledgerRoot = try Files.ensureDirectory(area, DataDirLayout.ledgerName, label: layout.ledgerRootPath, mode: 0o700)
+        // A descriptor of its own: syncfs keeps its error state in the open file.
+        groupSync = GroupSync(fd: try Files.openDirectory(path))
     }
 
     /// Removes partials untouched for `maxAge` seconds: segments their agent never offered
@@ -122,14 +126,19 @@ final class AgentStore: @unchecked Sendable {
     /// Only the connection that owns the store commits (see `claim`), under `state` anyway.
     private var nextVersion: [String: Int] = [:]
 
-    /// Renames a verified partial into its spool directory under the segment's name, or
-    /// `name~N` with the first N free, without ever replacing a file; returns the name used.
-    func commitName(_ partialName: String, spool: String, name: String, into dir: OwnedFD) throws -> String {
+    /// Puts a verified partial into its spool directory under the segment's name, or
+    /// `name~N` with the first N free, without ever replacing a file (a named partial is
+    /// renamed, an unnamed one linked); returns the name used.
+    func commitName(_ file: PartialFile, spool: String, name: String, into dir: OwnedFD) throws -> String {
         let key = "\(spool)/\(name)"
         var attempt = state.withLock { nextVersion[key] ?? 0 }
+        let unnamed = file.isUnnamed ? file.descriptor : nil
         while true {
             let candidate = Names.alternateName(name, attempt: attempt)
-            if try Files.renameNoReplace(partialDir, partialName, dir, candidate, label: dataDir.layout.segmentPath(agent: id, spool: spool, name: candidate)) {
+            let label = dataDir.layout.segmentPath(agent: id, spool: spool, name: candidate)
+            let placed = if let fd = unnamed { try Files.linkUnnamed(fd, dir, candidate, label: label) }
+                         else { try Files.renameNoReplace(partialDir, file.name, dir, candidate, label: label) }
+            if placed {
                 // Remembered only for names that have versions: most names never come again.
                 if attempt > 0 { state.withLock { nextVersion[key] = attempt + 1 } }
                 return candidate

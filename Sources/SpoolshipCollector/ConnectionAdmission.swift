@@ -5,6 +5,10 @@ import SpoolshipDaemon
 import SpoolshipIO
 
 extension CollectorConnection {
+    /// Whether small segments are received into unnamed partials (`PartialFile`): only where
+    /// commits sync the whole file system, whose sync after the links makes them durable.
+    var unnamedPartials: Bool { config.commitSync == .filesystem && Files.syncfsReportsErrors }
+
     /// OFFER, on the reader thread. The decision is `OfferAdmission`'s (SpoolshipCore); this
     /// answers its questions from the data dir, each when it asks (the look-ups have effects:
     /// a segment found on disk is recorded, a partial resumed is synced, left-overs are
@@ -19,7 +23,7 @@ extension CollectorConnection {
         // The same segment offered again under a new tag (the agent sealed it again): the
         // newer offer replaces the older one, and its partial is kept.
         for (oldTag, t) in transfers where t.key == o.key {
-            if t.file.isOpen { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
+            if t.file.isOpen && !t.file.isUnnamed { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
             // Retired, not closed: a checkpoint of it may be queued on the durability thread,
             // and must neither sync a closed descriptor nor unlink the name the new offer uses.
             // Its descriptor closes when the last reference goes.
@@ -29,7 +33,7 @@ extension CollectorConnection {
         let pname = o.key.partialFileName
         let label = store.dataDir.layout.partialFilePath(agent: store.id, name: pname)
         // The partial's file, once looked at (a resumed one is open).
-        var file = PartialFile(name: pname, label: label)
+        var file = PartialFile(name: pname, label: label, unnamed: unnamedPartials && o.key.size <= CollectorConfig.unnamedPartialLimit)
         var facts = OfferAdmission.Facts(
             storeBroken: store.broken,
             onOffer: transfers.values.reduce(UInt64(0)) { $0 + $1.key.size },
@@ -66,7 +70,7 @@ extension CollectorConnection {
                     collector.stats.error(.noSpace)
                 }
                 let held = facts.heldBytes ?? 0
-                let hadFile = file.isOpen
+                let hadFile = file.isOpen && !file.isUnnamed
                 try? file.close()
                 if hadFile { store.leave(pname, bytes: held) }
                 // For this segment only: the connection and the transfers under way go on.
@@ -99,7 +103,11 @@ extension CollectorConnection {
     /// durable bytes.
     private func resume(_ key: SegmentKey, file: PartialFile, in store: AgentStore) throws -> (PartialFile, UInt64) {
         let pname = file.name, label = file.label
-        guard let st = try Files.statAt(store.partialDir, pname, label: label), (st.st_mode & S_IFMT) == S_IFREG else {
+        // Only a partial left behind can be on disk: an earlier connection's, or this one's
+        // from an offer of the same segment that this one replaced (`leftovers` holds them all,
+        // as read at the store's first use and kept since). The rest need no look-up.
+        guard store.leftovers[pname] != nil,
+              let st = try Files.statAt(store.partialDir, pname, label: label), (st.st_mode & S_IFMT) == S_IFREG else {
             return (file, 0)
         }
         let resumed = PartialFile(resuming: try Files.openBeneath(store.partialDir, pname, O_RDWR, label: label), name: pname, label: label)

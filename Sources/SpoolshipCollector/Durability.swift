@@ -44,6 +44,7 @@ final class Durability: @unchecked Sendable {
     private let stats: ConnectionStats
     private let checkpointBytes: Int64
     private let checkpointInterval: Double
+    private let commitSync: CommitSync
     private let jobs = NSCondition()
     private var queue: [Job] = []
     private var closing = false
@@ -58,6 +59,7 @@ final class Durability: @unchecked Sendable {
         self.stats = stats
         checkpointBytes = config.checkpointBytes
         checkpointInterval = config.checkpointInterval
+        commitSync = config.commitSync
     }
 
     /// Starts the durability thread.
@@ -122,7 +124,8 @@ final class Durability: @unchecked Sendable {
     /// the file held before the fdatasync began, never more.
     private func checkpoint(_ t: Transfer) {
         defer { t.checkpointFinished() }
-        guard let fd = t.file.descriptor, !t.poisoned, !t.retired else { return }
+        // An unnamed partial cannot be resumed, so a checkpoint of it would promise nothing.
+        guard let fd = t.file.descriptor, !t.poisoned, !t.retired, !t.file.isUnnamed else { return }
         let reached = t.written
         guard reached > t.synced else { return }
         do {
@@ -154,6 +157,28 @@ final class Durability: @unchecked Sendable {
         try? sender.send([.checkpoint(tag: t.tag, offset: UInt64(reached))])
     }
 
+    /// Makes the data of a batch's files durable (R1): returns each file's error, or nil.
+    ///
+    /// With `commit-sync = filesystem` (the default) and more than one file, one sync of the
+    /// whole file system (`GroupSync`: syncfs, then an fsync whose flush comes after syncfs's
+    /// last writes), shared with the other connections' batches, stands for the files'
+    /// fdatasyncs: one flush for the batch instead of one a file. If it fails, the error
+    /// cannot be pinned on a file (syncfs reports any writeback error of the file system), so
+    /// every file then gets its own fdatasync, which reports the error of its own pages, and
+    /// only the files whose fdatasync fails are poisoned (R2); the others are durable by it.
+    /// Otherwise every file gets its own fdatasync, all at once (see SyncPool).
+    private func syncData(_ fds: [OwnedFD]) -> [SyscallError?] {
+        let timed: @Sendable (Double) -> Void = { [collectorStats] seconds in collectorStats.fsync(.partial, seconds: seconds) }
+        guard fds.count > 1, commitSync == .filesystem, Files.syncfsReportsErrors else { return SyncPool.shared.fdatasyncAll(fds, timed: timed) }
+        guard let error = store.dataDir.groupSync.sync(timed: { [collectorStats] in collectorStats.fsync(.filesystem, seconds: $0) }) else {
+            return Array(repeating: nil, count: fds.count)
+        }
+        let each = SyncPool.shared.fdatasyncAll(fds, timed: timed)
+        logger.warning("the file system sync of a commit batch failed; each file was synced on its own to find those it concerns", metadata: [
+            "error": "\(error)", "files": "\(fds.count)", "files.failed": "\(each.compactMap { $0 }.count)"])
+        return each
+    }
+
     /// Group commit: fdatasync and verify each segment, rename each into place, then sync
     /// each touched directory once and the ledger once, then acknowledge them all.
     private func commit(_ batch: [Transfer]) {
@@ -161,11 +186,13 @@ final class Durability: @unchecked Sendable {
         var replies: [Frame] = []
         var dirs: [String: OwnedFD] = [:]
         let started = monotonicNow()
-        // Every file gets its own fdatasync, all of them at once (see SyncPool).
         let fds = batch.compactMap { $0.poisoned ? nil : $0.file.descriptor }
-        let syncErrors = SyncPool.shared.fdatasyncAll(fds, timed: { [collectorStats] seconds in collectorStats.fsync(.partial, seconds: seconds) })
+        let syncErrors = syncData(fds)
         let synced = monotonicNow()
         var tailBytes: Int64 = 0
+        // Whether an unnamed partial was linked into place: its inode's link count is then
+        // made durable with the directories.
+        var linked = false
         var syncError: [ObjectIdentifier: SyscallError] = [:]
         for (fd, e) in zip(fds, syncErrors) { if let e = e { syncError[ObjectIdentifier(fd)] = e } }
         for t in batch {
@@ -178,20 +205,32 @@ final class Durability: @unchecked Sendable {
                 tailBytes += Int64(t.key.size) - from
                 try Files.checksum(fd, from: from, to: Int64(t.key.size), into: &crc)
                 t.checksum = (crc, Int64(t.key.size))
-                // R3: the final sync is done; the descriptor closes here.
-                try t.file.close()
+                // R3: the final sync is done; the descriptor closes here (an unnamed file's
+                // once it has its name, which it is given through the descriptor).
+                let unnamed = t.file.isUnnamed
+                if !unnamed { try t.file.close() }
                 guard crc.value == t.key.crc else {
                     logger.error("checksum mismatch; discarding the partial", metadata: [
                         "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)",
                         "crc.expected": "\(hex32(t.key.crc))", "crc.received": "\(hex32(crc.value))"])
-                    _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+                    if unnamed { try? t.file.close() } else { _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label) }
                     collectorStats.error(.checksum)
                     replies.append(.error(code: ErrorCode.checksumMismatch.rawValue, tag: t.tag,
                                           message: "checksum mismatch for \(t.key.spool)/\(t.key.name): expected \(hex32(t.key.crc)), received \(hex32(crc.value)); send it again"))
                     continue
                 }
                 let dir = try store.spoolDir(t.key.spool)
-                let name = try store.commitName(t.partialName, spool: t.key.spool, name: t.key.name, into: dir)
+                let name = try store.commitName(t.file, spool: t.key.spool, name: t.key.name, into: dir)
+                if unnamed {
+                    linked = true
+                    do {
+                        try t.file.close()
+                    } catch {
+                        // R2: the close failed after the link; the name goes again.
+                        _ = try? Files.unlink(dir, name, label: store.dataDir.layout.segmentPath(agent: store.id, spool: t.key.spool, name: name))
+                        throw error
+                    }
+                }
                 if name != t.key.name {
                     logger.warning("name already taken by a different file; committed under another name", metadata: [
                         "spool.name": "\(t.key.spool)", "segment.name": "\(t.key.name)", "stored.name": "\(name)"])
@@ -202,13 +241,40 @@ final class Durability: @unchecked Sendable {
                 // R2: an fsync or close error poisons the file; discard it, the agent resends.
                 logger.error("commit failed; discarding the partial", metadata: ["path": "\(t.label)", "error": "\(error)"])
                 collectorStats.error((error as? SyscallError).map { ["fdatasync", "fsync", "close"].contains($0.call) } == true ? .sync : .commit)
+                let unnamed = t.file.isUnnamed
                 try? t.file.close()
-                _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label)
+                if !unnamed { _ = try? Files.unlink(store.partialDir, t.partialName, label: t.label) }
                 replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not commit \(t.key.spool)/\(t.key.name): \(error); send it again"))
             }
         }
         do {
-            for dir in dirs.values { try Files.fsync(dir) }
+            // A linked file's new link count is in its inode, which a directory's fsync does
+            // not write on every file system (ext4 without a journal): the file system's sync,
+            // shared with the other connections, writes both.
+            let linkSync = linked ? store.dataDir.groupSync.sync(timed: { [collectorStats] in collectorStats.fsync(.filesystem, seconds: $0) }) : nil
+            if linked, let e = linkSync {
+                // Not pinned on a file: each linked file is synced on its own (its inode), and
+                // those whose sync fails go back out (R2); then the directories.
+                var kept: [(Transfer, String)] = []
+                for (t, name) in done {
+                    let label = store.dataDir.layout.segmentPath(agent: store.id, spool: t.key.spool, name: name)
+                    guard let dir = dirs[t.key.spool] else { continue }
+                    do {
+                        try Files.fsync(try Files.openBeneath(dir, name, O_RDONLY, label: label))
+                        kept.append((t, name))
+                    } catch {
+                        _ = try? Files.unlink(dir, name, label: label)
+                        collectorStats.error(.sync)
+                        replies.append(.error(code: ErrorCode.ioError.rawValue, tag: t.tag, message: "could not sync the commit of \(t.key.name): \(error); send it again"))
+                    }
+                }
+                logger.warning("the file system sync after a commit batch's links failed; each file was synced on its own", metadata: [
+                    "error": "\(e)", "files": "\(done.count)", "files.failed": "\(done.count - kept.count)"])
+                done = kept
+            }
+            if !linked || linkSync != nil {
+                for dir in dirs.values { try Files.fsync(dir) }
+            }
         } catch {
             // R2: the new directory entries are not known durable, and a second fsync would
             // not prove they are. Take the files back out and have the agent send them again.

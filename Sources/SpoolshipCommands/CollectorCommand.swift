@@ -50,6 +50,9 @@ struct CollectorCommand: ParsableCommand {
     @Option(help: "The agents that may connect: one 'AGENT-ID SECRET' pair a line, mode 0600. Without it, any agent id is accepted.")
     var agents: String?
 
+    @Option(help: ArgumentHelp("How a commit batch's data is made durable: filesystem (one syncfs of the data dir's file system for the batch, the default) or file (each file's own fdatasync, for a file system other programs write much to).", valueName: "mode"))
+    var commitSync: String?
+
     @OptionGroup var daemon: DaemonOptions<CollectorKind>
 
     var flags: CollectorFlags {
@@ -68,6 +71,7 @@ struct CollectorCommand: ParsableCommand {
         f.maxFrameBody = maxFrameBody
         f.maxConnections = maxConnections
         f.agents = agents
+        f.commitSync = commitSync
         return f
     }
 

@@ -35,7 +35,7 @@ public final class SpoolshipMetricsFactory: MetricsFactory, Sendable {
         "spoolship_collector_resumes_total": "Offers that found part of their segment already here.",
         "spoolship_collector_resumed_bytes_total": "Bytes that resumed offers found already here.",
         "spoolship_collector_errors_total": "Errors, by kind.",
-        "spoolship_collector_fsync_seconds": "Time of each fdatasync, of partial files (checkpoints and commits) and of ledgers.",
+        "spoolship_collector_fsync_seconds": "Time of each fdatasync, of partial files (checkpoints and commits) and of ledgers, and of each syncfs of the data dir's file system for commit batches (file=\"filesystem\").",
         "spoolship_collector_connected_agents": "Agents connected (handshake done).",
         "spoolship_collector_partials": "Partial files of every agent (in transfer or left by a cut).",
         "spoolship_collector_partial_bytes": "Bytes in the partial files.",

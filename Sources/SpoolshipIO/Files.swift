@@ -101,6 +101,28 @@ public enum Files {
         _ = try syscall("fsync", fd.label) { Glibc.fsync(fd.raw) }
     }
 
+    /// syncfs(2) of the file system `fd` is on, then an fsync of `fd` itself: every dirty page
+    /// and inode of that file system written and flushed. The fsync is there for file systems
+    /// that write some metadata only in syncfs's last step, after its cache flush (ext4 without
+    /// a journal writes its inode table blocks there): the flush of the fsync, which comes
+    /// after, covers them. Errors: syncfs's (the file system's writeback errors since `fd`
+    /// was opened or last synced, once each, from Linux 5.8 on; see `syncfsReportsErrors`).
+    public static func syncFileSystem(_ fd: OwnedFD) throws {
+        _ = try syscall("syncfs", fd.label) { spsh_syncfs(fd.raw) }
+        try fsync(fd)
+    }
+
+    /// Whether this kernel's syncfs(2) reports writeback errors (Linux 5.8 and later). Before,
+    /// it returned 0 whatever happened, and only each file's own fdatasync can prove it durable.
+    public static let syncfsReportsErrors: Bool = {
+        var u = utsname()
+        guard uname(&u) == 0 else { return false }
+        let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard parts.count == 2 else { return false }
+        return (parts[0], parts[1]) >= (5, 8)
+    }()
+
     public static func fstat(_ fd: OwnedFD) throws -> stat {
         var st = stat()
         _ = try syscall("fstat", fd.label) { Glibc.fstat(fd.raw, &st) }
@@ -135,6 +157,31 @@ public enum Files {
             if e == EINTR { continue }
             if e == EEXIST { return false }
             throw SyscallError(call: "renameat2", path: label, errno: e)
+        }
+    }
+
+    /// A new file with no name in `dir` (O_TMPFILE), for `linkUnnamed` to name once it is
+    /// complete; nil where the file system cannot make one (EOPNOTSUPP, EISDIR).
+    public static func openUnnamed(in dir: OwnedFD, mode: mode_t = 0o644, label: String) throws -> OwnedFD? {
+        while true {
+            let fd = spsh_open_unnamed(dir.raw, UInt32(mode))
+            if fd >= 0 { return OwnedFD(fd, label: label) }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EOPNOTSUPP || e == EISDIR { return nil }
+            throw SyscallError(call: "open O_TMPFILE", path: label, errno: e)
+        }
+    }
+
+    /// Names the unnamed file `fd` `name` in `dir`, never replacing a file: false when the
+    /// name is taken.
+    public static func linkUnnamed(_ fd: OwnedFD, _ dir: OwnedFD, _ name: String, label: String) throws -> Bool {
+        while true {
+            if spsh_link_unnamed(fd.raw, dir.raw, name) == 0 { return true }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EEXIST { return false }
+            throw SyscallError(call: "linkat", path: label, errno: e)
         }
     }
 

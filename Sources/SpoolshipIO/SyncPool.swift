@@ -7,8 +7,9 @@ import Glibc
 /// concurrent callers share one commit (jbd2 batches the transactions of whoever is waiting).
 /// Syncing a batch of small segments in parallel therefore costs about one disk flush instead
 /// of one per file, while every file keeps its own fdatasync and its own error (R2: an error
-/// poisons that file only). syncfs(2) would flush everything at once, but it cannot say which
-/// file failed.
+/// poisons that file only). The collector's default for batches of several files is one
+/// syncfs(2) instead (`GroupSync`), and this pool when that fails, to find which files it
+/// concerns.
 ///
 /// `@unchecked Sendable`: every `var` below is read and written only with `cond` held (the
 /// caller waits on it for the batch, the workers for work, which a `Mutex` cannot do), and

@@ -65,7 +65,8 @@ import Testing
         let c = try Cluster("disk-eio-\(nth)")
         defer { c.remove() }
         let shim = try c.buildShim("fail_fdatasync")
-        let port = try c.startCollector(extra: ["--checkpoint-bytes", "1048576"],
+        // Each file its own fdatasync (the file system sync of batches has CommitSyncTests).
+        let port = try c.startCollector(extra: ["--checkpoint-bytes", "1048576", "--commit-sync", "file"],
                                         env: ["LD_PRELOAD": shim, "SPSH_FAIL_MATCH": "/.spoolship/partial/", "SPSH_FAIL_NTH": "\(nth)"])
         let d = c.collector!
         let spool = try c.spool()

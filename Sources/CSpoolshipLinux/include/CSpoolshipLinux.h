@@ -54,3 +54,14 @@ int spsh_fix_mmap_threshold(int bytes);
 /// system does not record one, -1 with errno set when statx failed. With the inode number it
 /// tells a file from a later one that reuses the inode.
 int64_t spsh_birth_ns(int fd);
+/// syncfs(2): writes back and flushes the whole file system that `fd` is on. Since Linux 5.8 it
+/// returns the writeback errors of that file system seen since `fd` was opened (or since the
+/// last syncfs through it), each once.
+int spsh_syncfs(int fd);
+/// A new file with no name yet in the directory `dirfd` (open(2)'s O_TMPFILE, read-write,
+/// close-on-exec); linked into place later by `spsh_link_unnamed`. -1 with errno EOPNOTSUPP
+/// or EISDIR where the file system cannot make one.
+int spsh_open_unnamed(int dirfd, unsigned int mode);
+/// Gives the file open as `fd` the name `name` in `dirfd` (linkat(2) through /proc/self/fd,
+/// which needs no capability); -1 with errno EEXIST when the name is taken (never replaced).
+int spsh_link_unnamed(int fd, int dirfd, const char *name);
