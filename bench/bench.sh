@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# make bench: spoolship against the bare syscalls (bench/baseline.c) and an rsync daemon, in one
-# run, on the same files, every transfer durable at the receiver where the row says so; and
-# spoolship with TLS against a bare OpenSSL transfer (bench/tls_baseline.c) and rsync over ssh.
+# make bench: spoolship against the bare syscalls (bench/baseline.c, bench/smallfiles.c,
+# bench/crc.c) and an rsync daemon, in one run, on the same files, every transfer durable at the
+# receiver where the row says so; and spoolship with TLS against a bare OpenSSL transfer
+# (bench/tls_baseline.c) and rsync over ssh.
 #
-#   bash bench/bench.sh [--quick] [--only 1,2,3,4,5] [--rounds N] [--systems LIST | --tls] [--pause S]
+#   bash bench/bench.sh [--quick] [--only 1,2,3,4,5,6] [--rounds N] [--systems LIST | --tls] [--pause S]
 #
-# Systems (--systems, comma-separated; default all of them): c (bench/baseline.c), rsync (an
-# rsync daemon), spoolship; and with TLS: c-tls (bench/tls_baseline.c: TLS 1.3 with
+# Systems (--systems, comma-separated; default all of them): c (bench/baseline.c; in workload
+# 1 also bench/crc.c, in workloads 2 and 6 bench/smallfiles.c), rsync (an rsync daemon),
+# spoolship; and with TLS: c-tls (bench/tls_baseline.c: TLS 1.3 with
 # AES-128-GCM, and the same with AES-256-GCM and with the sender writing from a mapping),
 # rsync-ssh (rsync over ssh into a private sshd on 127.0.0.1), spoolship-tls (mutual TLS
 # with certificates made here by openssl). --tls is --systems c-tls,rsync-ssh,spoolship-tls.
@@ -15,28 +17,38 @@
 # disk of the development machines writes a GiB or two at a burst rate, then slows down).
 #
 # Workloads (--quick: small sizes, to check that the benchmark runs and its output parses):
-#   1  one 1 GiB file (quick: 64 MiB)
-#   2  10,000 files of 4 KiB (quick: 300)
+#   1  one 1 GiB file (quick: 64 MiB). Rows: C zc|rw [+ fdatasync] (bench/baseline.c); CRC-32
+#      alone (bench/crc.c: pread 256 KiB + ISA-L, the CRC that rule R5 needs, its CPU put on
+#      both sides); the TLS rows; rsync [--fsync]; spoolship and spoolship-tls
+#   2  10,000 files of 4 KiB (quick: 300). Rows: C + syncfs and C, no sync (bench/smallfiles.c:
+#      one process reads and writes every file, then one syncfs or none; its CPU is put on the
+#      receiving side, 0 on the sending side); the TLS rows; rsync --fsync and rsync; spoolship
+#      (archiving, as the others keep their sources) and spoolship, delete (no --archive-dir:
+#      the agent deletes each file once acknowledged, from a fresh copy of the files made
+#      before the run). Every row writes into a new directory. The notes give each side's CPU
+#      seconds per 1,000 files.
 #   3  200 agents at once into one collector, 50 files of 1 MiB each (quick: 4 agents x 5):
 #      the agents run as daemons, all connected before the files appear in their spools
 #   4  a log producer at full speed, rotated every second, for 10 s (quick: 3 s)
 #   5  the same producer never reopening its file, which the agent follows (ranges cut every
 #      second; issue 18), for as long as workload 4
-# Workloads 1 and 2 run N rounds (default 3), the systems taking turns within each round; the
-# table shows each system's median round by wall time. Prints a table (wall time, throughput, CPU seconds per GiB on each side, peak RSS of each
-# side) and the ratios the targets of docs/PERFORMANCE.md are stated in; writes
-# bench/out/results.tsv, bench/out/results.md and bench/out/results.png.
+#   6  100,000 files of 1 KiB (quick: 1,000): the rows of workload 2
+# Workloads 1, 2 and 6 run N rounds (default 3), the systems taking turns within each round; the
+# table shows each system's median round by wall time. Prints a table (wall time, throughput
+# (files/s in workloads 2 and 6), CPU seconds per GiB on each side, peak RSS of each side) and
+# the ratios the targets of docs/PERFORMANCE.md are stated in; writes bench/out/results.tsv,
+# bench/out/results.md and bench/out/results.png.
 #
 # WORK (default /var/tmp/spoolship-bench) must be on a disk file system: tmpfs ignores fsync.
 # BIN: a directory with the spoolship binaries to use instead of a fresh release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
-only="1,2,3,4,5"
+only="1,2,3,4,5,6"
 rounds=3
 systems="c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls"
 pause=0
-usage="usage: bench/bench.sh [--quick] [--only 1,2,3,4,5] [--rounds N] [--systems c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls | --tls] [--pause SECONDS]"
+usage="usage: bench/bench.sh [--quick] [--only 1,2,3,4,5,6] [--rounds N] [--systems c,rsync,spoolship,c-tls,rsync-ssh,spoolship-tls | --tls] [--pause SECONDS]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1;;
@@ -54,7 +66,7 @@ for s in ${systems//,/ }; do
 done
 runs() { [[ ",$only," == *",$1,"* ]]; }
 has() { [[ ",$systems," == *",$1,"* ]]; }
-# Workloads 3, 4 and 5 are spoolship's alone.
+# Workloads 3, 4 and 5 are spoolship's alone (1, 2 and 6 are not).
 has spoolship || only=$(echo ",$only," | sed 's/,3,/,/; s/,4,/,/; s/,5,/,/; s/^,//; s/,$//')
 breathe() { [ "$pause" = 0 ] || sleep "$pause"; }
 
@@ -62,7 +74,8 @@ work=${WORK:-/var/tmp/spoolship-bench}
 out=${OUT:-bench/out}
 source scripts/setup.sh
 need=()
-deps=(rsync time gnuplot-nox bc)
+# libisal-dev: bench/crc.c.
+deps=(rsync time gnuplot-nox bc libisal-dev)
 # openssl: the certificates; libssl-dev: tls_baseline.c; openssh-server: the sshd of rsync-ssh,
 # run here on its own port and configuration (the package's own service plays no part).
 if has c-tls || has spoolship-tls || has rsync-ssh; then deps+=(openssl libssl-dev); fi
@@ -80,6 +93,8 @@ if [ -z "${BIN:-}" ]; then
 fi
 rm -rf "$work"; mkdir -p "$work" "$out"
 cc -O2 -Wall -o "$work/baseline" bench/baseline.c
+cc -O2 -Wall -o "$work/smallfiles" bench/smallfiles.c
+cc -O2 -Wall -o "$work/crc" bench/crc.c -lisal
 if has spoolship-tls && ! "$BIN/spoolship-agent" --help 2>&1 | grep -q -- --tls-ca-file; then
   echo "bench: spoolship-tls skipped: this build's agent has no --tls-ca-file"
   systems=$(echo ",$systems," | sed 's/,spoolship-tls,/,/; s/^,//; s/,$//')
@@ -108,8 +123,8 @@ if has c-tls; then cc -O2 -Wall -o "$work/tls_baseline" bench/tls_baseline.c -ls
 tls_keys=(--ca "$pki/ca.crt" --server-cert "$pki/collector.crt" --server-key "$pki/collector.key"
           --client-cert "$pki/agent.crt" --client-key "$pki/agent.key" --client-name bench)
 
-if [ "$quick" = 1 ]; then big_mib=64; small_n=300; agents=4; per_agent=5; log_s=3
-else big_mib=1024; small_n=10000; agents=200; per_agent=50; log_s=10; fi
+if [ "$quick" = 1 ]; then big_mib=64; small_n=300; tiny_n=1000; agents=4; per_agent=5; log_s=3
+else big_mib=1024; small_n=10000; tiny_n=100000; agents=200; per_agent=50; log_s=10; fi
 
 results="$out/results.tsv"
 printf 'workload\tsystem\twall_s\trate\tunit\tsend_cpu_s_per_gib\trecv_cpu_s_per_gib\tsend_rss_mib\trecv_rss_mib\textra\n' > "$results"
@@ -124,16 +139,19 @@ calc() { echo "scale=6; $*" | bc -l; }
 # TIMEFMT for /usr/bin/time: wall, user+sys CPU, peak RSS in KiB.
 timefmt='%e %U %S %M'
 # row WORKLOAD SYSTEM WALL BYTES FILES SEND_CPU RECV_CPU SEND_RSS_KB RECV_RSS_KB [EXTRA]
+# Workloads 2 and 6 (small files): the rate in files/s, and the notes start with each side's CPU
+# seconds per 1,000 files.
 row() {
-  local gib rate unit
+  local gib rate unit extra=${10:-}
   gib=$(calc "$4 / 1073741824")
-  if [ "$1" = 2 ]; then
-    rate=$(calc "$5 / $3"); unit="files/s"
-  else
-    rate=$(calc "$4 / $3 / 1000000"); unit="MB/s"
-  fi
+  case "$1" in
+    2|6)
+      rate=$(calc "$5 / $3"); unit="files/s"
+      extra=$(printf 'cpu_per_1000_files send=%.3f recv=%.3f' "$(calc "$6 * 1000 / $5")" "$(calc "$7 * 1000 / $5")")${extra:+ $extra};;
+    *) rate=$(calc "$4 / $3 / 1000000"); unit="MB/s";;
+  esac
   printf '%s\t%s\t%.3f\t%.1f\t%s\t%.3f\t%.3f\t%.1f\t%.1f\t%s\n' "$1" "$2" "$3" "$rate" "$unit" \
-    "$(calc "$6 / $gib")" "$(calc "$7 / $gib")" "$(calc "$8 / 1024")" "$(calc "$9 / 1024")" "${10:-}" >> "$results"
+    "$(calc "$6 / $gib")" "$(calc "$7 / $gib")" "$(calc "$8 / 1024")" "$(calc "$9 / 1024")" "$extra" >> "$results"
 }
 # A /usr/bin/time output file: its last line (a first line says so if the command failed).
 cpu_of() { tail -1 "$1" | awk '{print $2 + $3}'; }
@@ -154,7 +172,7 @@ start_collector() {
 stop_collector() { pkill -TERM -P "$collector_time"; wait "$collector_time" || true; forget "$collector_time"; }
 : > "$work/empty.toml"
 
-# Where each system writes. With keep=1 (workload 2) every transfer writes into a new
+# Where each system writes. With keep=1 (workloads 2 and 6) every transfer writes into a new
 # directory and the outputs are deleted only after the workload: a file system that has just
 # deleted thousands of inodes spends its time skipping them when it allocates new ones (ext4's
 # recently_deleted), which would make every row pay for the previous one's clean-up.
@@ -232,11 +250,28 @@ rsync_ssh_row() {
     "$(cpu_of "$work/sshd.time")" "$(rss_of "$work/rsync.time")" "$(rss_of "$work/sshd.time")" "ssh default cipher"
 }
 
+# c_small_row WORKLOAD LABEL SRC BYTES FILES syncfs|none: bench/smallfiles.c, one process that
+# reads every file of SRC and writes it into a new directory, then makes them all durable with
+# one syncfs (or leaves them in the page cache). Its CPU and RSS are put on the receiving side,
+# 0 on the sending side. The syncs before and after keep other rows' writes out of its syncfs,
+# and its unsynced files out of the next row's time.
+c_small_row() {
+  local w=$1 label=$2 src=$3 bytes=$4 files=$5 mode=$6 dst line note
+  next_output dst "$work/c-dst"
+  sync
+  line=$("$work/smallfiles" "$mode" "$src" "$dst")
+  sync
+  get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+  [ "$(get files)" = "$files" ] && [ "$(get bytes)" = "$bytes" ] || { echo "bench: smallfiles: $line" >&2; exit 1; }
+  if [ "$mode" = syncfs ]; then note="one process: read + write + one syncfs"; else note="one process: read + write, no sync"; fi
+  row "$w" "$label" "$(get wall_s)" "$bytes" "$files" 0 "$(get cpu_s)" 0 "$(get maxrss_kb)" "$note"
+}
+
 # c_tls_row WORKLOAD LABEL SRC BYTES FILES [tls_baseline options]: the bare TLS transfer, every
 # file fdatasync'ed at the receiver.
 c_tls_row() {
   local w=$1 label=$2 src=$3 bytes=$4 files=$5 dst line; shift 5
-  # Workload 1: the file to a file; workload 2: the directory's files into a new directory.
+  # Workload 1: the file to a file; workloads 2 and 6: the directory's files into a new directory.
   if [ "$w" = 1 ]; then src="$src/big.bin"; dst="$work/dst.bin"; fresh "$dst"; else next_output dst "$work/tls-dst"; fi
   line=$("$work/tls_baseline" "${tls_keys[@]}" "$@" "$src" "$dst" sync)
   get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
@@ -246,24 +281,47 @@ c_tls_row() {
     "$(get receiver_maxrss_kb)" "$(get version) $(get cipher) send=$(get mode)"
 }
 
-# spoolship_row WORKLOAD LABEL SPOOL BYTES FILES [AGENT OPTIONS]: one agent --once (archiving
-# its files, as the baselines do not delete their sources either) into a fresh collector
-# (started with collector_tls's options).
-spoolship_row() {
-  local w=$1 label=$2 spool=$3 bytes=$4 files=$5; shift 5
+# spoolship_once SPOOL FILES [AGENT OPTIONS]: one agent --once, with a fresh state, into a fresh
+# collector (started with collector_tls's options) writing into the next data directory; checks
+# that the collector committed FILES files.
+spoolship_once() {
+  local spool=$1 files=$2; shift 2
   next_output data "$work/data"
   fresh "$work/state" "$work/archive"
   start_collector
   /usr/bin/time -f "$timefmt" -o "$work/agent.time" \
     "$BIN/spoolship-agent" --config "$work/empty.toml" --control-socket none --collector "127.0.0.1:$port" --agent-id bench \
-      --state-dir "$work/state" --spool "bench=$spool" --archive-dir "$work/archive" --once --log-level warning "$@"
+      --state-dir "$work/state" --spool "bench=$spool" --once --log-level warning "$@"
   stop_collector
   [ "$(ls "$data/bench/bench" | wc -l)" = "$files" ] || { echo "bench: spoolship did not commit every file" >&2; exit 1; }
+}
+
+# spoolship_row WORKLOAD LABEL SPOOL BYTES FILES [AGENT OPTIONS]: one agent --once, archiving its
+# files (as the baselines do not delete their sources either), which go back into SPOOL after.
+spoolship_row() {
+  local w=$1 label=$2 spool=$3 bytes=$4 files=$5; shift 5
+  spoolship_once "$spool" "$files" --archive-dir "$work/archive" "$@"
   row "$w" "$label" "$(wall_of "$work/agent.time")" "$bytes" "$files" "$(cpu_of "$work/agent.time")" \
     "$(cpu_of "$work/collector.time")" "$(rss_of "$work/agent.time")" "$(rss_of "$work/collector.time")"
-  # Put the files back for the next system.
-  mv "$work/archive/bench/"* "$spool/" 2>/dev/null || mv "$work/archive/"*/* "$spool/"
+  # Put the files back for the next system (find: 100,000 names are more than one mv's arguments).
+  find "$work/archive" -mindepth 2 -maxdepth 2 -type f -exec mv -t "$spool/" {} +
+  [ "$(ls "$spool" | wc -l)" = "$files" ] || { echo "bench: the archived files did not go back into $spool" >&2; exit 1; }
   if [ "$w" = 1 ]; then cmp "$spool/big.bin" "$data/bench/bench/big.bin"; fi
+}
+
+# spoolship_delete_row WORKLOAD LABEL SRC BYTES FILES: one agent --once without --archive-dir,
+# which deletes each file once the collector has acknowledged it, as spoolship runs by default.
+# Its spool is a fresh copy of SRC in a new directory, made and synced before the run; after
+# it the spool must be empty.
+spoolship_delete_row() {
+  local w=$1 label=$2 src=$3 bytes=$4 files=$5 spool
+  next_output spool "$work/spool"
+  cp -a "$src" "$spool"; sync
+  spoolship_once "$spool" "$files"
+  [ -z "$(ls -A "$spool")" ] || { echo "bench: spoolship, delete: the spool $spool is not empty" >&2; exit 1; }
+  row "$w" "$label" "$(wall_of "$work/agent.time")" "$bytes" "$files" "$(cpu_of "$work/agent.time")" \
+    "$(cpu_of "$work/collector.time")" "$(rss_of "$work/agent.time")" "$(rss_of "$work/collector.time")" \
+    "the agent deletes each file once acknowledged"
 }
 # spoolship-tls: the same, both daemons with the TLS options (the agent's name for the
 # collector is its address, 127.0.0.1, which the collector's certificate carries).
@@ -291,6 +349,21 @@ if runs 1; then
       row 1 "$label" "$(get wall_s)" "$bytes" 1 "$(get sender_cpu_s)" "$(get receiver_cpu_s)" "$(get sender_maxrss_kb)" "$(get receiver_maxrss_kb)"
     done
   done
+  # The CRC that rule R5 needs, measured alone (no transfer, no disk write): its CPU is put on
+  # both sides, as both the agent and the collector compute it. Checked against zlib once.
+  line=$(/usr/bin/time -f "$timefmt" -o "$work/crc.time" "$work/crc" "$work/w1/big.bin")
+  get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+  [ "$(get bytes)" = "$bytes" ] || { echo "bench: crc: $line" >&2; exit 1; }
+  if [ "$round" = 1 ]; then
+    want=$(python3 -c 'import sys, zlib
+c = 0
+with open(sys.argv[1], "rb") as f:
+    while b := f.read(1 << 20): c = zlib.crc32(b, c)
+print("%08x" % c)' "$work/w1/big.bin")
+    [ "$(get crc)" = "$want" ] || { echo "bench: crc: $(get crc), zlib says $want" >&2; exit 1; }
+  fi
+  row 1 "CRC-32 alone (pread + ISA-L)" "$(get wall_s)" "$bytes" 1 "$(get cpu_s)" "$(get cpu_s)" "$(rss_of "$work/crc.time")" \
+    "$(rss_of "$work/crc.time")" "crc=$(get crc), one process, its CPU on both sides"
   fi
   if has c-tls; then
     breathe; c_tls_row 1 "c-tls" "$work/w1" "$bytes" 1 --cipher TLS_AES_128_GCM_SHA256
@@ -308,31 +381,44 @@ if runs 1; then
   rm -rf "$work/w1" "$work/dst.bin" "$work/rsync-dst" "$work/data"
 fi
 
-# ---- Workload 2: many small files ----
-if runs 2; then
-  echo "bench: workload 2, $small_n files of 4 KiB"
-  mkdir -p "$work/w2"
-  python3 - "$work/w2" "$small_n" <<'PY'
+# ---- Workloads 2 and 6: many small files ----
+# small_files WORKLOAD FILES SIZE: FILES files of SIZE bytes, every system writing into a new
+# directory each time (keep=1); all those directories go after the workload.
+small_files() {
+  local w=$1 files=$2 size=$3 src="$work/w$1" bytes
+  mkdir -p "$src"
+  python3 - "$src" "$files" "$size" <<'PY'
 import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
+d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
-    with open(os.path.join(d, "f%05d" % i), "wb") as f:
-        f.write(os.urandom(4096))
+    with open(os.path.join(d, "f%06d" % i), "wb") as f:
+        f.write(os.urandom(size))
 PY
-  bytes=$((small_n * 4096))
+  bytes=$((files * size))
   keep=1
   for round in $(seq "$rounds"); do
-    if has c-tls; then c_tls_row 2 "c-tls" "$work/w2" "$bytes" "$small_n" --cipher TLS_AES_128_GCM_SHA256; fi
-    if has rsync; then
-      rsync_row 2 "rsync --fsync" "$work/w2" "$bytes" "$small_n" --fsync
-      rsync_row 2 "rsync" "$work/w2" "$bytes" "$small_n"
+    if has c; then
+      c_small_row "$w" "C + syncfs" "$src" "$bytes" "$files" syncfs
+      c_small_row "$w" "C, no sync" "$src" "$bytes" "$files" none
     fi
-    if has rsync-ssh; then rsync_ssh_row 2 "rsync-ssh --fsync" "$work/w2" "$bytes" "$small_n" --fsync; fi
-    if has spoolship; then spoolship_row 2 "spoolship" "$work/w2" "$bytes" "$small_n"; fi
-    if has spoolship-tls; then spoolship_tls_row 2 "spoolship-tls" "$work/w2" "$bytes" "$small_n"; fi
+    if has c-tls; then c_tls_row "$w" "c-tls" "$src" "$bytes" "$files" --cipher TLS_AES_128_GCM_SHA256; fi
+    if has rsync; then
+      rsync_row "$w" "rsync --fsync" "$src" "$bytes" "$files" --fsync
+      rsync_row "$w" "rsync" "$src" "$bytes" "$files"
+    fi
+    if has rsync-ssh; then rsync_ssh_row "$w" "rsync-ssh --fsync" "$src" "$bytes" "$files" --fsync; fi
+    if has spoolship; then
+      spoolship_row "$w" "spoolship" "$src" "$bytes" "$files"
+      spoolship_delete_row "$w" "spoolship, delete" "$src" "$bytes" "$files"
+    fi
+    if has spoolship-tls; then spoolship_tls_row "$w" "spoolship-tls" "$src" "$bytes" "$files"; fi
   done
   keep=0
-  rm -rf "$work/w2" "$work"/rsync-dst* "$work"/data* "$work"/tls-dst*; sync
+  rm -rf "$src" "$work"/rsync-dst* "$work"/data* "$work"/tls-dst* "$work"/c-dst* "$work"/spool-*; sync
+}
+if runs 2; then
+  echo "bench: workload 2, $small_n files of 4 KiB"
+  small_files 2 "$small_n" 4096
 fi
 
 # ---- Workload 3: many agents at once ----
@@ -453,6 +539,12 @@ if runs 5; then
   get() { echo "$r" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
   row 5 "spoolship, followed log" "$(get seconds)" "$(get bytes)" 1 "$(get agent_cpu_s)" "$(get collector_cpu_s)" \
     "$(get agent_hwm_kb)" "$(get collector_hwm_kb)" "records_per_s=$(get records_per_s) latency_median_s=$(get latency_median_s) latency_p99_s=$(get latency_p99_s)"
+fi
+
+# ---- Workload 6: many smaller files ----
+if runs 6; then
+  echo "bench: workload 6, $tiny_n files of 1 KiB"
+  small_files 6 "$tiny_n" 1024
 fi
 
 python3 bench/report.py "$results" "$out"
