@@ -93,7 +93,7 @@ final class CollectorConnection: @unchecked Sendable {
     var store: AgentStore?
     var transfers: [UInt64: Transfer] = [:]
     private var splicer: Splicer?
-    private var durability: Durability?
+    private(set) var durability: Durability?
     /// During the handshake, when the whole of it must have arrived.
     var frameDeadline: Double?
 

@@ -20,6 +20,9 @@ extension CollectorConnection {
         if let r = OfferAdmission.screen(o, limits: limits, openOffers: transfers.count, tagOpen: transfers[o.tag] != nil) {
             throw Refusal(r, tag: o.tag)
         }
+        // Received whole under an earlier tag and queued for its commit: answered once that
+        // has ended (from the ledger, if it committed).
+        durability?.waitForCommit(of: o.key)
         // The same segment offered again under a new tag (the agent sealed it again): the
         // newer offer replaces the older one, and its partial is kept.
         for (oldTag, t) in transfers where t.key == o.key {

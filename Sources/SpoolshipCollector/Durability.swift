@@ -47,6 +47,8 @@ final class Durability: @unchecked Sendable {
     private let commitSync: CommitSync
     private let jobs = NSCondition()
     private var queue: [Job] = []
+    /// Segments queued for a commit that has not ended yet (committed or failed), by key.
+    private var committing: [SegmentKey: Int] = [:]
     private var closing = false
     private var started = false
     private let done = Latch()
@@ -88,7 +90,21 @@ final class Durability: @unchecked Sendable {
     }
 
     /// The whole segment has arrived: commit it.
-    func commit(_ t: Transfer) { enqueue(.commit(t)) }
+    func commit(_ t: Transfer) {
+        jobs.lock()
+        committing[t.key, default: 0] += 1
+        jobs.unlock()
+        enqueue(.commit(t))
+    }
+
+    /// Waits until no commit of `key` is queued or running: an offer of a segment that this
+    /// connection has received whole is answered once its commit has ended, from the ledger,
+    /// and never starts a second copy of it (nor meets its partial).
+    func waitForCommit(of key: SegmentKey) {
+        jobs.lock()
+        while committing[key] != nil { jobs.wait() }
+        jobs.unlock()
+    }
 
     private func enqueue(_ job: Job) {
         jobs.lock()
@@ -116,7 +132,15 @@ final class Durability: @unchecked Sendable {
                 case .commit(let t): commits.append(t)
                 }
             }
-            if !commits.isEmpty { commit(commits) }
+            if !commits.isEmpty {
+                commit(commits)
+                jobs.lock()
+                for t in commits {
+                    if let n = committing[t.key], n > 1 { committing[t.key] = n - 1 } else { committing[t.key] = nil }
+                }
+                jobs.broadcast()
+                jobs.unlock()
+            }
         }
     }
 

@@ -35,7 +35,7 @@ import Testing
         let header = try #require(lines.first)
         #expect(header.prefix(5) == ["workload", "system", "wall_s", "rate", "unit"], "\(header)")
         let rows = lines.dropFirst().map { Dictionary(uniqueKeysWithValues: zip(header, $0)) }
-        #expect(Set(rows.map { $0["system"] ?? "" }) == ["rsync --fsync", "rsync", "spoolship"], "\(tsv)")
+        #expect(Set(rows.map { $0["system"] ?? "" }) == ["rsync --fsync", "rsync", "spoolship", "spoolship, delete"], "\(tsv)")
         for r in rows {
             #expect(r["workload"] == "2" && r["unit"] == "files/s", "\(r)")
             for k in ["wall_s", "rate", "send_cpu_s_per_gib", "recv_cpu_s_per_gib", "send_rss_mib", "recv_rss_mib"] {
@@ -45,7 +45,8 @@ import Testing
             #expect((Double(r["wall_s"] ?? "") ?? 0) > 0 && (Double(r["rate"] ?? "") ?? 0) > 0, "\(r)")
         }
         // The printed ratios, with the targets they are judged against.
-        for target in ["2: spoolship / rsync --fsync, files per second: ", "2: spoolship / rsync without --fsync, files per second: "] {
+        for target in ["2: spoolship / rsync --fsync, files per second: ", "2: spoolship / rsync, files per second: ",
+                       "2: spoolship, delete / rsync --fsync, files per second: ", "2: spoolship, CPU s per 1,000 files of the agent: "] {
             let line = text.split(separator: "\n").first { $0.hasPrefix(target) }
             let ratio = line.flatMap { Double($0.dropFirst(target.count).split(separator: " ").first ?? "") }
             #expect(ratio != nil && ratio! > 0, "no ratio line \"\(target)...\" in:\n\(text)")

@@ -163,7 +163,7 @@ import Testing
         let collectorStatus = try StatusTests.json(c.collectorSocket)
         #expect(StatusTests.int(collectorStatus, "totals.committed_bytes").map(Double.init) == m.value("spoolship_collector_committed_bytes_total"))
         #expect(StatusTests.int(collectorStatus, "totals.fsyncs").map(Double.init)
-                == (m.value(#"spoolship_collector_fsync_seconds_count{file="partial"}"#) ?? 0) + (m.value(#"spoolship_collector_fsync_seconds_count{file="ledger"}"#) ?? 0))
+                == ["partial", "ledger", "filesystem"].reduce(0.0) { $0 + (m.value(#"spoolship_collector_fsync_seconds_count{file="\#($1)"}"#) ?? 0) })
 
         // /healthz on both.
         for port in [aPort, cPort] {
