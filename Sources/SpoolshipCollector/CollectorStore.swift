@@ -126,6 +126,11 @@ final class AgentStore: @unchecked Sendable {
     /// Only the connection that owns the store commits (see `claim`), under `state` anyway.
     private var nextVersion: [String: Int] = [:]
 
+    /// Per spool: the names in its directory that the ledger did not record when the
+    /// directory was first looked at after the start (`hasLooseFiles`), less those recorded
+    /// since. Under `state`.
+    private var loose: [String: Set<String>] = [:]
+
     /// Puts a verified partial into its spool directory under the segment's name, or
     /// `name~N` with the first N free, without ever replacing a file (a named partial is
     /// renamed, an unnamed one linked); returns the name used.
@@ -311,7 +316,10 @@ final class AgentStore: @unchecked Sendable {
             throw error
         }
         state.lock()
-        for e in entries { ledger[e.key] = e.stored }
+        for e in entries {
+            ledger[e.key] = e.stored
+            loose[e.key.spool]?.remove(e.stored)
+        }
         state.unlock()
     }
 
@@ -357,8 +365,12 @@ final class AgentStore: @unchecked Sendable {
     /// Looks for `key` already committed on disk under its name or an alternate one (a crash
     /// between the commit rename and the ledger write leaves it there). Returns the stored
     /// name after making sure the directory entry is durable.
+    ///
+    /// Only where the spool's directory held files the ledger does not record when it was
+    /// first looked at (`hasLooseFiles`): otherwise nothing can be found, and most offers
+    /// (new segments) pay no look-up on disk.
     func findOnDisk(_ key: SegmentKey) throws -> String? {
-        guard let dir = try existingSpoolDir(key.spool) else { return nil }
+        guard let dir = try existingSpoolDir(key.spool), try hasLooseFiles(key.spool, in: dir) else { return nil }
         // Up to the first name that is free, as a commit takes it (`commitName`).
         for attempt in 0... {
             let name = Names.alternateName(key.name, attempt: attempt)
@@ -372,5 +384,24 @@ final class AgentStore: @unchecked Sendable {
             }
         }
         return nil
+    }
+
+    /// Whether the spool's directory holds files the ledger does not record. Listed once per
+    /// spool, at its first look-up after the start: files that were put in place after that
+    /// without a ledger line are this process's own commits between their link and their
+    /// ledger line. `record` takes the recorded names out again; a name found by `findOnDisk`
+    /// is recorded with it.
+    private func hasLooseFiles(_ spool: String, in dir: OwnedFD) throws -> Bool {
+        if let known = state.withLock({ loose[spool] }) { return !known.isEmpty }
+        var found = Set<String>()
+        for e in try Files.entries(of: dir) { if let n = e.name { found.insert(n) } }
+        return state.withLock {
+            // Compared with the ledger under the lock: a commit recorded while the directory
+            // was read is in the ledger now, and one recorded later takes its name out.
+            let recorded = Set(ledger.compactMap { $0.key.spool == spool ? $0.value : nil })
+            let unrecorded = found.subtracting(recorded)
+            loose[spool] = unrecorded
+            return !unrecorded.isEmpty
+        }
     }
 }
