@@ -44,7 +44,8 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]),
         .target(
             name: "CSpoolshipLinux",
-            cSettings: [.define("_GNU_SOURCE")]),
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("isal")]),
         .target(
             name: "SpoolshipCore",
             dependencies: ["CSpoolshipZlib", "CSpoolshipISAL", .product(name: "Crypto", package: "swift-crypto")]),
@@ -118,10 +119,11 @@ let package = Package(
                 "SpoolshipAgent", "SpoolshipCore", "SpoolshipIO", "SpoolshipDaemon",
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        // In-process tests of what needs no daemon: settings precedence, the lifecycle runner.
+        // In-process tests of what needs no daemon: settings precedence, the lifecycle runner,
+        // the mapped checksum and its SIGBUS guard.
         .testTarget(
             name: "SpoolshipDaemonTests",
-            dependencies: ["SpoolshipDaemon", "SpoolshipAgent", "SpoolshipCollector", "SpoolshipIO"]),
+            dependencies: ["SpoolshipDaemon", "SpoolshipAgent", "SpoolshipCollector", "SpoolshipIO", "SpoolshipCore", "CSpoolshipLinux"]),
         .testTarget(
             name: "SpoolshipIntegrationTests",
             dependencies: ["SpoolshipCore", "SpoolshipIO"]),

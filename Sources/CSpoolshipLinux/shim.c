@@ -8,6 +8,10 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
+#include <isa-l/crc.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -164,4 +168,72 @@ int spsh_link_unnamed(int fd, int dirfd, const char *name) {
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     return linkat(AT_FDCWD, path, dirfd, name, AT_SYMLINK_FOLLOW);
+}
+
+// The SIGBUS guard of spsh_crc32_mapped: a thread that reads a mapping sets `bus_guard` to its
+// jump buffer and `bus_lo`/`bus_hi` to the mapping; the handler jumps back there for a fault
+// inside it, and passes anything else to the handler installed before (the Swift runtime's
+// backtracer, or the default action).
+static __thread sigjmp_buf *bus_guard;
+static __thread const char *bus_lo, *bus_hi;
+static struct sigaction bus_previous;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+
+static void bus_handler(int sig, siginfo_t *info, void *context) {
+    const char *at = info ? (const char *)info->si_addr : NULL;
+    if (bus_guard && at >= bus_lo && at < bus_hi) siglongjmp(*bus_guard, 1);
+    if (bus_previous.sa_flags & SA_SIGINFO) {
+        if (bus_previous.sa_sigaction) { bus_previous.sa_sigaction(sig, info, context); return; }
+    } else if (bus_previous.sa_handler != SIG_DFL && bus_previous.sa_handler != SIG_IGN) {
+        bus_previous.sa_handler(sig);
+        return;
+    }
+    // The default action: with it restored, the faulting access runs again and kills.
+    signal(SIGBUS, SIG_DFL);
+}
+
+static void bus_install(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = bus_handler;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &bus_previous);
+}
+
+enum { MAP_WINDOW = 64 << 20 };
+
+int spsh_crc32_mapped(int fd, int64_t offset, int64_t length, uint32_t *crc) {
+    pthread_once(&bus_once, bus_install);
+    long page = sysconf(_SC_PAGESIZE);
+    uint32_t c = *crc;
+    while (length > 0) {
+        int64_t base = offset - offset % page;
+        size_t skip = (size_t)(offset - base);
+        size_t n = (size_t)(length < MAP_WINDOW ? length : MAP_WINDOW);
+        size_t span = skip + n;
+        char *map = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, base);
+        if (map == MAP_FAILED) return -1;
+        madvise(map, span, MADV_SEQUENTIAL);
+        sigjmp_buf jump;
+        // volatile: kept across the jump back.
+        volatile uint32_t before = c;
+        if (sigsetjmp(jump, 1) == 0) {
+            bus_lo = map;
+            bus_hi = map + span;
+            bus_guard = &jump;
+            c = crc32_gzip_refl(before, (const unsigned char *)map + skip, n);
+            bus_guard = NULL;
+        } else {
+            bus_guard = NULL;
+            munmap(map, span);
+            errno = EIO;
+            return -1;
+        }
+        munmap(map, span);
+        offset += (int64_t)n;
+        length -= (int64_t)n;
+    }
+    *crc = c;
+    return 0;
 }

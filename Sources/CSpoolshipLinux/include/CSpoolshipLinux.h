@@ -65,3 +65,11 @@ int spsh_open_unnamed(int dirfd, unsigned int mode);
 /// Gives the file open as `fd` the name `name` in `dirfd` (linkat(2) through /proc/self/fd,
 /// which needs no capability); -1 with errno EEXIST when the name is taken (never replaced).
 int spsh_link_unnamed(int fd, int dirfd, const char *name);
+/// ISA-L's CRC-32 (the one zlib computes) of `length` bytes of `fd` from `offset`, read through
+/// a read-only shared mapping of the file: over the page cache itself, with no copy into a
+/// buffer. `*crc` is the CRC so far, updated. A SIGBUS under the mapping (the file truncated
+/// meanwhile, or an I/O error reading a page) is caught on this thread and returned as -1 with
+/// errno EIO: an error for this file, never the process's death. Other signals, and a SIGBUS
+/// of any other code, go to the handler that was there before. -1 with errno also when mmap
+/// fails.
+int spsh_crc32_mapped(int fd, int64_t offset, int64_t length, uint32_t *crc);
