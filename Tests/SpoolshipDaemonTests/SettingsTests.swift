@@ -278,6 +278,7 @@ func resolveCollector(_ f: CollectorFlags, socketActivated: Bool = false) throws
     #expect(s.collector.freeSpaceReserve == defaults.freeSpaceReserve)
     #expect(s.collector.maxPartialBytes == defaults.maxPartialBytes)
     #expect(s.collector.maxFrameBody == defaults.maxFrameBody)
+    #expect(s.collector.commitSync == .filesystem)
     #expect(s.collector.portFile == nil)
     #expect(s.collector.agents == nil)
     #expect(s.collector.inheritedListener == nil)
@@ -301,10 +302,12 @@ func resolveCollector(_ f: CollectorFlags, socketActivated: Bool = false) throws
         free-space-reserve = "1G"
         max-partial-bytes = "2G"
         max-frame-body = "128K"
+        commit-sync = "file"
         control-socket = "/file/c.sock"
         metrics-listen = "127.0.0.1:9101"
         """)
     let a = try resolveCollector(collectorFlags(config: file))
+    #expect(a.collector.commitSync == .file)
     #expect(a.collector.listen == Endpoint(host: "0.0.0.0", port: 7070))
     #expect(a.collector.dataDir == "/file/data")
     #expect(a.collector.portFile == "/file/port")
@@ -324,7 +327,7 @@ func resolveCollector(_ f: CollectorFlags, socketActivated: Bool = false) throws
     let b = try resolveCollector(collectorFlags(config: file) {
         $0.listen = "127.0.0.1:1"; $0.dataDir = "/flag/data"; $0.portFile = "/flag/port"; $0.maxSegmentSize = 5
         $0.handshakeTimeout = 6; $0.idleTimeout = 7; $0.checkpointBytes = 8; $0.partialMaxAge = 9; $0.common.logLevel = "trace"
-        $0.maxConnections = 11; $0.freeSpaceReserve = "0"; $0.maxPartialBytes = "0"; $0.maxFrameBody = "1K"
+        $0.maxConnections = 11; $0.freeSpaceReserve = "0"; $0.maxPartialBytes = "0"; $0.maxFrameBody = "1K"; $0.commitSync = "filesystem"
         $0.common.controlSocket = "none"; $0.common.metricsListen = "127.0.0.1:0"; $0.common.metricsPortFile = "/flag/mport"
     })
     #expect(b.collector.listen == Endpoint(host: "127.0.0.1", port: 1))
@@ -340,6 +343,7 @@ func resolveCollector(_ f: CollectorFlags, socketActivated: Bool = false) throws
     #expect(b.collector.freeSpaceReserve == 0)
     #expect(b.collector.maxPartialBytes == 0)
     #expect(b.collector.maxFrameBody == 1024)
+    #expect(b.collector.commitSync == .filesystem)
     #expect(b.observed.controlSocket == "none")
     #expect(b.observed.metrics?.listen == Endpoint(host: "127.0.0.1", port: 0))
     #expect(b.observed.metrics?.portFile == "/flag/mport")
@@ -368,6 +372,7 @@ func resolveCollector(_ f: CollectorFlags, socketActivated: Bool = false) throws
     #expect(error { $0.maxFrameBody = "512" } == "max-frame-body must be from 1K to 16M; got 512 bytes")
     #expect(error { $0.maxSegmentSize = 0 } == "max-segment-size must be from 1 byte to 4 EiB (2^62 bytes); got 0")
     #expect(error { $0.maxConnections = 0 } == "--max-connections must be positive")
+    #expect(error { $0.commitSync = "fast" } == "commit-sync must be filesystem or file; got 'fast'")
     #expect(error { $0.idleTimeout = 0 } == "timeouts must be positive")
     #expect(error { $0.checkpointBytes = 0 } == "--checkpoint-bytes must be positive")
     #expect(error { $0.partialMaxAge = 0 } == "--partial-max-age must be positive")
