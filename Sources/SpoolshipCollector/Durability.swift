@@ -203,8 +203,9 @@ final class Durability: @unchecked Sendable {
         return each
     }
 
-    /// Group commit: fdatasync and verify each segment, rename each into place, then sync
-    /// each touched directory once and the ledger once, then acknowledge them all.
+    /// Group commit: make the segments' data durable (`syncData`), verify each, rename or link
+    /// each into place, then sync each touched directory once (or the file system once, after
+    /// links) and the ledger once, then acknowledge them all.
     private func commit(_ batch: [Transfer]) {
         var done: [(Transfer, String)] = []
         var replies: [Frame] = []

@@ -235,19 +235,7 @@ import Testing
         }, "\(agent.output.suffix(2000))")
         strace.kill(SIGTERM)
         #expect(strace.wait(timeout: 30) != nil, "strace stops and detaches")
-        var read = 0, sent = 0, mapped = 0
-        for line in try String(contentsOf: trace, encoding: .utf8).split(separator: "\n") {
-            if line.contains("mmap resumed") { continue }
-            if let call = line.range(of: "mmap(") {
-                // A file mapped for reading: mmap(ADDR, LENGTH, PROT_READ, MAP_SHARED, FD, OFFSET).
-                let args = line[call.upperBound...].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-                if args.count >= 5, args[2] == "PROT_READ", args[3] == "MAP_SHARED", let length = Int(args[1]) { mapped += length }
-                continue
-            }
-            guard let eq = line.range(of: "= ", options: .backwards), let n = Int(line[eq.upperBound...].prefix { $0.isNumber }) else { continue }
-            // With -f a call may be split: "sendfile(... <unfinished ...>", then "<... sendfile resumed>) = N".
-            if line.contains("sendfile") { sent += n } else { read += n }
-        }
+        let (read, mapped, sent) = Harness.straceTally(try String(contentsOf: trace, encoding: .utf8))
         print("follow strace: \(size) bytes followed; the agent's reads returned \(read) bytes, it mapped \(mapped) bytes of files, sendfile carried \(sent)")
         #expect(sent >= size, "the payload went out with sendfile")
         #expect(read + mapped >= size && read + mapped < size + size / 8, "gone over once, for the checksums: \(read) bytes read, \(mapped) mapped")

@@ -529,7 +529,8 @@ extension Payload {
         }
     }
 
-    /// What the agent's read calls (read, pread64, readv, preadv, preadv2) returned, in bytes,
+    /// What the agent's read calls (read, pread64, readv, preadv, preadv2) returned, and what
+    /// it mapped of files for reading (the CRC of 1 MiB and more goes over a mapping), in bytes,
     /// while it shipped one `size`-byte file over TLS with `--ktls KTLS` (strace attached to
     /// it before the file came, stopped once the file was committed).
     static func agentReadBytes(_ c: Cluster, _ pki: TestPKI, ktls: String, size: Int) throws -> Int {
@@ -539,7 +540,7 @@ extension Payload {
         defer { agent.stop() }
         #expect(Harness.waitUntil(timeout: 30) { agent.output.contains("connected to collector") }, "\(agent.output)")
         let trace = c.root.appendingPathComponent("reads-\(ktls).strace")
-        let strace = try Daemon(signalsUnblocked: ["/usr/bin/strace", "-f", "-s", "0", "-o", trace.path, "-e", "trace=read,pread64,readv,preadv,preadv2",
+        let strace = try Daemon(signalsUnblocked: ["/usr/bin/strace", "-f", "-s", "0", "-o", trace.path, "-e", "trace=read,pread64,readv,preadv,preadv2,mmap",
                                                    "-p", "\(agent.pid)"], log: c.nextLog("strace"))
         defer { strace.stop() }
         // strace 6 says "Process N attached with K threads" once all are; older ones say
@@ -555,16 +556,12 @@ extension Payload {
                 "shipped and acknowledged:\n\(agent.output.suffix(2000))")
         strace.kill(SIGTERM)
         #expect(strace.wait(timeout: 30) != nil, "strace stops and detaches")
-        let text = try String(contentsOf: trace, encoding: .utf8)
-        return text.split(separator: "\n").reduce(0) { sum, line in
-            // `NAME(ARGS) = N`, the "=" aligned with spaces; errors are `= -1 E...`.
-            guard let eq = line.range(of: "= ", options: .backwards), let n = Int(line[eq.upperBound...].prefix { $0.isNumber }) else { return sum }
-            return sum + n
-        }
+        let tally = Harness.straceTally(try String(contentsOf: trace, encoding: .utf8))
+        return tally.read + tally.mapped
     }
 
-    /// Without kernel TLS the agent reads each byte of a file twice: once for its CRC when it
-    /// seals it, once to encrypt it (pread + SSL_write). This is also what shows that the
+    /// Without kernel TLS the agent goes over each byte of a file twice: once for its CRC when
+    /// it seals it (through a mapping), once to encrypt it (pread + SSL_write). This is also what shows that the
     /// count below can see a payload read.
     @Test func withoutKernelTLS_theAgentReadsThePayloadForTheCRCAndToEncryptIt() throws {
         let c = try Cluster("tls-reads-user")

@@ -101,6 +101,26 @@ enum Harness {
         try? FileManager.default.removeItem(at: url)
     }
 
+    /// What an strace log (`strace -f -s 0 -e trace=read,...,sendfile,mmap`) says a process
+    /// moved: bytes its read calls returned, bytes of files it mapped for reading (mmap with
+    /// PROT_READ and MAP_SHARED: LENGTH is the second argument), and bytes sendfile carried.
+    /// With -f a call may be split: "NAME(... <unfinished ...>", then "<... NAME resumed>) = N".
+    static func straceTally(_ text: String) -> (read: Int, mapped: Int, sent: Int) {
+        var read = 0, mapped = 0, sent = 0
+        for line in text.split(separator: "\n") {
+            if line.contains("mmap resumed") { continue }
+            if let call = line.range(of: "mmap(") {
+                let args = line[call.upperBound...].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                if args.count >= 5, args[2] == "PROT_READ", args[3] == "MAP_SHARED", let length = Int(args[1]) { mapped += length }
+                continue
+            }
+            // `NAME(ARGS) = N`, the "=" aligned with spaces; errors are `= -1 E...`.
+            guard let eq = line.range(of: "= ", options: .backwards), let n = Int(line[eq.upperBound...].prefix { $0.isNumber }) else { continue }
+            if line.contains("sendfile") { sent += n } else { read += n }
+        }
+        return (read, mapped, sent)
+    }
+
     /// Polls `condition` every 20 ms until it returns true or `timeout` seconds pass (monotonic clock);
     /// returns whether it became true. The condition is always evaluated at least once, and once more
     /// at the deadline.
