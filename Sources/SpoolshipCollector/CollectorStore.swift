@@ -393,13 +393,12 @@ final class AgentStore: @unchecked Sendable {
     /// is recorded with it.
     private func hasLooseFiles(_ spool: String, in dir: OwnedFD) throws -> Bool {
         if let known = state.withLock({ loose[spool] }) { return !known.isEmpty }
-        var found = Set<String>()
-        for e in try Files.entries(of: dir) { if let n = e.name { found.insert(n) } }
-        return state.withLock {
-            // Compared with the ledger under the lock: a commit recorded while the directory
-            // was read is in the ledger now, and one recorded later takes its name out.
+        // Read under the lock, once per spool and start: no commit is recorded meanwhile, so
+        // none is taken for a loose file, and only the unrecorded names are kept.
+        return try state.withLock {
             let recorded = Set(ledger.compactMap { $0.key.spool == spool ? $0.value : nil })
-            let unrecorded = found.subtracting(recorded)
+            var unrecorded = Set<String>()
+            for e in try Files.entries(of: dir) { if let n = e.name, !recorded.contains(n) { unrecorded.insert(n) } }
             loose[spool] = unrecorded
             return !unrecorded.isEmpty
         }
