@@ -311,14 +311,15 @@ spoolship_row() {
 
 # after_deletions: waits until files deleted just before no longer slow the creation of new
 # ones. ext4 without a journal (the development machines' disk) skips, when it allocates an
-# inode, those deleted within the last 2 x vm.dirty_expire_centisecs (60 s by default),
-# reading their inode blocks: the rows after a mass deletion would pay for it (seen: the C
-# copy of 100,000 files took 28 s right after the delete row, 7.4 s otherwise). Not with --quick.
+# inode, those deleted within the last 60 s, or 360 s while their inode table block is still
+# dirty (RECENTCY_MIN and RECENTCY_DIRTY in fs/ext4/ialloc.c), reading their inode blocks: the
+# rows after a mass deletion would pay for it (seen: the C copy of 100,000 files took 28 s
+# right after the delete row, 7.4 s otherwise). So: sync (the blocks are clean), then 65 s.
+# Not with --quick.
 after_deletions() {
   [ "$quick" = 1 ] && return
-  local expire
-  expire=$(cat /proc/sys/vm/dirty_expire_centisecs 2>/dev/null || echo 3000)
-  sleep $((expire * 2 / 100 + 5))
+  sync
+  sleep 65
 }
 
 # spoolship_delete_row WORKLOAD LABEL SRC BYTES FILES: one agent --once without --archive-dir,
