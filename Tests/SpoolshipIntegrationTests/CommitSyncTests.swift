@@ -84,12 +84,7 @@ import Testing
         let before = Harness.files(in: c.committed()).count
         #expect(before < 400)
         try c.startCollector(port: port)
-        var lost: [String] = []
-        let done = Harness.waitUntil(timeout: 180) {
-            let left = Set(Harness.files(in: spool)), there = Set(Harness.files(in: c.committed()))
-            for n in p.names where !left.contains(n) && !there.contains(n) { lost.append(n) }
-            return left.isEmpty
-        }
+        let (done, lost) = c.waitForSpoolToEmpty(spool, p, timeout: 180)
         #expect(lost.isEmpty, "acknowledged and deleted, yet not committed: \(lost.prefix(5))")
         #expect(done, "agent output:\n\(agent.output.suffix(3000))")
         #expect(try p.identical(in: c.committed()).count == 400)

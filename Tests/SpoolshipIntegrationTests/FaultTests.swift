@@ -36,8 +36,7 @@ import Testing
         var lost: [String] = []
         func checkInvariant() {
             // Acknowledged-then-deleted files must be committed: nothing vanishes.
-            let left = Set(Harness.files(in: spool)), there = Set(Harness.files(in: dest))
-            for n in p.names where !left.contains(n) && !there.contains(n) { lost.append(n) }
+            lost += c.vanished(p, from: spool)
         }
         var kills = 0
         var agent = try c.startAgent(args)
@@ -232,12 +231,7 @@ import Testing
             if victim != .collector { agent = try c.startAgent(args) }
         }
         #expect(kills >= 1, "a transfer was caught in the middle")
-        var lost: [String] = []
-        let done = Harness.waitUntil(timeout: 180) {
-            let left = Set(Harness.files(in: spool)), there = Set(Harness.files(in: c.committed()))
-            for n in p.names where !left.contains(n) && !there.contains(n) { lost.append(n) }
-            return left.isEmpty
-        }
+        let (done, lost) = c.waitForSpoolToEmpty(spool, p, timeout: 180)
         #expect(lost.isEmpty, "acknowledged and deleted, yet not committed: \(lost.prefix(5))")
         agent.kill(SIGTERM)
         _ = agent.wait(timeout: 30)

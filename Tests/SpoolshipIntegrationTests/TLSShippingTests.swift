@@ -297,12 +297,7 @@ extension Payload {
             kills += 1
         }
         #expect(kills >= 1, "a transfer was caught in the middle")
-        var lost: [String] = []
-        let done = Harness.waitUntil(timeout: 120) {
-            let left = Set(Harness.files(in: spool)), there = Set(Harness.files(in: c.committed()))
-            for n in p.names where !left.contains(n) && !there.contains(n) { lost.append(n) }
-            return left.isEmpty
-        }
+        let (done, lost) = c.waitForSpoolToEmpty(spool, p, timeout: 120)
         #expect(lost.isEmpty, "acknowledged and deleted, yet not committed: \(lost.prefix(5))")
         agent.kill(SIGTERM)
         #expect(agent.wait(timeout: 30) == 0, "\(agent.output.suffix(2000))")

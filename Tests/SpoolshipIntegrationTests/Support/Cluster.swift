@@ -96,6 +96,24 @@ final class Cluster {
         dataDir.appendingPathComponent(agent).appendingPathComponent(spool)
     }
 
+    /// The payload's files that are gone from `spool` and not committed: acknowledged and
+    /// deleted, yet lost. Empty at every moment while the durability rules hold.
+    func vanished(_ p: Payload, from spool: URL, agent: String = "agent-1", spoolName: String = "spool") -> [String] {
+        let left = Set(Harness.files(in: spool)), there = Set(Harness.files(in: committed(agent: agent, spool: spoolName)))
+        return p.names.filter { !left.contains($0) && !there.contains($0) }
+    }
+
+    /// Waits up to `timeout` seconds for `spool` to empty, checking at every poll that nothing
+    /// left it without being committed; returns whether it emptied, and what vanished.
+    func waitForSpoolToEmpty(_ spool: URL, _ p: Payload, timeout: Double) -> (emptied: Bool, lost: [String]) {
+        var lost: [String] = []
+        let emptied = Harness.waitUntil(timeout: timeout) {
+            for n in vanished(p, from: spool) where !lost.contains(n) { lost.append(n) }
+            return Harness.files(in: spool).isEmpty
+        }
+        return (emptied, lost)
+    }
+
     func partials(agent: String = "agent-1") -> [String] {
         Harness.files(in: dataDir.appendingPathComponent(".spoolship/partial/\(agent)"))
     }
