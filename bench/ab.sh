@@ -4,7 +4,8 @@
 # collector with a new data directory: a 1 GiB file, then 10,000 files of 4 KiB (FILES, SIZE).
 # Prints per run the wall time of the agent and the CPU seconds (user + system) of each side.
 #
-#   bash bench/ab.sh OLD_BIN_DIR NEW_BIN_DIR [ROUNDS]     (default 3 rounds; PAUSE=S between runs)
+#   bash bench/ab.sh OLD_BIN_DIR NEW_BIN_DIR [ROUNDS]     (default 3 rounds; PAUSE=S between runs;
+#                                                          BIG=0: the small files only)
 #
 # Nothing is deleted while the rounds run (the outputs are removed at the end): see
 # after_deletions in bench/bench.sh for why. WORK (default /var/tmp/spoolship-ab) must be on a
@@ -16,7 +17,8 @@ files=${FILES:-10000} size=${SIZE:-4096}
 work=${WORK:-/var/tmp/spoolship-ab}
 rm -rf "$work"; mkdir -p "$work/src1" "$work/src2"
 : > "$work/empty.toml"
-head -c $((1 << 30)) /dev/urandom > "$work/src1/big.bin"
+big=${BIG:-1}
+[ "$big" = 0 ] || head -c $((1 << 30)) /dev/urandom > "$work/src1/big.bin"
 python3 - "$work/src2" "$files" "$size" <<'PY'
 import os, sys
 d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -46,7 +48,8 @@ run() {
     "$(echo "$au + $as" | bc)" "$(echo "$cu + $cs" | bc)"
 }
 for r in $(seq "$rounds"); do
-  for src in "$work/src1" "$work/src2"; do
+  srcs=("$work/src1" "$work/src2"); [ "$big" = 0 ] && srcs=("$work/src2")
+  for src in "${srcs[@]}"; do
     run old "$old" "$src"
     run new "$new" "$src"
   done

@@ -230,11 +230,11 @@ final class BlobSealer: @unchecked Sendable {
     }
 
     private func scan(_ spool: SpoolConfig) {
-        var names: [String] = []
+        var names: [(name: String, regular: Bool)] = []
         do {
             guard let dir = dirs.spool(spool.name) else { return }
             for e in try Files.entries(of: dir).sorted(by: { $0.rawName.lexicographicallyPrecedes($1.rawName) }) {
-                if let n = e.name { names.append(n); continue }
+                if let n = e.name { names.append((n, e.type == UInt8(DT_REG))); continue }
                 if !Self.inProgress(e.rawName) {
                     leftBehind.leave(spool: spool.name, name: nil, raw: e.rawName, reason: "its name is not valid UTF-8")
                 }
@@ -248,7 +248,7 @@ final class BlobSealer: @unchecked Sendable {
         var sealed: [Segment] = []
         for n in names {
             if threads.isStopped { return }
-            if let s = seal(spool: spool.name, name: n) { sealed.append(s) }
+            if let s = seal(spool: spool.name, name: n.name, listedRegular: n.regular) { sealed.append(s) }
             if sealed.count >= Self.admitBatch { admit(sealed); sealed.removeAll() }
         }
         admit(sealed)
@@ -307,7 +307,9 @@ final class BlobSealer: @unchecked Sendable {
     /// `renamedIn`: the file was just renamed into the spool, which makes it complete whatever
     /// the spool's settle time.
     /// `settled`: what the file was when it was last looked at for its settle time.
-    private func seal(spool: String, name: String, renamedIn: Bool = false, settled: Unsettled? = nil) -> Segment? {
+    /// `listedRegular`: a scan's listing said the name is a regular file (`d_type`), so it is
+    /// opened without looking at it first.
+    private func seal(spool: String, name: String, renamedIn: Bool = false, settled: Unsettled? = nil, listedRegular: Bool = false) -> Segment? {
         if Names.isInProgress(name) { return nil }
         let key = "\(spool)/\(name)"
         if queue.holdsName(key) || leftBehind.isRefused(key) { return nil }
@@ -320,12 +322,17 @@ final class BlobSealer: @unchecked Sendable {
         }
         let label = "\(config.spools.first { $0.name == spool }?.directory ?? spool)/\(name)"
         do {
-            // What it is, before opening it: a FIFO would block an open for reading, a socket
-            // cannot be opened at all, and a symlink is not followed.
-            guard let lst = try Files.statAt(dir, name, label: label) else { return nil }
-            if let what = Self.notARegularFile(lst) {
-                leftBehind.leave(spool: spool, name: name, raw: Array(name.utf8), reason: "it is \(what), not a regular file")
-                return nil
+            // What it is, before opening it: a socket cannot be opened at all, a device is not
+            // opened for fear of what opening it does, and a symlink is not followed. Where the
+            // listing said so, it is a regular file; should the name have changed into
+            // something else since, the open does not block (O_NONBLOCK), the fstat below
+            // turns it away, and its own event or the next scan looks at it.
+            if !listedRegular {
+                guard let lst = try Files.statAt(dir, name, label: label) else { return nil }
+                if let what = Self.notARegularFile(lst) {
+                    leftBehind.leave(spool: spool, name: name, raw: Array(name.utf8), reason: "it is \(what), not a regular file")
+                    return nil
+                }
             }
             let fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
             let st = try Files.fstat(fd)
@@ -361,7 +368,8 @@ final class BlobSealer: @unchecked Sendable {
             leftBehind.sealed(key)
             return Segment(id: ids.next(), spool: spool, name: name, kind: .blob, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino),
                            size: UInt64(st.st_size), crc: crc, mtimeNs: mtimeNanoseconds(st), sealedAt: Date().timeIntervalSince1970)
-        } catch let e as SyscallError where e.errno == ENOENT {
+        } catch let e as SyscallError where e.errno == ENOENT || (listedRegular && e.errno == ENXIO) {
+            // Gone, or (ENXIO) a socket took the name since the listing: its event says so.
             return nil
         } catch is StoppedWork {
             return nil

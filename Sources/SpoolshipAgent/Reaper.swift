@@ -35,12 +35,17 @@ final class Reaper: @unchecked Sendable {
     /// Acknowledged segments whose ack record is already synced (a retry must not append it
     /// again).
     private var journaled: Set<UInt64> = []
+    /// Segments that may have been moved aside already (found acknowledged at start, or
+    /// failed after their move): only for these is the aside name looked up first.
+    private var mayBeAside: Set<UInt64> = []
     private var idle = false
 
     /// How long files moved aside wait before the reaper looks at them again and removes them
-    /// (see `moveAside`), and how many are held at once (each holds a descriptor).
+    /// (see `moveAside`), how many are moved aside as one chunk, and how many chunks wait out
+    /// their grace at once (each file held holds a descriptor).
     static let removalGrace = 0.1
     static let removalChunk = 1024
+    static let chunksWaiting = 4
 
     init(journal: AgentJournal, queue: SegmentQueue, dirs: SpoolDirectories, archiveDirs: [String: OwnedFD], threads: AgentThreads,
          sealer: BlobSealer, logger: Logger, stats: AgentStats, compact: @escaping @Sendable () -> Void) {
@@ -61,6 +66,9 @@ final class Reaper: @unchecked Sendable {
     /// failed start.
     func recover(_ acked: [Segment]) {
         guard !acked.isEmpty else { return }
+        cond.lock()
+        mayBeAside.formUnion(acked.map(\.id))
+        cond.unlock()
         let failed = finish(acked)
         cond.lock()
         journaled.formUnion(failed.map(\.id))
@@ -143,13 +151,32 @@ final class Reaper: @unchecked Sendable {
             stats.error(.remove)
             failed.append(s)
         }
+        cond.lock()
+        let maybeAside = mayBeAside
+        cond.unlock()
+        // Chunks moved aside and waiting out their grace. The next chunk is moved aside while
+        // the ones before it wait, so the reaper sleeps only when nothing else is left to do.
+        var waiting: [(due: Double, held: [Aside])] = []
+        func removeWhenDue(_ chunk: (due: Double, held: [Aside])) {
+            let wait = chunk.due - monotonicNow()
+            if wait > 0 { usleep(UInt32(wait * 1_000_000)) }
+            for a in chunk.held {
+                do {
+                    try removeAside(a, rescan: &rescan)
+                    removed.append(a.segment)
+                } catch {
+                    cannotRemove(a.segment, error)
+                }
+                Files.releaseLease(a.fd)
+            }
+        }
         for start in stride(from: 0, to: batch.count, by: Self.removalChunk) {
             var held: [Aside] = []
             for s in batch[start..<min(start + Self.removalChunk, batch.count)] {
                 // A followed file's range: the file is the producer's; nothing to remove.
                 if s.isFollowed { removed.append(s); continue }
                 do {
-                    switch try moveAside(s, touched: &touched, rescan: &rescan) {
+                    switch try moveAside(s, lookFirst: maybeAside.contains(s.id), touched: &touched, rescan: &rescan) {
                     case .done: removed.append(s)
                     case .retry: failed.append(s)
                     case .moved(let a): held.append(a)
@@ -161,17 +188,12 @@ final class Reaper: @unchecked Sendable {
             // An open(2) that found one of these files by its name just before the move takes
             // its write access, which breaks the lease, within microseconds; the grace covers a
             // producer that the scheduler holds up in between, unless for longer than it.
-            if !held.isEmpty { usleep(UInt32(Self.removalGrace * 1_000_000)) }
-            for a in held {
-                do {
-                    try removeAside(a, rescan: &rescan)
-                    removed.append(a.segment)
-                } catch {
-                    cannotRemove(a.segment, error)
-                }
-                Files.releaseLease(a.fd)
+            if !held.isEmpty { waiting.append((monotonicNow() + Self.removalGrace, held)) }
+            while let first = waiting.first, first.due <= monotonicNow() || waiting.count > Self.chunksWaiting {
+                removeWhenDue(waiting.removeFirst())
             }
         }
+        while !waiting.isEmpty { removeWhenDue(waiting.removeFirst()) }
         var synced = removed
         for (key, d) in touched {
             do {
@@ -191,7 +213,12 @@ final class Reaper: @unchecked Sendable {
             logger.error("cannot record removed files as done; the next start checks them again", metadata: ["error": "\(error)"])
         }
         cond.lock()
-        for s in synced { journaled.remove(s.id) }
+        for s in synced {
+            journaled.remove(s.id)
+            mayBeAside.remove(s.id)
+        }
+        // A failure may come after the move aside: the retry looks there first.
+        mayBeAside.formUnion(failed.map(\.id))
         cond.unlock()
         rescan += queue.finished(synced)
         compact()
@@ -238,8 +265,9 @@ final class Reaper: @unchecked Sendable {
     ///
     /// Without the lease and the wait, a producer that appends in place and had just opened
     /// the file would write into an unlinked file, lost. A crash between the steps leaves the
-    /// aside name, which the next start finishes.
-    private func moveAside(_ s: Segment, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> MoveAside {
+    /// aside name, which the next start finishes (`lookFirst`: the segment was found
+    /// acknowledged at start, or failed after its move; no other can have an aside name).
+    private func moveAside(_ s: Segment, lookFirst: Bool, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> MoveAside {
         guard let dir = dirs.holding(s) else { return .done }
         // The directory is synced whatever happens below: a retry after a failed directory
         // sync finds the file already gone, and must still sync before recording it done.
@@ -248,7 +276,7 @@ final class Reaper: @unchecked Sendable {
         let label = "\(s.spool)/\(s.name)"
         let aside = Self.asideName(s.id)
         let asideLabel = "\(s.spool)/\(aside)"
-        if try Files.statAt(dir, aside, label: asideLabel) != nil {
+        if lookFirst, try Files.statAt(dir, aside, label: asideLabel) != nil {
             // Moved aside before a crash: held now, and looked at with the rest.
             guard let fd = try Files.openIfPresent(dir, aside, label: asideLabel) else { return .done }
             return .moved(Aside(segment: s, dir: dir, fd: fd, lease: Files.takeReadLease(fd)))
