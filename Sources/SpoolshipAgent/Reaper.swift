@@ -227,11 +227,16 @@ final class Reaper: @unchecked Sendable {
         return failed
     }
 
-    /// An acknowledged file moved aside, held open (with a read lease where the kernel gives
-    /// one) from before the move until its removal.
+    /// An acknowledged file moved aside (or straight into the archive dir), held open (with a
+    /// read lease where the kernel gives one) from before the move until it is checked.
     private struct Aside {
         var segment: Segment
+        /// The directory that held its name.
         var dir: OwnedFD
+        /// Where it was moved: its aside name in `dir`, or its name in the archive dir.
+        var movedTo: OwnedFD
+        var movedName: String
+        var archived: Bool
         var fd: OwnedFD
         var lease: Files.ReadLease
     }
@@ -250,36 +255,45 @@ final class Reaper: @unchecked Sendable {
     ///
     /// 1. `moveAside`: if the name holds the sealed file (device, inode, size, mtime), open it,
     ///    take a read lease (the kernel gives one only while no one has the file open for
-    ///    writing, and any later open for writing breaks it), and rename it aside to a private
-    ///    dotfile name (`.spoolship-reap-<id>`, ignored by scans), without replacing. A file
-    ///    held open for writing, or grown or rewritten since its seal, is left where it is: it
-    ///    is sealed again and ships whole as the next version once closed.
+    ///    writing, and any later open for writing breaks it), and rename it without replacing:
+    ///    with an archive dir, straight into it (as `name`, or `name~N` if that is taken);
+    ///    otherwise aside, to a private dotfile name (`.spoolship-reap-<id>`, ignored by
+    ///    scans). A file held open for writing, or grown or rewritten since its seal, is left
+    ///    where it is: it is sealed again and ships whole as the next version once closed.
     /// 2. `removeAside`, once `removalGrace` has passed: from the move on no one can open it by
     ///    its name, and an open(2) that found it by its name just before the move has got its
     ///    write access by now (unless the scheduler held that producer up for longer). If the
-    ///    aside name holds the sealed file, unchanged, and the lease is whole (where no lease
-    ///    could be had: no writer in /proc), unlink it (or rename it into the archive dir).
-    ///    Otherwise put it back, under its name or as `name~N` if the name is taken again, and
-    ///    seal it again: a new file that replaced the name just before the move, or the
-    ///    shipped file being written, which ships again.
+    ///    name it was moved to holds the sealed file, unchanged, and the lease is whole (where
+    ///    no lease could be had: no writer in /proc), it is done: unlink the aside name, or
+    ///    leave the file in the archive. Otherwise put it back, under its name or as `name~N`
+    ///    if the name is taken again, and seal it again: a new file that replaced the name just
+    ///    before the move, or the shipped file being written, which ships again.
     ///
     /// Without the lease and the wait, a producer that appends in place and had just opened
-    /// the file would write into an unlinked file, lost. A crash between the steps leaves the
-    /// aside name, which the next start finishes (`lookFirst`: the segment was found
-    /// acknowledged at start, or failed after its move; no other can have an aside name).
+    /// the file would write into an unlinked (or archived) file, lost. A crash between the
+    /// steps leaves the aside name, or an archived file not yet checked, which the next start
+    /// finishes (`lookFirst`: the segment was found acknowledged at start, or failed after its
+    /// move; no other can have been moved).
     private func moveAside(_ s: Segment, lookFirst: Bool, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> MoveAside {
         guard let dir = dirs.holding(s) else { return .done }
         // The directory is synced whatever happens below: a retry after a failed directory
         // sync finds the file already gone, and must still sync before recording it done.
         touched[s.kind == .log ? "rotated/\(s.spool)" : s.spool] = dir
-        if let adir = archiveDirs[s.spool] { touched["archive/\(s.spool)"] = adir }
+        let archive = archiveDirs[s.spool]
+        if let adir = archive { touched["archive/\(s.spool)"] = adir }
         let label = "\(s.spool)/\(s.name)"
         let aside = Self.asideName(s.id)
         let asideLabel = "\(s.spool)/\(aside)"
-        if lookFirst, try Files.statAt(dir, aside, label: asideLabel) != nil {
-            // Moved aside before a crash: held now, and looked at with the rest.
-            guard let fd = try Files.openIfPresent(dir, aside, label: asideLabel) else { return .done }
-            return .moved(Aside(segment: s, dir: dir, fd: fd, lease: Files.takeReadLease(fd)))
+        if lookFirst {
+            // Moved before a crash: held now, and looked at with the rest.
+            if try Files.statAt(dir, aside, label: asideLabel) != nil {
+                guard let fd = try Files.openIfPresent(dir, aside, label: asideLabel) else { return .done }
+                return .moved(Aside(segment: s, dir: dir, movedTo: dir, movedName: aside, archived: false, fd: fd, lease: Files.takeReadLease(fd)))
+            }
+            if let adir = archive, let name = try archived(s, in: adir) {
+                guard let fd = try Files.openIfPresent(adir, name, label: "archive \(label)") else { return .done }
+                return .moved(Aside(segment: s, dir: dir, movedTo: adir, movedName: name, archived: true, fd: fd, lease: Files.takeReadLease(fd)))
+            }
         }
         guard let fd = try Files.openIfPresent(dir, s.name, label: label) else { return .done }  // gone: nothing of ours is left
         let st = try Files.fstat(fd)
@@ -298,16 +312,37 @@ final class Reaper: @unchecked Sendable {
             if s.kind == .blob { rescan.append((s.spool, s.name)) }
             return .done
         }
+        if let adir = archive {
+            // One rename instead of two: the archive is where the file ends up, and it is
+            // checked there. (The lease was taken while the name still held the file.)
+            var attempt = 0
+            while try !Files.renameNoReplace(dir, s.name, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
+                attempt += 1
+            }
+            return .moved(Aside(segment: s, dir: dir, movedTo: adir, movedName: Names.alternateName(s.name, attempt: attempt), archived: true,
+                                fd: fd, lease: lease))
+        }
         guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return .retry }
-        return .moved(Aside(segment: s, dir: dir, fd: fd, lease: lease))
+        return .moved(Aside(segment: s, dir: dir, movedTo: dir, movedName: aside, archived: false, fd: fd, lease: lease))
+    }
+
+    /// The name under which a segment's file lies in the archive dir (its device and inode),
+    /// among `name`, `name~1`, ... up to the first that does not exist; nil if none.
+    private func archived(_ s: Segment, in adir: OwnedFD) throws -> String? {
+        var attempt = 0
+        while true {
+            let name = Names.alternateName(s.name, attempt: attempt)
+            guard let st = try Files.statAt(adir, name, label: "archive \(s.spool)/\(name)") else { return nil }
+            if s.isSameFile(st) { return name }
+            attempt += 1
+        }
     }
 
     private func removeAside(_ a: Aside, rescan: inout [(String, String)]) throws {
         let s = a.segment
         let label = "\(s.spool)/\(s.name)"
-        let aside = Self.asideName(s.id)
-        let asideLabel = "\(s.spool)/\(aside)"
-        guard let moved = try Files.statAt(a.dir, aside, label: asideLabel) else { return }
+        let movedLabel = a.archived ? "archive \(s.spool)/\(a.movedName)" : "\(s.spool)/\(a.movedName)"
+        guard let moved = try Files.statAt(a.movedTo, a.movedName, label: movedLabel) else { return }
         let held = try Files.fstat(a.fd)
         let written: Bool
         switch a.lease {
@@ -317,18 +352,20 @@ final class Reaper: @unchecked Sendable {
         }
         let ours = s.isSameFile(moved) && UInt64(held.st_dev) == UInt64(moved.st_dev) && UInt64(held.st_ino) == UInt64(moved.st_ino)
         if ours && s.isSealed(moved) && !written {
+            if a.archived { return }  // in the archive already, where it stays
             if let adir = archiveDirs[s.spool] {
+                // Moved aside by an agent that did not yet rename straight into the archive.
                 var attempt = 0
-                while try !Files.renameNoReplace(a.dir, aside, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
+                while try !Files.renameNoReplace(a.movedTo, a.movedName, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
                     attempt += 1
                 }
             } else {
-                try Files.unlink(a.dir, aside, label: asideLabel)
+                try Files.unlink(a.movedTo, a.movedName, label: movedLabel)
             }
             return
         }
         var attempt = 0
-        while try !Files.renameNoReplace(a.dir, aside, a.dir, Names.alternateName(s.name, attempt: attempt), label: label) {
+        while try !Files.renameNoReplace(a.movedTo, a.movedName, a.dir, Names.alternateName(s.name, attempt: attempt), label: label) {
             attempt += 1
         }
         let putBack = Names.alternateName(s.name, attempt: attempt)

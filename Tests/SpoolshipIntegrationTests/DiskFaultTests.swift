@@ -122,21 +122,23 @@ import Testing
     }
 
     /// Row 8: the agent is killed (strace, SIGKILL on entering the call) as it puts an
-    /// acknowledged file aside, or as it unlinks it. Each restart finishes the
-    /// removal (deletion is idempotent), nothing is shipped twice, and no restart fails.
-    /// The first renameat2 of the agent is the reaper putting an acknowledged file aside, the
-    /// first unlinkat its removal.
-    @Test(arguments: ["renameat2", "unlinkat"])
-    func agentKilledWhileRemovingAnAcknowledgedFile_theRestartFinishesIt(call: String) throws {
-        let c = try Cluster("disk-reap-\(call)")
+    /// acknowledged file aside, or as it unlinks it; with `--archive-dir`, as it renames the
+    /// second file into the archive, the first one archived and not yet checked. Each restart
+    /// finishes the removal (deletion is idempotent), nothing is shipped twice, and no restart
+    /// fails. The first renameat2 of the agent is the reaper moving an acknowledged file (aside,
+    /// or into the archive), the first unlinkat its removal.
+    @Test(arguments: [("renameat2", 1, false), ("unlinkat", 1, false), ("renameat2", 2, true)])
+    func agentKilledWhileRemovingAnAcknowledgedFile_theRestartFinishesIt(call: String, when: Int, archiving: Bool) throws {
+        let c = try Cluster("disk-reap-\(call)-\(when)\(archiving ? "-archive" : "")")
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
         var p = try c.payload()
         for i in 0..<5 { try p.add("f\(i)", size: 20_000, seed: UInt64(i), into: spool) }
-        let args = c.agentArgs(spools: [("spool", spool)]) + ["--once", "--timeout", "60"]
+        let archive = c.root.appendingPathComponent("archive")
+        let args = c.agentArgs(spools: [("spool", spool)]) + ["--once", "--timeout", "60"] + (archiving ? ["--archive-dir", archive.path] : [])
         let exe = Harness.binDir.appendingPathComponent("spoolship-agent").path
-        let traced = try Daemon("/usr/bin/strace", ["-f", "-o", "/dev/null", "-e", "trace=\(call)", "-e", "inject=\(call):signal=KILL:when=1", exe] + args,
+        let traced = try Daemon("/usr/bin/strace", ["-f", "-o", "/dev/null", "-e", "trace=\(call)", "-e", "inject=\(call):signal=KILL:when=\(when)", exe] + args,
                                 log: c.nextLog("agent-traced"))
         #expect(traced.wait(timeout: 60) != nil)
         #expect(!traced.output.contains("all segments shipped"), "killed before the end:\n\(traced.output)")
@@ -155,5 +157,10 @@ import Testing
         #expect(try p.identical(in: c.committed()).count == 5)
         #expect(Harness.files(in: c.committed()).count == 5, "nothing twice")
         #expect(Harness.files(in: spool).isEmpty, "every acknowledged file removed, the aside names included")
+        if archiving {
+            let archived = archive.appendingPathComponent("spool")
+            #expect(Harness.files(in: archived).count == 5, "each file archived once: \(Harness.files(in: archived))")
+            #expect(try p.identical(in: archived).count == 5)
+        }
     }
 }

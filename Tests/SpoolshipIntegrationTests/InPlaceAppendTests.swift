@@ -22,13 +22,16 @@ import Testing
     /// Runs `producer` (argv) against a daemon agent with one blob spool, waits for it to end,
     /// then for the spool to empty and every line to be found; returns (found, versions).
     /// `texts` gets the committed versions' contents, by name, before the cluster goes.
+    /// `archive`: the agent archives acknowledged files into `archive` in the cluster's root,
+    /// and `archived` gets their contents, by name.
     func run(_ name: String, texts: ([String: String]) -> Void = { _ in }, lines expected: [String], file: String, agentFlags: [String] = [],
-             producer: (URL) -> [String]) throws -> (Int, Int) {
+             archived: (([String: String]) -> Void)? = nil, producer: (URL) -> [String]) throws -> (Int, Int) {
         let c = try Cluster(name)
         defer { c.remove() }
         try c.startCollector()
         let spool = try c.spool()
-        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], extra: agentFlags))
+        let archive = c.root.appendingPathComponent("archive")
+        let agent = try c.startAgent(c.agentArgs(spools: [("spool", spool)], extra: agentFlags + (archived == nil ? [] : ["--archive-dir", archive.path])))
         defer { agent.stop() }
         let argv = producer(spool.appendingPathComponent(file))
         let p = try Daemon(argv[0], Array(argv.dropFirst()), log: c.nextLog("producer"))
@@ -42,9 +45,13 @@ import Testing
         let missing = all.subtracting(found.0)
         #expect(done, "spool: \(Harness.files(in: spool)); \(missing.count) line(s) missing, e.g. \(missing.sorted().prefix(5))\n\(agent.output.suffix(3000))")
         #expect(!agent.output.contains("error"), "no error in the agent's log:\n\(agent.output.suffix(3000))")
-        var byName: [String: String] = [:]
-        for v in Harness.files(in: c.committed()) { byName[v] = try? String(contentsOf: c.committed().appendingPathComponent(v), encoding: .utf8) }
-        texts(byName)
+        func contents(_ dir: URL) -> [String: String] {
+            var byName: [String: String] = [:]
+            for v in Harness.files(in: dir) { byName[v] = try? String(contentsOf: dir.appendingPathComponent(v), encoding: .utf8) }
+            return byName
+        }
+        texts(contents(c.committed()))
+        archived?(contents(archive.appendingPathComponent("spool")))
         return (found.0.intersection(all).count, found.1)
     }
 
@@ -58,6 +65,37 @@ import Testing
             return ["/bin/sh", "-c", "i=0; while [ $i -lt \(count) ]; do printf 'line %06d\\n' $i >> '\(path.path)'; \(wait)i=$((i+1)); done"]
         }
         print("in-place append, shell, pause \(pause) s: lines written \(count), found \(found), versions \(versions)")
+    }
+
+    /// With `--archive-dir`, where acknowledged files are renamed straight into the archive and
+    /// checked there: a file appended to in that instant goes back to the spool and ships
+    /// again. So the archive holds exactly versions that shipped (each archived file is
+    /// byte-for-byte a committed version), and all that the producer wrote (every chunk is in
+    /// some archived file).
+    @Test(arguments: [(2000, "0.001"), (300, "0.02")])
+    func appendCycles_withAnArchiveDir_theArchiveHoldsWhatShipped(_ count: Int, _ pause: String) throws {
+        let expected = (0..<count).map { String(format: "chunk %06d", $0) }
+        let script = """
+            import sys, time
+            for i in range(\(count)):
+                with open(sys.argv[1], 'ab') as f:
+                    f.write(b'chunk %06d\\n' % i)
+                time.sleep(\(pause))
+            """
+        var committed: [String: String] = [:]
+        var archived: [String: String] = [:]
+        let (found, versions) = try run("append-archive", texts: { committed = $0 }, lines: expected, file: "out.bin",
+                                        archived: { archived = $0 }) { path in
+            ["/usr/bin/python3", "-c", script, path.path]
+        }
+        let shipped = Set(committed.values)
+        let strays = archived.filter { !shipped.contains($0.value) }.keys.sorted()
+        #expect(!archived.isEmpty)
+        #expect(strays.isEmpty, "archived files that match no committed version: \(strays)")
+        let inArchive = Set(archived.values.flatMap { $0.split(separator: "\n").map(String.init) })
+        let missing = Set(expected).subtracting(inArchive)
+        #expect(missing.isEmpty, "\(missing.count) chunk(s) in no archived file, e.g. \(missing.sorted().prefix(5))")
+        print("in-place append, python 'ab', pause \(pause) s, archived: chunks written \(count), found \(found), versions \(versions), archived files \(archived.count)")
     }
 
     /// Python's open(path, 'ab') per chunk, with a pause of 1 ms.
