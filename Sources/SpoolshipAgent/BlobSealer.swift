@@ -334,7 +334,9 @@ final class BlobSealer: @unchecked Sendable {
                     return nil
                 }
             }
-            let fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, label: label)
+            // O_NONBLOCK and O_NOCTTY: a name that became a FIFO or a terminal since the listing
+            // neither blocks the open nor becomes the agent's controlling terminal.
+            let fd = try Files.openBeneath(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, label: label)
             let st = try Files.fstat(fd)
             guard (st.st_mode & S_IFMT) == S_IFREG else { return nil }
             // Complete means closed after writing: a file that a producer still holds open for

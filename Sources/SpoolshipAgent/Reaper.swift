@@ -8,9 +8,10 @@ import SpoolshipDaemon
 /// The reaper keeps rule R4 whole: a spool file is deleted (or archived) only after the
 /// collector acknowledged its segment as committed, and the acknowledgement is journaled and
 /// synced before the file goes. For each batch: journal the acks (synced), move each file
-/// aside and check it, unlink it (or rename it into the archive dir), sync its directory,
-/// journal it done, and hand it back to the queue. A crash anywhere is finished at the next
-/// start (`recover`): a journaled ack whose file is still there is removed again.
+/// aside (or straight into the archive dir) and check it, unlink the aside name (or leave it
+/// archived), sync the directories, journal it done, and hand it back to the queue. A crash
+/// anywhere is finished at the next start (`recover`): a journaled ack whose file is still
+/// there, under its name, aside or unchecked in the archive, is removed again.
 ///
 /// `@unchecked Sendable`: every stored `var` is read and written only while holding `cond`;
 /// the `let`s are Sendable or thread-safe.
@@ -35,17 +36,29 @@ final class Reaper: @unchecked Sendable {
     /// Acknowledged segments whose ack record is already synced (a retry must not append it
     /// again).
     private var journaled: Set<UInt64> = []
-    /// Segments that may have been moved aside already (found acknowledged at start, or
-    /// failed after their move): only for these is the aside name looked up first.
-    private var mayBeAside: Set<UInt64> = []
+    /// Segments whose file may have been moved by a removal that did not finish, and where to
+    /// look for it (`moveAside`). No other segment's file can be anywhere but under its name.
+    private var whereabouts: [UInt64: Whereabouts] = [:]
     private var idle = false
 
+    /// Where the file of a segment whose removal did not finish may be.
+    enum Whereabouts: Equatable {
+        /// Found acknowledged at start: under its aside name, or (`archive`: with an archive
+        /// dir, for the newest segment of its file) in the archive, by its device and inode.
+        case unknown(archive: Bool)
+        /// Moved by this process: under its aside name, or in the archive under this name.
+        case aside
+        case archived(String)
+    }
+
     /// How long files moved aside wait before the reaper looks at them again and removes them
-    /// (see `moveAside`), how many are moved aside as one chunk, and how many chunks wait out
-    /// their grace at once (each file held holds a descriptor).
+    /// (see `moveAside`), and how many chunks of moved files wait out their grace at once
+    /// besides the one being moved.
     static let removalGrace = 0.1
-    static let removalChunk = 1024
-    static let chunksWaiting = 4
+    static let chunksWaiting = 3
+    /// How many files are moved aside as one chunk. Each file held holds a descriptor: the
+    /// chunks held at once stay within a quarter of the descriptor limit.
+    let removalChunk: Int
 
     init(journal: AgentJournal, queue: SegmentQueue, dirs: SpoolDirectories, archiveDirs: [String: OwnedFD], threads: AgentThreads,
          sealer: BlobSealer, logger: Logger, stats: AgentStats, compact: @escaping @Sendable () -> Void) {
@@ -58,6 +71,9 @@ final class Reaper: @unchecked Sendable {
         self.logger = logger
         self.stats = stats
         self.compact = compact
+        var lim = rlimit()
+        let soft = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 ? Int(clamping: lim.rlim_cur) : 1024
+        removalChunk = max(16, min(1024, soft / 4 / (Self.chunksWaiting + 1)))
         threads.onStop { [cond] in cond.lock(); cond.broadcast(); cond.unlock() }
     }
 
@@ -66,8 +82,12 @@ final class Reaper: @unchecked Sendable {
     /// failed start.
     func recover(_ acked: [Segment]) {
         guard !acked.isEmpty else { return }
+        // Several segments of one file (a file appended to in place, sealed again): only the
+        // newest can have been moved into the archive, the older ones found it changed.
+        var newest: [String: UInt64] = [:]
+        for s in acked { newest["\(s.dev):\(s.ino)", default: s.id] = max(newest["\(s.dev):\(s.ino)", default: s.id], s.id) }
         cond.lock()
-        mayBeAside.formUnion(acked.map(\.id))
+        for s in acked { whereabouts[s.id] = .unknown(archive: newest["\(s.dev):\(s.ino)"] == s.id) }
         cond.unlock()
         let failed = finish(acked)
         cond.lock()
@@ -152,8 +172,10 @@ final class Reaper: @unchecked Sendable {
             failed.append(s)
         }
         cond.lock()
-        let maybeAside = mayBeAside
+        let known = whereabouts
         cond.unlock()
+        // Moved in this batch and not finished: where they are now.
+        var unfinished: [UInt64: Whereabouts] = [:]
         // Chunks moved aside and waiting out their grace. The next chunk is moved aside while
         // the ones before it wait, so the reaper sleeps only when nothing else is left to do.
         var waiting: [(due: Double, held: [Aside])] = []
@@ -166,20 +188,26 @@ final class Reaper: @unchecked Sendable {
                     removed.append(a.segment)
                 } catch {
                     cannotRemove(a.segment, error)
+                    unfinished[a.segment.id] = a.archived ? .archived(a.movedName) : .aside
                 }
                 Files.releaseLease(a.fd)
             }
         }
-        for start in stride(from: 0, to: batch.count, by: Self.removalChunk) {
+        for start in stride(from: 0, to: batch.count, by: removalChunk) {
             var held: [Aside] = []
-            for s in batch[start..<min(start + Self.removalChunk, batch.count)] {
+            for s in batch[start..<min(start + removalChunk, batch.count)] {
                 // A followed file's range: the file is the producer's; nothing to remove.
                 if s.isFollowed { removed.append(s); continue }
                 do {
-                    switch try moveAside(s, lookFirst: maybeAside.contains(s.id), touched: &touched, rescan: &rescan) {
+                    switch try moveAside(s, whereabouts: known[s.id], touched: &touched, rescan: &rescan) {
                     case .done: removed.append(s)
-                    case .retry: failed.append(s)
+                    case .retry:
+                        failed.append(s)
+                        unfinished[s.id] = .aside
                     case .moved(let a): held.append(a)
+                    case .unfinished(let a, let error):
+                        cannotRemove(s, error)
+                        unfinished[s.id] = .archived(a.movedName)
                     }
                 } catch {
                     cannotRemove(s, error)
@@ -215,10 +243,10 @@ final class Reaper: @unchecked Sendable {
         cond.lock()
         for s in synced {
             journaled.remove(s.id)
-            mayBeAside.remove(s.id)
+            whereabouts[s.id] = nil
         }
-        // A failure may come after the move aside: the retry looks there first.
-        mayBeAside.formUnion(failed.map(\.id))
+        // A failure after a move: the retry looks where the file went first.
+        for (id, w) in unfinished { whereabouts[id] = w }
         cond.unlock()
         rescan += queue.finished(synced)
         compact()
@@ -244,6 +272,8 @@ final class Reaper: @unchecked Sendable {
     private enum MoveAside {
         case done, retry
         case moved(Aside)
+        /// Moved, and failed after the move.
+        case unfinished(Aside, Error)
     }
 
     /// The private name a file is moved aside to (ignored by scans: it starts with a dot).
@@ -272,9 +302,9 @@ final class Reaper: @unchecked Sendable {
     /// Without the lease and the wait, a producer that appends in place and had just opened
     /// the file would write into an unlinked (or archived) file, lost. A crash between the
     /// steps leaves the aside name, or an archived file not yet checked, which the next start
-    /// finishes (`lookFirst`: the segment was found acknowledged at start, or failed after its
-    /// move; no other can have been moved).
-    private func moveAside(_ s: Segment, lookFirst: Bool, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> MoveAside {
+    /// finishes; a failure after the move leaves the same, which the retry finishes
+    /// (`whereabouts`).
+    private func moveAside(_ s: Segment, whereabouts: Whereabouts?, touched: inout [String: OwnedFD], rescan: inout [(String, String)]) throws -> MoveAside {
         guard let dir = dirs.holding(s) else { return .done }
         // The directory is synced whatever happens below: a retry after a failed directory
         // sync finds the file already gone, and must still sync before recording it done.
@@ -284,16 +314,23 @@ final class Reaper: @unchecked Sendable {
         let label = "\(s.spool)/\(s.name)"
         let aside = Self.asideName(s.id)
         let asideLabel = "\(s.spool)/\(aside)"
-        if lookFirst {
-            // Moved before a crash: held now, and looked at with the rest.
-            if try Files.statAt(dir, aside, label: asideLabel) != nil {
-                guard let fd = try Files.openIfPresent(dir, aside, label: asideLabel) else { return .done }
-                return .moved(Aside(segment: s, dir: dir, movedTo: dir, movedName: aside, archived: false, fd: fd, lease: Files.takeReadLease(fd)))
-            }
-            if let adir = archive, let name = try archived(s, in: adir) {
-                guard let fd = try Files.openIfPresent(adir, name, label: "archive \(label)") else { return .done }
-                return .moved(Aside(segment: s, dir: dir, movedTo: adir, movedName: name, archived: true, fd: fd, lease: Files.takeReadLease(fd)))
-            }
+        // Moved before a crash or a failure: held now, and looked at with the rest.
+        var archivedAs: String?
+        switch whereabouts {
+        case nil: break
+        case .unknown(let search):
+            if search, let adir = archive { archivedAs = try archived(s, in: adir) }
+        case .archived(let name): archivedAs = name
+        case .aside: break
+        }
+        if whereabouts != nil, try Files.statAt(dir, aside, label: asideLabel) != nil {
+            guard let fd = try Files.openIfPresent(dir, aside, label: asideLabel) else { return .done }
+            return .moved(Aside(segment: s, dir: dir, movedTo: dir, movedName: aside, archived: false, fd: fd, lease: Files.takeReadLease(fd)))
+        }
+        if let adir = archive, let name = archivedAs, let fd = try Files.openIfPresent(adir, name, label: "archive \(label)") {
+            // What this process moved there (ours, or a new file that took the name: the check
+            // tells), or the sealed file found there by its device and inode.
+            return .moved(Aside(segment: s, dir: dir, movedTo: adir, movedName: name, archived: true, fd: fd, lease: Files.takeReadLease(fd)))
         }
         guard let fd = try Files.openIfPresent(dir, s.name, label: label) else { return .done }  // gone: nothing of ours is left
         let st = try Files.fstat(fd)
@@ -319,20 +356,42 @@ final class Reaper: @unchecked Sendable {
             while try !Files.renameNoReplace(dir, s.name, adir, Names.alternateName(s.name, attempt: attempt), label: "archive \(label)") {
                 attempt += 1
             }
-            return .moved(Aside(segment: s, dir: dir, movedTo: adir, movedName: Names.alternateName(s.name, attempt: attempt), archived: true,
-                                fd: fd, lease: lease))
+            let a = Aside(segment: s, dir: dir, movedTo: adir, movedName: Names.alternateName(s.name, attempt: attempt), archived: true,
+                          fd: fd, lease: lease)
+            // What moved, at once (the name was just made, so this look-up is cached): a new
+            // file that a producer put under the name since the open above goes back now, not
+            // after the grace, so that a crash cannot leave it unshipped in the archive.
+            do {
+                if let moved = try Files.statAt(adir, a.movedName, label: "archive \(label)"),
+                   !(UInt64(moved.st_dev) == UInt64(st.st_dev) && UInt64(moved.st_ino) == UInt64(st.st_ino)) {
+                    try removeAside(a, rescan: &rescan)
+                    Files.releaseLease(fd)
+                    return .done
+                }
+            } catch {
+                Files.releaseLease(fd)
+                return .unfinished(a, error)
+            }
+            return .moved(a)
         }
         guard try Files.renameNoReplace(dir, s.name, dir, aside, label: asideLabel) else { return .retry }
         return .moved(Aside(segment: s, dir: dir, movedTo: dir, movedName: aside, archived: false, fd: fd, lease: lease))
     }
 
     /// The name under which a segment's file lies in the archive dir (its device and inode),
-    /// among `name`, `name~1`, ... up to the first that does not exist; nil if none.
+    /// among `name`, `name~1`, ... up to the first that does not exist (or is too long); nil
+    /// if none.
     private func archived(_ s: Segment, in adir: OwnedFD) throws -> String? {
         var attempt = 0
         while true {
             let name = Names.alternateName(s.name, attempt: attempt)
-            guard let st = try Files.statAt(adir, name, label: "archive \(s.spool)/\(name)") else { return nil }
+            let st: stat?
+            do {
+                st = try Files.statAt(adir, name, label: "archive \(s.spool)/\(name)")
+            } catch let e as SyscallError where e.errno == ENAMETOOLONG {
+                return nil
+            }
+            guard let st else { return nil }
             if s.isSameFile(st) { return name }
             attempt += 1
         }

@@ -98,6 +98,63 @@ import Testing
         print("in-place append, python 'ab', pause \(pause) s, archived: chunks written \(count), found \(found), versions \(versions), archived files \(archived.count)")
     }
 
+    /// The same against an archiving agent that is killed (-9) again and again, at moments
+    /// that fall anywhere in its work (moves into the archive and their checks included), and
+    /// started again each time: every chunk arrives, the spool ends empty, every archived
+    /// file is a committed version, and every chunk is in some archived file.
+    @Test func appendCycles_withAnArchiveDir_agentKilledAgainAndAgain_theArchiveHoldsWhatShipped() throws {
+        let count = 600
+        let expected = (0..<count).map { String(format: "chunk %06d", $0) }
+        let script = """
+            import sys, time
+            for i in range(\(count)):
+                with open(sys.argv[1], 'ab') as f:
+                    f.write(b'chunk %06d\\n' % i)
+                time.sleep(0.01)
+            """
+        let c = try Cluster("append-archive-kill")
+        defer { c.remove() }
+        try c.startCollector()
+        let spool = try c.spool()
+        let archive = c.root.appendingPathComponent("archive")
+        let args = c.agentArgs(spools: [("spool", spool)], extra: ["--archive-dir", archive.path])
+        var agent = try c.startAgent(args)
+        defer { agent.stop() }
+        let producer = try Daemon("/usr/bin/python3", ["-c", script, spool.appendingPathComponent("out.bin").path], log: c.nextLog("producer"))
+        defer { producer.stop() }
+        var kills = 0
+        // While the producer runs: the agent lives for 50 to 500 ms, then is killed and
+        // started again.
+        while producer.wait(timeout: Double.random(in: 0.05...0.5)) == nil {
+            agent.kill(SIGKILL)
+            #expect(agent.wait(timeout: 10) != nil)
+            agent = try c.startAgent(args)
+            kills += 1
+        }
+        #expect(producer.wait(timeout: 0) == 0, "the producer: \(producer.output)")
+        var found = (Set<String>(), 0)
+        let done = Harness.waitUntil(timeout: 60) {
+            found = Self.linesFound(c.committed(), "out.bin")
+            return Harness.files(in: spool).isEmpty && found.0.isSuperset(of: expected)
+        }
+        let missing = Set(expected).subtracting(found.0)
+        #expect(done, "spool: \(Harness.files(in: spool)); \(missing.count) chunk(s) not committed, e.g. \(missing.sorted().prefix(5))\n\(agent.output.suffix(3000))")
+        agent.stop()
+        func contents(_ dir: URL) -> [String: String] {
+            var byName: [String: String] = [:]
+            for v in Harness.files(in: dir) { byName[v] = try? String(contentsOf: dir.appendingPathComponent(v), encoding: .utf8) }
+            return byName
+        }
+        let shipped = Set(contents(c.committed()).values)
+        let archived = contents(archive.appendingPathComponent("spool"))
+        let strays = archived.filter { !shipped.contains($0.value) }.keys.sorted()
+        #expect(strays.isEmpty, "archived files that match no committed version: \(strays)")
+        let inArchive = Set(archived.values.flatMap { $0.split(separator: "\n").map(String.init) })
+        let notArchived = Set(expected).subtracting(inArchive)
+        #expect(notArchived.isEmpty, "\(notArchived.count) chunk(s) in no archived file, e.g. \(notArchived.sorted().prefix(5))")
+        print("in-place append, archived, agent killed \(kills) times: chunks written \(count), versions \(found.1), archived files \(archived.count)")
+    }
+
     /// Python's open(path, 'ab') per chunk, with a pause of 1 ms.
     @Test func pythonAppendCycles_everyChunkArrives() throws {
         let count = 2000
