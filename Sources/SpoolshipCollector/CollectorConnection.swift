@@ -91,7 +91,7 @@ final class CollectorConnection: @unchecked Sendable {
     // The reader thread's:
     var logger: Logger
     var store: AgentStore?
-    var transfers: [UInt64: Transfer] = [:]
+    var transfers = OpenTransfers()
     private var splicer: Splicer?
     private(set) var durability: Durability?
     /// During the handshake, when the whole of it must have arrived.
@@ -197,7 +197,7 @@ final class CollectorConnection: @unchecked Sendable {
         }
         // Let the durability thread finish what was fully received, then let go of the agent.
         durability?.finish()
-        for t in transfers.values {
+        for t in transfers.all {
             let hadFile = t.file.isOpen && !t.file.isUnnamed
             try? t.file.close()
             guard let s = store, !t.file.isUnnamed else { continue }
@@ -300,6 +300,7 @@ final class CollectorConnection: @unchecked Sendable {
             do {
                 try sender.link.receiveFile(into: fd, at: Int64(offset), count: Int64(length), splicer: splicer) { reached in
                     t.written = reached
+                    transfers.received(t, upTo: reached)
                     let n = UInt64(max(0, reached - counted))
                     counted = reached
                     stats.received(bytes: n)

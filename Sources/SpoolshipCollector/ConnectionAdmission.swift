@@ -25,7 +25,7 @@ extension CollectorConnection {
         durability?.waitForCommit(of: o.key)
         // The same segment offered again under a new tag (the agent sealed it again): the
         // newer offer replaces the older one, and its partial is kept.
-        for (oldTag, t) in transfers where t.key == o.key {
+        if let oldTag = transfers.tag(of: o.key), let t = transfers[oldTag] {
             if t.file.isOpen && !t.file.isUnnamed { store.leave(t.partialName, bytes: UInt64(max(0, t.written))) }
             // Retired, not closed: a checkpoint of it may be queued on the durability thread,
             // and must neither sync a closed descriptor nor unlink the name the new offer uses.
@@ -39,8 +39,8 @@ extension CollectorConnection {
         var file = PartialFile(name: pname, label: label, unnamed: unnamedPartials && o.key.size <= CollectorConfig.unnamedPartialLimit)
         var facts = OfferAdmission.Facts(
             storeBroken: store.broken,
-            onOffer: transfers.values.reduce(UInt64(0)) { $0 + $1.key.size },
-            coming: transfers.values.reduce(UInt64(0)) { $0 + ($1.key.size - UInt64(max(0, min(Int64($1.key.size), $1.written)))) },
+            onOffer: transfers.onOffer,
+            coming: transfers.coming,
             leftoverBytes: 0)
         while true {
             switch OfferAdmission.decide(o, agentID: store.id, facts: facts, limits: limits) {

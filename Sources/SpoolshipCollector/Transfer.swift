@@ -83,3 +83,57 @@ final class Transfer: Sendable {
     /// The durability thread took the pending checkpoint (done or skipped).
     func checkpointFinished() { state.withLock { $0.checkpointPending = false } }
 }
+
+/// A connection's open offers, by tag, with what the admission of each new offer needs from
+/// all of them: the bytes on offer, the bytes still to come, and the tag a segment is open
+/// under. Kept up to date as offers open, receive and close, instead of summed over up to
+/// `window` open offers for every offer. The reader thread's alone.
+struct OpenTransfers {
+    private var byTag: [UInt64: Transfer] = [:]
+    private var tagByKey: [SegmentKey: UInt64] = [:]
+    /// Each open offer's bytes received, as last counted in `landed` (0...size).
+    private var counted: [UInt64: UInt64] = [:]
+    /// The sum of the open offers' sizes, and of their bytes received.
+    private(set) var onOffer: UInt64 = 0
+    private var landed: UInt64 = 0
+
+    /// The bytes the open offers have still to receive.
+    var coming: UInt64 { onOffer - landed }
+    var count: Int { byTag.count }
+    var all: Dictionary<UInt64, Transfer>.Values { byTag.values }
+
+    /// The tag under which a segment is open, if it is.
+    func tag(of key: SegmentKey) -> UInt64? { tagByKey[key] }
+
+    subscript(tag: UInt64) -> Transfer? {
+        get { byTag[tag] }
+        set {
+            if let old = byTag.removeValue(forKey: tag) {
+                onOffer -= old.key.size
+                landed -= counted.removeValue(forKey: tag) ?? 0
+                if tagByKey[old.key] == tag { tagByKey[old.key] = nil }
+            }
+            guard let t = newValue else { return }
+            byTag[tag] = t
+            tagByKey[t.key] = tag
+            onOffer += t.key.size
+            let c = Self.clamped(t.written, t.key.size)
+            counted[tag] = c
+            landed += c
+        }
+    }
+
+    /// The open offer `t` has received bytes up to `reached`.
+    mutating func received(_ t: Transfer, upTo reached: Int64) {
+        guard byTag[t.tag] === t, let was = counted[t.tag] else { return }
+        let c = Self.clamped(reached, t.key.size)
+        landed = landed - was + c
+        counted[t.tag] = c
+    }
+
+    mutating func removeAll() {
+        self = OpenTransfers()
+    }
+
+    private static func clamped(_ written: Int64, _ size: UInt64) -> UInt64 { min(size, UInt64(max(0, written))) }
+}
