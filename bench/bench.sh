@@ -25,8 +25,8 @@
 #      receiving side, 0 on the sending side); the TLS rows; rsync --fsync and rsync; spoolship
 #      (archiving, as the others keep their sources) and spoolship, delete (no --archive-dir:
 #      the agent deletes each file once acknowledged, from a fresh copy of the files made
-#      before the run on a file system of its own: see spool_fs). Every row writes into a new
-#      directory. The notes give each side's CPU seconds per 1,000 files.
+#      before the run). Every row writes into a new directory. The notes give each side's CPU
+#      seconds per 1,000 files.
 #   3  200 agents at once into one collector, 50 files of 1 MiB each (quick: 4 agents x 5):
 #      the agents run as daemons, all connected before the files appear in their spools
 #   4  a log producer at full speed, rotated every second, for 10 s (quick: 3 s)
@@ -91,7 +91,6 @@ if [ -z "${BIN:-}" ]; then
   swift build -c release >/dev/null
   BIN=$(swift build -c release --show-bin-path)
 fi
-if mountpoint -q "$work/spool-fs"; then umount "$work/spool-fs"; fi  # left by a run that was killed
 rm -rf "$work"; mkdir -p "$work" "$out"
 cc -O2 -Wall -o "$work/baseline" bench/baseline.c
 cc -O2 -Wall -o "$work/smallfiles" bench/smallfiles.c
@@ -315,38 +314,21 @@ spoolship_row() {
 # inode, those deleted within the last 60 s, or 360 s while their inode table block is still
 # dirty (RECENTCY_MIN and RECENTCY_DIRTY in fs/ext4/ialloc.c), reading their inode blocks: the
 # rows after a mass deletion would pay for it (seen: the C copy of 100,000 files took 28 s
-# right after the delete row, 7.4 s otherwise, before that row's spool moved to spool_fs). So,
-# after each workload's clean-up: sync (the blocks are clean), then 65 s. Not with --quick.
+# right after the delete row, 7.4 s otherwise). So: sync (the blocks are clean), then 65 s.
+# Not with --quick.
 after_deletions() {
   [ "$quick" = 1 ] && return
   sync
   sleep 65
 }
 
-# spool_fs: the file system that the delete row's spools live on, an ext4 image of its own
-# (no journal, mounted with discard, as the development machines' disk), made and mounted
-# once a run and removed at its end. The agent's deletions then free inodes there, not on the
-# file system that every system writes its copies to: the rows after it, and the delete row's
-# own collector, do not pay for them (see after_deletions). So it is in production, where the
-# agent deletes on the producer's host and the collector writes on its own.
-spool_fs="$work/spool-fs"
-spool_fs() {
-  mountpoint -q "$spool_fs" && return
-  mkdir -p "$spool_fs"
-  truncate -s 8G "$work/spool-fs.img"
-  mkfs.ext4 -q -F -O ^has_journal "$work/spool-fs.img"
-  mount -o loop,discard "$work/spool-fs.img" "$spool_fs"
-}
-trap 'mountpoint -q "$spool_fs" && umount "$spool_fs"' EXIT
-
 # spoolship_delete_row WORKLOAD LABEL SRC BYTES FILES: one agent --once without --archive-dir,
 # which deletes each file once the collector has acknowledged it, as spoolship runs by default.
-# Its spool is a fresh copy of SRC in a new directory on spool_fs, made and synced before the
-# run; after it the spool must be empty.
+# Its spool is a fresh copy of SRC in a new directory, made and synced before the run; after
+# it the spool must be empty.
 spoolship_delete_row() {
   local w=$1 label=$2 src=$3 bytes=$4 files=$5 spool
-  spool_fs
-  next_output spool "$spool_fs/spool"
+  next_output spool "$work/spool"
   cp -a "$src" "$spool"; sync
   spoolship_once "$spool" "$files"
   [ -z "$(ls -A "$spool")" ] || { echo "bench: spoolship, delete: the spool $spool is not empty" >&2; exit 1; }
@@ -441,11 +423,12 @@ PY
     if has spoolship; then
       spoolship_row "$w" "spoolship" "$src" "$bytes" "$files"
       spoolship_delete_row "$w" "spoolship, delete" "$src" "$bytes" "$files"
+      after_deletions
     fi
     if has spoolship-tls; then spoolship_tls_row "$w" "spoolship-tls" "$src" "$bytes" "$files"; fi
   done
   keep=0
-  rm -rf "$src" "$work"/rsync-dst* "$work"/data* "$work"/tls-dst* "$work"/c-dst* "$spool_fs"/spool-*; sync
+  rm -rf "$src" "$work"/rsync-dst* "$work"/data* "$work"/tls-dst* "$work"/c-dst* "$work"/spool-*; sync
   after_deletions
 }
 if runs 2; then
