@@ -42,7 +42,7 @@ final class Reaper: @unchecked Sendable {
     private var idle = false
 
     /// Where the file of a segment whose removal did not finish may be.
-    enum Whereabouts: Equatable {
+    enum Whereabouts {
         /// Found acknowledged at start: under its aside name, or (`archive`: with an archive
         /// dir, for the newest segment of its file) in the archive, by its device and inode.
         case unknown(archive: Bool)

@@ -19,6 +19,37 @@ import Testing
         return (lines, versions.count)
     }
 
+    /// The contents of the regular files in `dir`, by name.
+    static func contents(_ dir: URL) -> [String: String] {
+        var byName: [String: String] = [:]
+        for v in Harness.files(in: dir) { byName[v] = try? String(contentsOf: dir.appendingPathComponent(v), encoding: .utf8) }
+        return byName
+    }
+
+    /// A Python producer: `count` cycles of open(path, 'ab'), one chunk `chunk %06d\n`,
+    /// close, then a pause of `pause` seconds (the producer's pace between its cycles).
+    static func appendScript(count: Int, pause: String) -> String {
+        """
+        import sys, time
+        for i in range(\(count)):
+            with open(sys.argv[1], 'ab') as f:
+                f.write(b'chunk %06d\\n' % i)
+            time.sleep(\(pause))
+        """
+    }
+
+    /// An archive holds what shipped: every archived file is byte-for-byte a committed
+    /// version, and every expected line is in some archived file.
+    static func expectArchiveHoldsWhatShipped(committed: [String: String], archived: [String: String], expected: [String]) {
+        let shipped = Set(committed.values)
+        let strays = archived.filter { !shipped.contains($0.value) }.keys.sorted()
+        #expect(!archived.isEmpty)
+        #expect(strays.isEmpty, "archived files that match no committed version: \(strays)")
+        let inArchive = Set(archived.values.flatMap { $0.split(separator: "\n").map(String.init) })
+        let missing = Set(expected).subtracting(inArchive)
+        #expect(missing.isEmpty, "\(missing.count) chunk(s) in no archived file, e.g. \(missing.sorted().prefix(5))")
+    }
+
     /// Runs `producer` (argv) against a daemon agent with one blob spool, waits for it to end,
     /// then for the spool to empty and every line to be found; returns (found, versions).
     /// `texts` gets the committed versions' contents, by name, before the cluster goes.
@@ -45,13 +76,8 @@ import Testing
         let missing = all.subtracting(found.0)
         #expect(done, "spool: \(Harness.files(in: spool)); \(missing.count) line(s) missing, e.g. \(missing.sorted().prefix(5))\n\(agent.output.suffix(3000))")
         #expect(!agent.output.contains("error"), "no error in the agent's log:\n\(agent.output.suffix(3000))")
-        func contents(_ dir: URL) -> [String: String] {
-            var byName: [String: String] = [:]
-            for v in Harness.files(in: dir) { byName[v] = try? String(contentsOf: dir.appendingPathComponent(v), encoding: .utf8) }
-            return byName
-        }
-        texts(contents(c.committed()))
-        archived?(contents(archive.appendingPathComponent("spool")))
+        texts(Self.contents(c.committed()))
+        archived?(Self.contents(archive.appendingPathComponent("spool")))
         return (found.0.intersection(all).count, found.1)
     }
 
@@ -75,26 +101,14 @@ import Testing
     @Test(arguments: [(2000, "0.001"), (300, "0.02")])
     func appendCycles_withAnArchiveDir_theArchiveHoldsWhatShipped(_ count: Int, _ pause: String) throws {
         let expected = (0..<count).map { String(format: "chunk %06d", $0) }
-        let script = """
-            import sys, time
-            for i in range(\(count)):
-                with open(sys.argv[1], 'ab') as f:
-                    f.write(b'chunk %06d\\n' % i)
-                time.sleep(\(pause))
-            """
+        let script = Self.appendScript(count: count, pause: pause)
         var committed: [String: String] = [:]
         var archived: [String: String] = [:]
         let (found, versions) = try run("append-archive", texts: { committed = $0 }, lines: expected, file: "out.bin",
                                         archived: { archived = $0 }) { path in
             ["/usr/bin/python3", "-c", script, path.path]
         }
-        let shipped = Set(committed.values)
-        let strays = archived.filter { !shipped.contains($0.value) }.keys.sorted()
-        #expect(!archived.isEmpty)
-        #expect(strays.isEmpty, "archived files that match no committed version: \(strays)")
-        let inArchive = Set(archived.values.flatMap { $0.split(separator: "\n").map(String.init) })
-        let missing = Set(expected).subtracting(inArchive)
-        #expect(missing.isEmpty, "\(missing.count) chunk(s) in no archived file, e.g. \(missing.sorted().prefix(5))")
+        Self.expectArchiveHoldsWhatShipped(committed: committed, archived: archived, expected: expected)
         print("in-place append, python 'ab', pause \(pause) s, archived: chunks written \(count), found \(found), versions \(versions), archived files \(archived.count)")
     }
 
@@ -105,13 +119,7 @@ import Testing
     @Test func appendCycles_withAnArchiveDir_agentKilledAgainAndAgain_theArchiveHoldsWhatShipped() throws {
         let count = 600
         let expected = (0..<count).map { String(format: "chunk %06d", $0) }
-        let script = """
-            import sys, time
-            for i in range(\(count)):
-                with open(sys.argv[1], 'ab') as f:
-                    f.write(b'chunk %06d\\n' % i)
-                time.sleep(0.01)
-            """
+        let script = Self.appendScript(count: count, pause: "0.01")
         let c = try Cluster("append-archive-kill")
         defer { c.remove() }
         try c.startCollector()
@@ -140,18 +148,8 @@ import Testing
         let missing = Set(expected).subtracting(found.0)
         #expect(done, "spool: \(Harness.files(in: spool)); \(missing.count) chunk(s) not committed, e.g. \(missing.sorted().prefix(5))\n\(agent.output.suffix(3000))")
         agent.stop()
-        func contents(_ dir: URL) -> [String: String] {
-            var byName: [String: String] = [:]
-            for v in Harness.files(in: dir) { byName[v] = try? String(contentsOf: dir.appendingPathComponent(v), encoding: .utf8) }
-            return byName
-        }
-        let shipped = Set(contents(c.committed()).values)
-        let archived = contents(archive.appendingPathComponent("spool"))
-        let strays = archived.filter { !shipped.contains($0.value) }.keys.sorted()
-        #expect(strays.isEmpty, "archived files that match no committed version: \(strays)")
-        let inArchive = Set(archived.values.flatMap { $0.split(separator: "\n").map(String.init) })
-        let notArchived = Set(expected).subtracting(inArchive)
-        #expect(notArchived.isEmpty, "\(notArchived.count) chunk(s) in no archived file, e.g. \(notArchived.sorted().prefix(5))")
+        let archived = Self.contents(archive.appendingPathComponent("spool"))
+        Self.expectArchiveHoldsWhatShipped(committed: Self.contents(c.committed()), archived: archived, expected: expected)
         print("in-place append, archived, agent killed \(kills) times: chunks written \(count), versions \(found.1), archived files \(archived.count)")
     }
 
@@ -159,13 +157,7 @@ import Testing
     @Test func pythonAppendCycles_everyChunkArrives() throws {
         let count = 2000
         let expected = (0..<count).map { String(format: "chunk %06d", $0) }
-        let script = """
-            import sys, time
-            for i in range(\(count)):
-                with open(sys.argv[1], 'ab') as f:
-                    f.write(b'chunk %06d\\n' % i)
-                time.sleep(0.001)
-            """
+        let script = Self.appendScript(count: count, pause: "0.001")
         let (found, versions) = try run("append-python", lines: expected, file: "out.bin") { path in
             ["/usr/bin/python3", "-c", script, path.path]
         }
